@@ -1,0 +1,118 @@
+"""1. Dispatch throughput: one transaction per command (load the aggregate, decide, append
+one event). Accounts are opened, then deposited into in a fixed shuffled order."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from functools import partial
+
+import orjson
+
+from .. import raw as rawdb
+from ..core import Ctx, Measurement, durability_rows, needs_cqrsctl
+from ..workload import account_id, dispatch_plan, stream_id
+
+
+def _plan(ctx: Ctx) -> list[tuple[str, int, int]]:
+    return dispatch_plan(ctx.sizes["dispatch_commands"], ctx.sizes["dispatch_accounts"])
+
+
+def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
+    """Per command: BEGIN; SELECT the stream head; check; INSERT one event; COMMIT."""
+    backend, plan = ctx.backend, _plan(ctx)
+    head = rawdb.q(backend, "SELECT max(version) FROM events WHERE stream_id = ?")
+    insert = rawdb.q(backend, "INSERT INTO events (stream_id, version, type, data) VALUES (?, ?, ?, ?)")
+    with ctx.fresh(synchronous) as db:
+        conn = db.raw()
+        rawdb.create_schema(conn, backend)
+        cur = conn.cursor()
+        begin = "BEGIN" if backend == "postgres" else "BEGIN IMMEDIATE"
+        started = time.perf_counter()
+        for kind, i, amount in plan:
+            sid = stream_id(i)
+            cur.execute(begin)
+            cur.execute(head, (sid,))
+            version = cur.fetchone()[0] or 0
+            if kind == "open":
+                if version:
+                    raise RuntimeError(f"{sid} already open")
+                row = (sid, 1, "AccountOpened", orjson.dumps({"owner": account_id(i)}).decode())
+            else:
+                if not version:
+                    raise RuntimeError(f"{sid} is not open")
+                row = (sid, version + 1, "MoneyDeposited", orjson.dumps({"amount": str(amount)}).decode())
+            cur.execute(insert, row)
+            cur.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        cur.execute("SELECT count(*) FROM events")
+        _check(cur.fetchone()[0], len(plan))
+    return {"rate": len(plan) / elapsed}
+
+
+def eventsourcing(ctx: Ctx) -> dict[str, float]:
+    """Repository.get, call the aggregate's method, Application.save. The aggregate cache
+    is on (the size of cqrsctl's), so both libraries read only new events of a stream."""
+    from ..domain_es import Account, Bank
+
+    plan = _plan(ctx)
+    with ctx.fresh() as db:
+        app = db.closing(Bank(env=db.es_env(AGGREGATE_CACHE_MAXSIZE="10000")))
+        ids = {}
+        started = time.perf_counter()
+        for kind, i, amount in plan:
+            if kind == "open":
+                acc = Account(owner=account_id(i))
+                app.save(acc)
+                ids[i] = acc.id
+            else:
+                acc = app.repository.get(ids[i])
+                acc.deposit(Decimal(str(amount)))
+                app.save(acc)
+        elapsed = time.perf_counter() - started
+        _check(app.recorder.max_notification_id() or 0, len(plan))
+    return {"rate": len(plan) / elapsed}
+
+
+def cqrsctl(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
+    """Dispatcher.dispatch(name, data): validate, load, handle, append — one transaction each."""
+    with needs_cqrsctl("dispatch"):
+        from cqrsctl import open_store
+        from cqrsctl.services.dispatch import Dispatcher
+
+        from ..domain_cq import app
+
+    plan = _plan(ctx)
+    with ctx.fresh(synchronous) as db:
+        store = db.closing(open_store(db.cqrsctl_url()))
+        dispatcher = Dispatcher(app, store)
+        started = time.perf_counter()
+        for kind, i, amount in plan:
+            if kind == "open":
+                dispatcher.dispatch("OpenAccount", {"account_id": account_id(i), "owner": account_id(i)})
+            else:
+                dispatcher.dispatch("Deposit", {"account_id": account_id(i), "amount": str(amount)})
+        elapsed = time.perf_counter() - started
+        _check(store.head(), len(plan))
+    return {"rate": len(plan) / elapsed}
+
+
+def _check(found: int, expected: int) -> None:
+    if found != expected:
+        raise RuntimeError(f"expected {expected} events, found {found}")
+
+
+MEASUREMENT = Measurement(
+    name="dispatch",
+    title="Dispatch throughput (one transaction per command)",
+    contenders={
+        "raw": raw,
+        "raw@FULL": partial(raw, synchronous="FULL"),
+        "raw@NORMAL": partial(raw, synchronous="NORMAL"),
+        "eventsourcing": eventsourcing,
+        "cqrsctl": cqrsctl,
+        "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
+        "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
+    },
+    rows=durability_rows("dispatch", "rate", "commands/s"),
+)

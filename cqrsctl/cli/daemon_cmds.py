@@ -1,0 +1,81 @@
+"""`cqrsctl daemon`: run projections (and, as they arrive, sagas and the outbox) continuously."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import typer
+
+from ..services import daemon as service
+from ..services import projections as projection_service
+from .runtime import Runtime, runtime
+
+
+def _logger(rt: Runtime) -> service.Log:
+    def log(message: str) -> None:
+        if not rt.output.quiet:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+            sys.stderr.write(f"{stamp} {message}\n")
+            sys.stderr.flush()
+
+    return log
+
+
+def daemon(
+    ctx: typer.Context,
+    projections: str = typer.Option(
+        None, "--projections", help="Comma-separated projections to run (default: all of the app's)."
+    ),
+    no_projections: bool = typer.Option(False, "--no-projections", help="Run no projections."),
+    no_sagas: bool = typer.Option(False, "--no-sagas", help="Do not run the app's sagas and reactions."),
+    outbox_sink: str = typer.Option(
+        None, "--outbox-sink", envvar="CQRSCTL_OUTBOX_SINK", help="Also drain the outbox to this sink URL."
+    ),
+    no_outbox: bool = typer.Option(False, "--no-outbox", help="Do not drain the outbox (overrides the env)."),
+    once: bool = typer.Option(False, "--once", help="Process what is there, then exit."),
+    poll_interval: float = typer.Option(
+        None, "--poll-interval", min=0.01, help="Seconds between looks at the store (default 0.15 SQLite, 1 PostgreSQL)."
+    ),
+    lease: float = typer.Option(
+        projection_service.LEASE_SECONDS, "--lease", min=1, help="Seconds a dead daemon's work stays locked."
+    ),
+    retry_delay: float = typer.Option(
+        0.2, "--retry-delay", min=0, help="First back-off after a handler fails (×5 per attempt)."
+    ),
+    retries: int = typer.Option(3, "--retries", min=0, help="Retries of a failing handler before `failed`."),
+) -> None:
+    """Run the app's projections and sagas continuously; stop with Ctrl-C or SIGTERM.
+
+    Several daemons may share one database: each projection runs in exactly one of them,
+    work spreads across them, and a dead one's projections are taken over within seconds.
+
+    Example: cqrsctl --app samples/bank/app.py daemon --projections balances,daily_totals
+    """
+    rt = runtime(ctx)
+    store, app = rt.store(), rt.app()
+    log = _logger(rt)
+    workers: list[service.Worker] = []
+    if not no_projections and app.projections:
+        names = [n.strip() for n in projections.split(",") if n.strip()] if projections else None
+        projection_service.select(app, names)  # unknown names fail here, before starting
+        workers.append(service.ProjectionWorker(names, retries=retries, backoff=retry_delay))
+    if not no_sagas and (app.sagas or app.reactions):
+        workers.append(service.SagaWorker())
+    if outbox_sink and not no_outbox:
+        from ..services.outbox_relay import OutboxWorker
+
+        workers.append(OutboxWorker(outbox_sink))  # a bad sink URL fails here, before starting
+    if not workers:
+        log("nothing to run: the app has no projections or sagas (or all were turned off)")
+        return
+    runner = service.Daemon(
+        store, app, workers, poll=poll_interval, lease=lease, log=log,
+        on_stall=None if once else service.restart_process,
+    )  # fmt: skip
+    runner.install_signal_handlers()
+    runner.run(once=once)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(daemon)

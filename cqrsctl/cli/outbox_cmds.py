@@ -1,0 +1,253 @@
+"""`cqrsctl outbox …`: inspect the outbox and drain it to a sink."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+
+from ..errors import UsageError
+from ..services import outbox as service
+from ..sinks import open_sink
+from ..store.base import utcnow
+from .runtime import runtime, to_json
+
+outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+@outbox_app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Counts by status and topic, messages due now, and the age of the oldest pending one.
+
+    Example: cqrsctl outbox status --json
+    """
+    rt = runtime(ctx)
+    st = service.status(rt.store())
+    if rt.output.json:
+        rt.output.data(st)
+        return
+    rt.output.say(
+        f"pending {st.counts['pending']} (due now {st.due}), delivered {st.counts['delivered']},"
+        f" dead {st.counts['dead']}; oldest pending {_age(st.oldest_pending_age)}"
+    )
+    if st.topics and not rt.output.quiet:
+        rt.output.table(
+            ("topic", "pending", "delivered", "dead", "oldest pending"),
+            ((t["topic"], t["pending"], t["delivered"], t["dead"], t["oldest_pending"]) for t in st.topics),
+        )
+
+
+@outbox_app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: str = typer.Option(None, "--status", "-s", help="pending, delivered or dead."),
+    topic: str = typer.Option(None, "--topic", "-t", help="Only this topic."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many messages."),
+) -> None:
+    """List outbox messages, oldest first.
+
+    Example: cqrsctl outbox list --status dead --limit 20
+    """
+    rt = runtime(ctx)
+    messages = service.list_messages(rt.store(), status, topic, limit)
+    if rt.output.json:
+        rt.output.lines(m.to_dict(payload=False) for m in messages)
+        return
+    rt.output.table(
+        ("seq", "message id", "topic", "key", "status", "tries", "next attempt", "last error"),
+        (
+            (
+                m.seq,
+                m.message_id,
+                m.topic,
+                m.key,
+                m.status,
+                m.attempts,
+                m.next_attempt_at if m.status == "pending" else None,
+                (m.last_error or "")[:60],
+            )
+            for m in messages
+        ),
+    )
+
+
+@outbox_app.command("show")
+def show(
+    ctx: typer.Context, ident: str = typer.Argument(..., metavar="ID", help="Message id (or seq).")
+) -> None:
+    """Show one message with its payload, headers and delivery state.
+
+    Example: cqrsctl outbox show 3f0c2a9e-0b1d-4b7e-9a55-2f8e1f0c7d11
+    """
+    rt = runtime(ctx)
+    message = service.show(rt.store(), ident)
+    if rt.output.json:
+        rt.output.data(message)
+        return
+    d = message.to_dict()
+    rt.output.fields(
+        [(k, v) for k, v in d.items() if k not in ("payload", "headers")]
+        + [("headers", to_json(d["headers"]).decode()), ("payload", to_json(d["payload"]).decode())]
+    )
+
+
+@outbox_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    ident: str = typer.Argument(None, metavar="[ID]", help="Message id (or seq) to make due now."),
+    dead: bool = typer.Option(False, "--dead", help="Requeue every dead message."),
+) -> None:
+    """Requeue a dead (or backing-off) message, or every dead one, with fresh attempts.
+
+    Example: cqrsctl outbox retry --dead
+    """
+    rt = runtime(ctx)
+    n = service.retry(rt.store(), ident, dead=dead)
+    if rt.output.json:
+        rt.output.data({"requeued": n})
+    else:
+        rt.output.say(f"requeued {n} message{'s' if n != 1 else ''}")
+
+
+@outbox_app.command("purge")
+def purge(
+    ctx: typer.Context,
+    delivered: bool = typer.Option(False, "--delivered", help="Delete delivered messages."),
+    dead: bool = typer.Option(False, "--dead", help="Delete dead messages."),
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Only those delivered (dead: created) longer ago than this: 7d, 12h, 30m."
+    ),
+) -> None:
+    """Delete old delivered and/or dead messages (pending ones are never purged).
+
+    Example: cqrsctl outbox purge --delivered --older-than 7d
+    """
+    rt = runtime(ctx)
+    statuses = [s for s, on in (("delivered", delivered), ("dead", dead)) if on]
+    n = service.purge(rt.store(), statuses, service.parse_duration(older_than))
+    if rt.output.json:
+        rt.output.data({"purged": n})
+    else:
+        rt.output.say(f"purged {n} message{'s' if n != 1 else ''}")
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[Any]:
+    """SIGINT/SIGTERM ask the drain to stop after the message in flight; a second Ctrl-C aborts."""
+    requested: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _clock(now: str | None) -> Any:
+    if now is None:
+        return utcnow
+    try:
+        start = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now is not an ISO 8601 timestamp: {now!r}") from None
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
+
+
+@outbox_app.command("drain")
+def drain(
+    ctx: typer.Context,
+    sink_url: str = typer.Option(
+        ...,
+        "--sink",
+        envvar="CQRSCTL_OUTBOX_SINK",
+        help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E.",
+    ),
+    max_messages: int = typer.Option(None, "--max", min=1, help="Stop after this many messages."),
+    timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds."),
+    batch: int = typer.Option(100, "--batch", min=1, help="Messages claimed (and sent) at a time."),
+    topic: list[str] = typer.Option(None, "--topic", "-t", help="Only these topics (repeatable)."),
+    max_attempts: int = typer.Option(10, "--max-attempts", min=1, help="Attempts before a message is dead."),
+    backoff: str = typer.Option("5s", "--backoff", help="First retry delay; doubles per failure."),
+    backoff_max: str = typer.Option("1h", "--backoff-max", help="Longest retry delay."),
+    lease: str = typer.Option(
+        "60s", "--lease", help="How long a claim holds messages (renewed while sending)."
+    ),
+    send_timeout: float = typer.Option(
+        10.0, "--send-timeout", min=0.1, help="Seconds a sink may take per send."
+    ),
+    now: str = typer.Option(None, "--now", hidden=True, help="Pretend the clock starts here (tests)."),
+) -> None:
+    """Deliver due messages to a sink, in order per key, at least once; safe to run from cron.
+
+    Exit codes: 0 every due message delivered; 12 some failed, died or the sink was
+    unavailable; 13 stopped by --max, --timeout or a signal with due messages left.
+
+    Example: cqrsctl outbox drain --sink nats://127.0.0.1:4222?stream=bank --max 10000 --timeout 50
+    """
+    rt = runtime(ctx)
+    store = rt.store()
+    sink = open_sink(sink_url, timeout=send_timeout)
+    policy = service.Backoff(
+        service.parse_duration(backoff).total_seconds(), service.parse_duration(backoff_max).total_seconds()
+    )
+    total = None
+    if rt.output.interactive:
+        total = service.status(store).due
+        if max_messages is not None:
+            total = min(total, max_messages)
+    with _stop_on_signals() as stop, rt.output.progress("draining", total) as advance:
+        report = service.drain(
+            store,
+            sink,
+            max_messages=max_messages,
+            timeout=timeout,
+            batch=batch,
+            max_attempts=max_attempts,
+            backoff=policy,
+            lease=service.parse_duration(lease).total_seconds(),
+            topics=topic or None,
+            stop=stop,
+            on_progress=advance,
+            clock=_clock(now),
+        )
+    if rt.output.json:
+        # With the stdout sink the messages own stdout; the summary goes to stderr.
+        stream = sys.stderr.buffer if sink_url in ("stdout", "-") else sys.stdout.buffer
+        stream.write(to_json(report) + b"\n")
+        stream.flush()
+    else:
+        for e in report.errors[:10]:
+            dead = " (now dead)" if e["dead"] else ""
+            rt.output.error(f"message {e['message_id']} attempt {e['attempts']}{dead}: {e['error']}")
+        rt.output.say(report.summary())
+    if report.exit_code:
+        if not rt.output.json and report.error:
+            rt.output.error(report.error)
+        raise typer.Exit(report.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(outbox_app, name="outbox")

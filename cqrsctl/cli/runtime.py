@@ -1,0 +1,162 @@
+"""What every command shares: settings, the output object, the store and app, opened lazily."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ..config import Settings
+from ..errors import UsageError, ValidationError
+from ..store import Store, iso, open_store
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def to_json(value: Any) -> bytes:
+    return orjson.dumps(
+        value,
+        default=_default,
+        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME,
+    )
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")
+
+
+class Output:
+    """Data to stdout (a table for people, JSON for scripts); talk and errors to stderr."""
+
+    def __init__(self, json: bool = False, quiet: bool = False, verbose: bool = False) -> None:
+        self.json, self.quiet, self.verbose = json, quiet, verbose
+        self.out = Console(soft_wrap=False)
+        self.err = Console(stderr=True)
+
+    @property
+    def interactive(self) -> bool:
+        return not self.json and not self.quiet and self.err.is_terminal
+
+    def data(self, value: Any) -> None:
+        """One JSON document."""
+        sys.stdout.buffer.write(to_json(value) + b"\n")
+        sys.stdout.flush()
+
+    def lines(self, items: Iterable[Any]) -> None:
+        """JSON Lines, flushed as they come (for --follow)."""
+        write, flush = sys.stdout.buffer.write, sys.stdout.flush
+        for item in items:
+            write(to_json(item) + b"\n")
+            flush()
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+        table = Table(*columns, title=title, header_style="bold")
+        for row in rows:
+            table.add_row(
+                *("" if v is None else (iso(v) if isinstance(v, datetime) else str(v)) for v in row)
+            )
+        self.out.print(table)
+
+    def fields(self, pairs: Iterable[tuple[str, Any]], title: str | None = None) -> None:
+        self.table(("field", "value"), pairs, title)
+
+    def say(self, message: str) -> None:
+        """A line for people (stderr), silenced by --quiet and --json."""
+        if not self.quiet and not self.json:
+            self.err.print(message, highlight=False)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.err.print(f"[dim]{message}[/dim]", highlight=False)
+
+    def error(self, message: str) -> None:
+        self.err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Any]:
+        """Yields `advance(n)`; draws a bar only for a person at a terminal."""
+        if not self.interactive:
+            yield lambda n=1: None
+            return
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            RateColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.err, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+class Runtime:
+    """Passed to every command as `ctx.obj`."""
+
+    def __init__(self, settings: Settings, output: Output, debug: bool) -> None:
+        self.settings, self.output, self.debug = settings, output, debug
+        self._store: Store | None = None
+        self._app: Any = None
+
+    def store(self, migrate: bool = True) -> Store:
+        if self._store is None:
+            self._store = open_store(self.settings.db, migrate=migrate)
+        return self._store
+
+    def app(self, required: bool = True) -> Any:
+        if self._app is None and (self.settings.app or required):
+            from ..loader import load_app
+
+            if not self.settings.app:
+                raise UsageError("no app given: use --app module:attr, CQRSCTL_APP or `app` in cqrsctl.toml")
+            self._app = load_app(self.settings.app)
+        return self._app
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def runtime(ctx: typer.Context) -> Runtime:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Runtime)
+    return obj
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,166 @@
+"""`cqrsctl sagas`: inspect, run and retry sagas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import typer
+
+from ..errors import UsageError
+from ..services import sagas as saga_service
+from .runtime import runtime
+
+sagas_app = typer.Typer(no_args_is_help=True, help="Inspect, run and retry sagas (process managers).")
+
+
+def _parse_now(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now is not an ISO 8601 timestamp: {text!r}") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@sagas_app.command("list")
+def sagas_list(
+    ctx: typer.Context,
+    status: str = typer.Option(
+        None, "--status", "-s", help="in_progress, completed, compensating, compensated, failed, timed_out."
+    ),
+    saga_type: str = typer.Option(None, "--type", "-t", help="Only sagas of this type."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="At most this many."),
+) -> None:
+    """List saga instances.
+
+    Example: cqrsctl sagas list --status failed --json
+    """
+    rt = runtime(ctx)
+    records = saga_service.list_sagas(rt.store(), status, saga_type, limit)
+    if rt.output.json:
+        rt.output.lines(saga_service.saga_view(r, None, []) for r in records)
+        return
+    rt.output.table(
+        ("saga", "type", "status", "step", "updated", "error"),
+        (
+            (
+                r.saga_id,
+                r.saga_type,
+                r.status,
+                f"{r.current_step}/{len(r.steps)}",
+                r.updated_at,
+                r.error_message or "",
+            )
+            for r in records
+        ),
+    )
+
+
+@sagas_app.command("show")
+def sagas_show(
+    ctx: typer.Context, saga_id: str = typer.Argument(..., help="Saga id, e.g. TransferSaga-Transfer-T1.")
+) -> None:
+    """Show one saga: its steps, commands, compensations and pending deadlines.
+
+    Example: cqrsctl sagas show TransferSaga-Transfer-T1 --json
+    """
+    rt = runtime(ctx)
+    view = saga_service.show_saga(rt.store(), rt.app(required=False), saga_id)
+    if rt.output.json:
+        rt.output.data(view)
+        return
+    rt.output.fields(
+        [
+            ("saga", view["sagaId"]),
+            ("type", view["sagaType"]),
+            ("status", view["status"]),
+            ("step", f"{view['currentStep']}/{view['totalSteps']}"),
+            ("created", view["createdAt"]),
+            ("updated", view["updatedAt"]),
+            *([("error", view["errorMessage"])] if "errorMessage" in view else []),
+        ],
+        title="saga",
+    )
+    rows = []
+    for i, step in enumerate(view["steps"]):
+        result = view["results"].get(step["name"])
+        if result and "command" in result:
+            detail = f"{result['command']} → {result['stream']} v{result['version']}"
+        elif result:
+            detail = f"{step.get('waitingFor', 'event')} at position {result['position']}"
+        elif step.get("waitingFor"):
+            detail = f"waiting for {step['waitingFor']}"
+        else:
+            detail = step.get("error", "")
+        rows.append((i + 1, step["name"], step["status"], detail))
+    rt.output.table(("#", "step", "status", "command / detail"), rows, title="steps")
+    if view["compensationActions"]:
+        rt.output.table(
+            ("step", "status", "detail"),
+            (
+                (c["step"], c["status"], c.get("error") or orjson.dumps(c.get("result")).decode())
+                for c in view["compensationActions"]
+            ),
+            title="compensation",
+        )
+    if view["deadlines"]:
+        rt.output.table(
+            ("deadline", "due", "status"),
+            ((d["name"], d["dueAt"], d["status"]) for d in view["deadlines"]),
+            title="deadlines",
+        )
+
+
+@sagas_app.command("run")
+def sagas_run(
+    ctx: typer.Context,
+    once: bool = typer.Option(
+        True,
+        "--once/--no-once",
+        help="Process what is due and exit (for cron); the daemon runs sagas continuously.",
+    ),
+    now: str = typer.Option(
+        None, "--now", help="Take this UTC time as now for deadlines (testing, back-fills)."
+    ),
+    batch: int = typer.Option(saga_service.BATCH, "--batch", min=1, help="Events per transaction."),
+) -> None:
+    """Advance sagas: handle new events, fire due deadlines, dispatch their commands.
+
+    Example: cqrsctl --app samples/bank/app.py sagas run --once
+    """
+    rt = runtime(ctx)
+    if not once:
+        raise UsageError("sagas run runs once; use `cqrsctl daemon` to keep sagas running")
+    when = _parse_now(now)
+    runner = saga_service.SagaRunner(
+        rt.app(), rt.store(), batch=batch, **({"clock": lambda: when} if when else {})
+    )
+    report = runner.run_once()
+    if rt.output.json:
+        rt.output.data(report)
+    else:
+        rt.output.say(
+            f"events {report.events}, sagas started {report.started}, advanced {report.advanced},"
+            f" deadlines fired {report.deadlines_fired}, commands {report.commands}"
+            + (" (another runner holds the saga lock)" if report.locked else "")
+        )
+
+
+@sagas_app.command("retry")
+def sagas_retry(ctx: typer.Context, saga_id: str = typer.Argument(..., help="Id of a failed saga.")) -> None:
+    """Retry the compensation of a failed saga.
+
+    Example: cqrsctl --app samples/bank/app.py sagas retry TransferSaga-Transfer-T9
+    """
+    rt = runtime(ctx)
+    record = saga_service.SagaRunner(rt.app(), rt.store()).retry(saga_id)
+    if rt.output.json:
+        rt.output.data(saga_service.saga_view(record, None, []))
+    else:
+        rt.output.say(f"{record.saga_id} is now {record.status}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sagas_app, name="sagas")

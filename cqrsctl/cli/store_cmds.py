@@ -1,0 +1,292 @@
+"""Commands that need no app: init, append, streams, events, export, import, doctor."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import typer
+
+from ..errors import FileAccessError, NotFoundError, UnhealthyError, ValidationError
+from ..services import doctor as doctor_service
+from ..services import transfer
+from ..services.events import follow, parse_append_lines
+from ..store import NewEvent, parse_expected
+from .runtime import parse_json_object, runtime
+
+streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
+
+
+def init(
+    ctx: typer.Context, sql: bool = typer.Option(False, "--sql", help="Print the DDL instead of running it.")
+) -> None:
+    """Create or migrate the store's tables (idempotent).
+
+    Example: cqrsctl --db sqlite:///bank.db init
+    """
+    rt = runtime(ctx)
+    if sql:
+        store = rt.store(migrate=False)
+        sys.stdout.write(store.ddl())
+        return
+    version = rt.store().migrate()
+    if rt.output.json:
+        rt.output.data({"schema_version": version, "backend": rt.store().backend})
+    else:
+        rt.output.say(f"store ready: schema version {version} ({rt.store().backend})")
+
+
+def append(
+    ctx: typer.Context,
+    stream: str = typer.Argument(None, help="Stream id, e.g. Account-A-1 (omit with --file)."),
+    event_type: str = typer.Argument(None, metavar="TYPE", help="Event type, e.g. MoneyDeposited."),
+    data: str = typer.Option(None, "--data", "-d", help="Event data as a JSON object."),
+    metadata: str = typer.Option(None, "--metadata", "-m", help="Event metadata as a JSON object."),
+    expected_version: str = typer.Option(
+        "any", "--expected-version", "-e", help="any, no-stream, exists, or the exact current version."
+    ),
+    event_id: str = typer.Option(
+        None, "--event-id", help="Event UUID (appending the same id again is a no-op)."
+    ),
+    schema_version: int = typer.Option(
+        1, "--schema-version", min=1, help="Schema version of the event's data."
+    ),
+    file: str = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help='JSONL batch, one {"stream","type","data","metadata","event_id","expected_version"} per line; - for stdin. All lines commit together or not at all.',
+    ),
+) -> None:
+    """Append an event to a stream, or a JSONL batch of events atomically.
+
+    Example: cqrsctl append Account-A-1 MoneyDeposited --data '{"amount": 10}' --expected-version 1
+    """
+    rt = runtime(ctx)
+    if file is not None:
+        if stream or event_type or data:
+            raise typer.BadParameter("give either STREAM TYPE --data or --file, not both")
+        items = parse_append_lines(_read_input(file))
+        store = rt.store()
+        results = []
+        with rt.output.progress("appending", len(items)) as advance, store.transaction() as tx:
+            for line, stream_id, events, expected in items:
+                try:
+                    results.append(tx.append(stream_id, events, expected))
+                except Exception as exc:
+                    if hasattr(exc, "exit_code"):
+                        exc.args = (f"line {line}: {exc}",)
+                    raise
+                advance(1)
+        if rt.output.json:
+            rt.output.lines(results)
+        else:
+            rt.output.say(
+                f"appended {sum(len(r.positions) for r in results)} events in {len(results)} appends"
+            )
+        return
+    if not stream or not event_type:
+        raise typer.BadParameter("STREAM and TYPE are required (or use --file)")
+    if data is None:
+        raise typer.BadParameter("--data is required")
+    event = NewEvent(
+        event_type,
+        parse_json_object(data, "--data"),
+        parse_json_object(metadata, "--metadata") if metadata else {},
+        _uuid(event_id) if event_id else None,
+        schema_version,
+    )
+    expected = parse_expected(expected_version)
+    result = rt.store().append(stream, [event], expected)
+    if rt.output.json:
+        rt.output.data(result)
+    else:
+        note = " (already there: nothing appended)" if result.duplicate else ""
+        rt.output.say(f"{stream} is at version {result.version}, position {result.positions[-1]}{note}")
+
+
+def _uuid(value: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValidationError(f"--event-id is not a UUID: {value!r}") from None
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {name}: {exc.strerror}") from None
+
+
+@streams_app.command("list")
+def streams_list(
+    ctx: typer.Context,
+    category: str = typer.Option(None, "--category", "-c", help="Only streams of this category."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="At most this many streams."),
+) -> None:
+    """List streams with their version and first/last positions.
+
+    Example: cqrsctl streams list --category Account --limit 20
+    """
+    rt = runtime(ctx)
+    streams = rt.store().list_streams(category, limit)
+    if rt.output.json:
+        rt.output.lines(streams)
+        return
+    rt.output.table(
+        ("stream", "category", "version", "first", "last", "updated"),
+        (
+            (s.stream_id, s.category, s.version, s.first_position, s.last_position, s.updated_at)
+            for s in streams
+        ),
+    )
+
+
+@streams_app.command("show")
+def streams_show(
+    ctx: typer.Context,
+    stream: str = typer.Argument(..., help="Stream id."),
+    from_version: int = typer.Option(1, "--from-version", min=1, help="First version to show."),
+    limit: int = typer.Option(None, "--limit", "-n", min=1, help="At most this many events."),
+) -> None:
+    """Show the events of one stream.
+
+    Example: cqrsctl streams show Account-A-1 --from-version 3
+    """
+    rt = runtime(ctx)
+    store = rt.store()
+    events = store.read_stream(stream, from_version, limit=limit)
+    if not events and store.stream_version(stream) == 0:
+        raise NotFoundError(f"stream {stream!r} not found")
+    _render_events(rt, events)
+
+
+def _render_events(rt: Any, events: list[Any]) -> None:
+    if rt.output.json:
+        rt.output.lines(events)
+        return
+    rt.output.table(
+        ("pos", "stream", "ver", "type", "data", "recorded"),
+        (
+            (
+                e.global_position,
+                e.stream_id,
+                e.stream_version,
+                e.event_type,
+                orjson.dumps(e.data).decode()[:80],
+                e.recorded_at,
+            )
+            for e in events
+        ),
+    )
+
+
+def events(
+    ctx: typer.Context,
+    from_position: int = typer.Option(0, "--from-position", min=0, help="Start after this global position."),
+    category: list[str] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
+    event_type: list[str] = typer.Option(None, "--type", "-t", help="Only these event types (repeatable)."),
+    limit: int = typer.Option(
+        100, "--limit", "-n", min=1, help="At most this many events (without --follow)."
+    ),
+    follow_: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines)."
+    ),
+) -> None:
+    """Read events across all streams in global order.
+
+    Example: cqrsctl events --category Account --from-position 100 --json
+    """
+    rt = runtime(ctx)
+    store = rt.store()
+    if follow_:
+        rt.output.lines(follow(store, from_position, category or None, event_type or None))
+        return
+    _render_events(rt, store.read_all(from_position, limit, category or None, event_type or None))
+
+
+def export(
+    ctx: typer.Context,
+    stream: str = typer.Option(None, "--stream", help="Only this stream."),
+    category: str = typer.Option(None, "--category", help="Only this category."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Export events as JSON Lines in global order (for `import` into any backend).
+
+    Example: cqrsctl --db sqlite:///bank.db export -o bank.jsonl
+    """
+    rt = runtime(ctx)
+    store = rt.store()
+    if output is None:
+        n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category)
+    else:
+        try:
+            f = output.open("wb")
+        except OSError as exc:
+            raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
+        with f:
+            n = transfer.export_events(store, f, stream=stream, category=category)
+    rt.output.say(f"exported {n} events")
+
+
+def import_(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A JSONL file written by `cqrsctl export`."),
+) -> None:
+    """Import an export file, keeping event ids, stream versions and order; re-importing is a no-op.
+
+    Example: cqrsctl --db postgresql://postgres@localhost/prod import bank.jsonl
+    """
+    rt = runtime(ctx)
+    total = transfer.count_export(file)
+    store = rt.store()
+    with rt.output.progress("importing", total) as advance:
+        imported, skipped = transfer.import_file(store, file, on_progress=advance)
+    if rt.output.json:
+        rt.output.data({"imported": imported, "skipped": skipped})
+    else:
+        rt.output.say(f"imported {imported} events, skipped {skipped} already present")
+
+
+def doctor(
+    ctx: typer.Context,
+    max_lag: int = typer.Option(
+        None, "--max-lag", min=0, help="Unhealthy when a projection is more than N events behind."
+    ),
+) -> None:
+    """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
+
+    Example: cqrsctl --db postgresql://postgres@localhost/prod doctor --json
+    """
+    rt = runtime(ctx)
+    report = doctor_service.diagnose(rt.store(migrate=False), rt.app(required=False), max_lag)
+    if rt.output.json:
+        rt.output.data(report)
+    else:
+        rt.output.fields(
+            ((c.name, ("ok  " if c.ok else "FAIL") + " " + c.detail) for c in report.checks), "doctor"
+        )
+        if report.counts:
+            rt.output.table(("table", "rows"), report.counts.items())
+        for topic, rows in report.details.items():
+            if rows:
+                rt.output.table(list(rows[0]), (list(r.values()) for r in rows), title=topic)
+    if not report.healthy:
+        raise UnhealthyError("unhealthy: " + "; ".join(c.detail for c in report.checks if not c.ok))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(append)
+    app.add_typer(streams_app, name="streams")
+    app.command()(events)
+    app.command()(export)
+    app.command("import")(import_)
+    app.command()(doctor)

@@ -1,0 +1,379 @@
+"""Projections: named, versioned folds of events into read-model tables.
+
+A projection is a class with read-model `tables` and `on_<EventType>(self, event, rm)`
+handlers. `event` is an :class:`EventView` (stream, position, raw `data`, and the decoded
+pydantic `event.model` when asked for); `rm` is a :class:`ReadModel` bound to the
+transaction that also moves the projection's checkpoint, so both commit together::
+
+    class Balances(Projection, name="balances", version=1):
+        tables = {"balances": Table({"account_id": "text", "balance": "decimal"}, key=["account_id"])}
+
+        def on_MoneyDeposited(self, event, rm):
+            row = rm.get("balances", account_id=event.aggregate_id) or {"balance": Decimal(0)}
+            rm.upsert("balances", {"account_id": event.aggregate_id,
+                                   "balance": row["balance"] + Decimal(event.data["amount"])})
+
+Nothing here runs anything: services/projections.py does (catch-up, rebuild, the daemon).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from .errors import UsageError
+from .store import StoredEvent
+from .store.tracking import EventTuple, Table, Tracking, check_name
+
+if TYPE_CHECKING:
+    from .app import App, Event
+
+__all__ = ["EventView", "Projection", "ReadModel", "Table"]
+
+
+class Projection:
+    """Base class of projections: ``class Balances(Projection, name="balances", version=2)``.
+
+    Bump `version` whenever the handlers or tables change what the read model holds:
+    the projection is then reported as stale until `cqrsctl projections rebuild` runs.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    tables: ClassVar[dict[str, Table]] = {}
+    # Event types handled, from the `on_<EventType>` methods (or given as `handles=`).
+    handles: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(
+        cls, name: str | None = None, version: int = 1, handles: Sequence[str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = check_name(name or _snake(cls.__name__), "projection")
+        if not isinstance(version, int) or version < 1:
+            raise UsageError(f"projection {cls.name!r}: version must be a positive integer")
+        cls.version = version
+        found = tuple(n[3:] for n, _ in inspect.getmembers(cls, inspect.isfunction) if n.startswith("on_"))
+        cls.handles = tuple(handles) if handles is not None else found
+        for event_type in cls.handles:
+            if not callable(getattr(cls, f"on_{event_type}", None)) and not callable(getattr(cls, "on_event", None)):
+                raise UsageError(f"projection {cls.name!r} handles {event_type!r} but has no on_{event_type}")
+
+    @classmethod
+    def check(cls) -> None:
+        """Called at registration: a projection needs tables and at least one handler."""
+        if not cls.tables:
+            raise UsageError(f"projection {cls.name!r} declares no tables")
+        for table in cls.tables:
+            check_name(table, "table")
+            if table.endswith("__rebuild"):
+                raise UsageError(f"table {table!r}: names ending in __rebuild are the rebuild's shadow tables")
+        if not cls.handles:
+            raise UsageError(f"projection {cls.name!r} has no on_<EventType> handlers")
+
+    def handlers(self) -> dict[str, Callable[[EventView, ReadModel], None]]:
+        fallback = getattr(self, "on_event", None)
+        found: dict[str, Callable[[EventView, ReadModel], None]] = {}
+        for event_type in self.handles:
+            found[event_type] = getattr(self, f"on_{event_type}", fallback)  # type: ignore[assignment]
+        return found
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class EventView:
+    """One stored event as a projection handler sees it; decodes lazily.
+
+    `data` is the event's (upcast) data as a dict; `model` is the app's pydantic event
+    (via App.decode), built only when asked for; `aggregate_id` is the stream id without
+    its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop,
+    so it only keeps the row and works out the rest on demand.
+    """
+
+    __slots__ = ("_row", "_app", "_data", "_aggregate_id", "_metadata", "_recorded_at")
+
+    def __init__(self, row: EventTuple, app: App | None = None) -> None:
+        self._row = row
+        self._app = app
+        self._data: dict[str, Any] | None = None
+        self._aggregate_id: str | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._recorded_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"EventView({self.type} {self.stream_id}@{self.stream_version} #{self.position})"
+
+    @property
+    def position(self) -> int:
+        return self._row[0]  # type: ignore[no-any-return]
+
+    @property
+    def stream_id(self) -> str:
+        return self._row[1]  # type: ignore[no-any-return]
+
+    @property
+    def stream_version(self) -> int:
+        return self._row[2]  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> str:
+        return self._row[3]  # type: ignore[no-any-return]
+
+    @property
+    def event_id(self) -> str:
+        return self._row[8]  # type: ignore[no-any-return]
+
+    @property
+    def schema_version(self) -> int:
+        return self._row[4]  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            data = self._data = self._decode()
+        return data
+
+    def _decode(self) -> dict[str, Any]:
+        row = self._row
+        data = row[5]
+        if data.__class__ is not dict:
+            data = orjson.loads(data)
+        app = self._app
+        if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
+            data = app.upcast(self._stored(data))[1]
+        return data  # type: ignore[no-any-return]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta = self._metadata
+        if meta is None:
+            raw = self._row[6]
+            meta = self._metadata = raw if raw.__class__ is dict else orjson.loads(raw)
+        return meta
+
+    @property
+    def recorded_at(self) -> datetime:
+        at = self._recorded_at
+        if at is None:
+            raw = self._row[7]
+            at = self._recorded_at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
+        return at
+
+    @property
+    def aggregate_id(self) -> str:
+        found = self._aggregate_id
+        if found is None:
+            head, sep, rest = self._row[1].partition("-")
+            found = self._aggregate_id = rest if sep else head
+        return found
+
+    @property
+    def category(self) -> str:
+        return self._row[1].partition("-")[0]  # type: ignore[no-any-return]
+
+    @property
+    def model(self) -> Event | StoredEvent:
+        """The app's decoded event (pydantic), or the StoredEvent when its type is not registered."""
+        if self._app is None:
+            return self.stored()
+        return self._app.decode(self.stored())
+
+    def stored(self) -> StoredEvent:
+        """The event as the store's StoredEvent (data as stored, before upcasting)."""
+        raw = self._row[5]
+        return self._stored(raw if raw.__class__ is dict else orjson.loads(raw))
+
+    def _stored(self, data: dict[str, Any]) -> StoredEvent:
+        r = self._row
+        return StoredEvent(r[0], r[1], r[2], r[8], r[3], r[4], data, self.metadata, self.recorded_at)
+
+
+_MISSING: Any = object()
+
+
+class _Slot:
+    """One table of a ReadModel: its spec, physical name, cache and dirty keys."""
+
+    __slots__ = ("name", "spec", "physical", "columns", "key", "single", "blank", "cache", "dirty", "complete")
+
+    def __init__(self, name: str, spec: Table, physical: str) -> None:
+        self.name, self.spec, self.physical = name, spec, physical
+        self.columns = frozenset(spec.columns)
+        self.key = tuple(spec.key)
+        # Most tables have a one-column key: build its tuple without a loop.
+        self.single = self.key[0] if len(self.key) == 1 else None
+        self.blank = dict.fromkeys(spec.columns)
+        self.cache: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+        self.dirty: set[tuple[Any, ...]] = set()
+        # The table holds nothing but what the cache holds (a fresh rebuild): a miss
+        # needs no lookup.
+        self.complete = False
+
+    def key_of(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            if self.single is not None:
+                return (values[self.single],)
+            return tuple([values[c] for c in self.key])
+        except KeyError as exc:
+            raise UsageError(f"{self.name}: the key column {exc.args[0]!r} is missing") from None
+
+
+class ReadModel:
+    """The read-model API handlers get as `rm`, bound to the current transaction.
+
+    Keyed writes (`insert`, `upsert`, `update`, `delete`) and `get` go through a
+    write-back cache flushed in bulk before the checkpoint moves, so a batch of events
+    costs a few statements, not one per event. `all`/`query`/`sql` flush first, and
+    `sql` forgets the cache (raw statements may change any row). In raw SQL, write a
+    table as `{balances}`: during a rebuild it names the shadow table.
+    """
+
+    def __init__(self, tracking: Tracking, tables: dict[str, Table], physical: dict[str, str]) -> None:
+        self._t = tracking
+        self._slots = {name: _Slot(name, spec, physical[name]) for name, spec in tables.items()}
+
+    def bind(self, tracking: Tracking) -> None:
+        """Use another transaction (a rebuild keeps its cache across batches)."""
+        self._t = tracking
+
+    def mark_complete(self, table: str) -> None:
+        self._slot(table).complete = True
+
+    def table(self, name: str) -> str:
+        """The physical name of a read-model table (the shadow table during a rebuild)."""
+        return self._slot(name).physical
+
+    def _slot(self, table: str) -> _Slot:
+        try:
+            return self._slots[table]
+        except KeyError:
+            raise UsageError(f"unknown read-model table {table!r} (tables: {', '.join(self._slots)})") from None
+
+    def _load(self, slot: _Slot, key: tuple[Any, ...]) -> dict[str, Any] | None:
+        row = slot.cache.get(key, _MISSING)
+        if row is not _MISSING:
+            return row  # type: ignore[no-any-return]
+        if slot.complete:
+            return None
+        rows = self._t.fetch(slot.physical, slot.spec, [key])
+        row = slot.cache[key] = rows[0] if rows else None
+        return row
+
+    # -- keyed access -----------------------------------------------------------------------
+
+    def get(self, table: str, **key: Any) -> dict[str, Any] | None:
+        """The row with this primary key (as a copy), or None."""
+        slot = self._slots.get(table) or self._slot(table)
+        row = self._load(slot, slot.key_of(key))
+        return None if row is None else row.copy()
+
+    def edit(self, table: str, **key: Any) -> dict[str, Any] | None:
+        """The row with this primary key itself, to change in place (None when there is
+        none): what you set in it is written at the end of the batch. The cheapest way to
+        read-modify-write a row: ``rm.edit("balances", account_id=a)["balance"] += amount``."""
+        slot = self._slots.get(table) or self._slot(table)
+        k = slot.key_of(key)
+        row = self._load(slot, k)
+        if row is not None:
+            slot.dirty.add(k)
+        return row
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        """Add a new row; raises when a row with its key exists."""
+        slot = self._slots.get(table) or self._slot(table)
+        key = slot.key_of(row)
+        if self._load(slot, key) is not None:
+            raise ValueError(f"{table}: a row with key {key!r} already exists")
+        self._put(slot, key, row, None)
+
+    def upsert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert the row, or update the columns it gives of the existing one."""
+        slot = self._slots.get(table) or self._slot(table)
+        key = slot.key_of(row)
+        self._put(slot, key, row, self._load(slot, key))
+
+    def update(self, table: str, row: dict[str, Any]) -> bool:
+        """Update the columns `row` gives of the row with its key; False when there is none."""
+        slot = self._slots.get(table) or self._slot(table)
+        key = slot.key_of(row)
+        existing = self._load(slot, key)
+        if existing is None:
+            return False
+        self._put(slot, key, row, existing)
+        return True
+
+    def delete(self, table: str, **key: Any) -> None:
+        slot = self._slots.get(table) or self._slot(table)
+        k = slot.key_of(key)
+        slot.cache[k] = None
+        slot.dirty.add(k)
+
+    def _put(self, slot: _Slot, key: tuple[Any, ...], row: dict[str, Any], existing: dict[str, Any] | None) -> None:
+        if not row.keys() <= slot.columns:
+            unknown = sorted(row.keys() - slot.columns)
+            raise UsageError(f"{slot.name}: unknown column(s) {', '.join(unknown)}")
+        if existing is None:
+            existing = slot.cache[key] = slot.blank.copy()
+        # The cache owns its rows (get hands out copies), so they are changed in place.
+        existing.update(row)
+        slot.dirty.add(key)
+
+    # -- reading and raw SQL ------------------------------------------------------------------
+
+    def all(
+        self, table: str, order_by: Sequence[str] = (), limit: int | None = None, **where: Any
+    ) -> list[dict[str, Any]]:
+        """Rows matching column=value filters; `order_by` names columns (`-col` descending)."""
+        slot = self._slot(table)
+        for col in [*where, *(c.lstrip("-") for c in order_by)]:
+            if col not in slot.columns:
+                raise UsageError(f"{table} has no column {col!r}")
+        self.flush()
+        return self._t.select(slot.physical, slot.spec, where, order_by, limit)
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """Run a SELECT with `:name` parameters; returns rows as dicts (values as the database gives them)."""
+        self.flush()
+        return self._t.execute(self._expand(sql), params)
+
+    def sql(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run any statement with `:name` parameters; returns rows, if it yields any."""
+        self.flush()
+        rows = self._t.execute(self._expand(text), params)
+        for slot in self._slots.values():
+            slot.cache.clear()
+            slot.complete = False
+        return rows
+
+    def _expand(self, text: str) -> str:
+        for name, slot in self._slots.items():
+            text = text.replace("{" + name + "}", f'"{slot.physical}"')
+        return text
+
+    # -- writing out ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write pending changes to the tables (before the checkpoint moves, in its transaction)."""
+        for slot in self._slots.values():
+            if not slot.dirty:
+                continue
+            cache = slot.cache
+            gone = [k for k in slot.dirty if cache[k] is None]
+            if gone:
+                self._t.remove(slot.physical, slot.spec, gone)
+            self._t.write(slot.physical, slot.spec, [cache[k] for k in slot.dirty if cache[k] is not None])  # type: ignore[misc]
+            slot.dirty.clear()
+
+    def trim(self, max_rows: int) -> None:
+        """Forget cached rows when there are more than `max_rows` (after a flush)."""
+        if sum(len(s.cache) for s in self._slots.values()) > max_rows:
+            for slot in self._slots.values():
+                slot.cache.clear()
+                slot.complete = False

@@ -1,0 +1,480 @@
+"""The daemon: one loop running a list of workers (projections now; sagas and the outbox
+relay plug in the same way), with heartbeats, leases, wake-ups and a clean stop.
+
+The loop: heartbeat when due, give every worker a `tick()` (a bounded piece of work),
+and when none has more to do right away, wait for a wake-up — a PostgreSQL NOTIFY
+(the store notifies on every append), the poll interval, or a worker's own timer.
+NOTIFY is only a hint: a lost notification costs one poll interval, never an event.
+
+Errors of the database (a dropped connection, a restarted server) are logged and the
+loop backs off and goes on; a watchdog thread notices a loop that stopped turning
+(stuck in a call that never returns) and calls `on_stall` (the CLI restarts the process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..app import App
+from ..store import Store
+from ..store.tracking import Checkpoint
+from . import projections as proj
+
+DAEMON_PREFIX = "daemon:"
+HEARTBEAT_SECONDS = 1.0
+STALL_SECONDS = 60.0
+
+Log = Callable[[str], None]
+
+
+class Worker(ABC):
+    """A unit of the daemon's work. Every method runs on the daemon's loop thread."""
+
+    name: str = "worker"
+
+    def start(self, daemon: Daemon) -> None:
+        """Called once before the first tick."""
+        return None
+
+    @abstractmethod
+    def tick(self) -> bool:
+        """Do a bounded amount of work; return True when more is ready at once."""
+
+    def heartbeat(self) -> None:
+        """Called about every `heartbeat` seconds: renew leases, rebalance."""
+        return None
+
+    def next_due(self) -> float | None:
+        """Seconds until this worker wants a tick even without a wake-up (None: no timer)."""
+        return None
+
+    def busy(self) -> bool:
+        """Work is waiting on a timer (a retry back-off): `--once` waits for it."""
+        return False
+
+    def stop(self) -> None:
+        """Called once when the daemon stops: release leases."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """A few facts for the daemon's heartbeat and `doctor`."""
+        return {}
+
+
+class ProjectionWorker(Worker):
+    """Runs projections, each under a lease, taking at most its share of them."""
+
+    name = "projections"
+
+    def __init__(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        batch: int = proj.STEP_BATCH,
+        retries: int = 3,
+        backoff: float = 0.2,
+        claim_every: float = 0.5,
+    ) -> None:
+        self.names = list(names) if names else None
+        self.batch, self.retries, self.backoff, self.claim_every = batch, retries, backoff, claim_every
+        self.runners: dict[str, proj.Runner] = {}
+        self.owned: set[str] = set()
+        self.failed: set[str] = set()
+        self.processed = 0
+        self._last_claim = 0.0
+
+    def start(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        for cls in proj.select(daemon.app, self.names):
+            self.runners[cls.name] = proj.Runner(
+                daemon.store, daemon.app, cls, daemon.id, batch=self.batch, lease=daemon.lease,
+                retries=self.retries, backoff=self.backoff, log=daemon.log,
+            )  # fmt: skip
+
+    def share(self) -> int:
+        return math.ceil(len(self.runners) / max(1, self.daemon.peers))
+
+    def _claim(self) -> None:
+        self._last_claim = time.monotonic()
+        share = self.share()
+        for name, runner in self.runners.items():
+            if len(self.owned) >= share:
+                return
+            if name in self.owned:
+                continue
+            if runner.claim() == "claimed":
+                self.owned.add(name)
+                self.failed.discard(name)
+                self.daemon.log(f"{name}: taken (owner {self.daemon.id})")
+
+    def tick(self) -> bool:
+        if time.monotonic() - self._last_claim >= self.claim_every:
+            self._claim()
+        more = False
+        for name in sorted(self.owned):
+            step = self.runners[name].step()
+            self.processed += step.processed
+            if step.outcome == "progressed":
+                more = True
+            elif step.outcome in ("lost", "stale"):
+                self.owned.discard(name)
+                if step.outcome == "stale":
+                    self.runners[name].release()
+                self.daemon.log(f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}")
+            elif step.outcome == "failed" and name not in self.failed:
+                self.failed.add(name)
+            elif step.outcome == "caught-up":
+                self.failed.discard(name)
+        return more
+
+    def next_due(self) -> float | None:
+        waits = [r.retry_at - time.monotonic() for n, r in self.runners.items() if n in self.owned and r.retry_at]
+        waits.append(self.claim_every if len(self.owned) < len(self.runners) else math.inf)
+        due = min(waits)
+        return None if due == math.inf else max(due, 0.0)
+
+    def busy(self) -> bool:
+        return any(self.runners[n].retry_at > time.monotonic() for n in self.owned)
+
+    def heartbeat(self) -> None:
+        with self.daemon.store.transaction() as tx:
+            tr = tx.tracking
+            held: set[str] = set(tr.renew(sorted(self.owned), self.daemon.id, self.daemon.lease)) if self.owned else set()
+            holders = Counter(
+                cp.owner for cp in tr.checkpoints() if cp.name in self.runners and cp.owner and cp.lease_valid
+            )
+        for name in self.owned - held:
+            self.daemon.log(f"{name}: lease lost")
+        self.owned &= held
+        # Spread the work: never hold more than ceil(N/D); hand one over while another
+        # daemon holds fewer than floor(N/D) and we hold more.
+        peers, total = self.daemon.peers, len(self.runners)
+        low, high = total // peers, self.share()
+        starving = peers > len(holders) or any(n < low for n in holders.values())
+        give_count = len(self.owned) - high
+        if give_count <= 0 and starving and len(self.owned) > max(low, 1):
+            give_count = 1
+        if give_count > 0:
+            give = sorted(self.owned)[-give_count:]
+            with self.daemon.store.transaction() as tx:
+                tx.tracking.release(give, self.daemon.id)
+            self.owned -= set(give)
+            # Leave them to the others for a moment before claiming again.
+            self._last_claim = time.monotonic() + 2 * self.daemon.heartbeat_every
+            self.daemon.log(f"handed over {', '.join(give)} ({peers} daemons)")
+
+    def stop(self) -> None:
+        if self.owned:
+            with self.daemon.store.transaction() as tx:
+                tx.tracking.release(sorted(self.owned), self.daemon.id)
+            self.owned.clear()
+
+    def info(self) -> dict[str, Any]:
+        return {"owned": sorted(self.owned), "failed": sorted(self.failed), "processed": self.processed}
+
+
+@dataclass
+class DaemonInfo:
+    """A daemon as its heartbeat shows it."""
+
+    daemon_id: str
+    status: str  # running | stopped
+    alive: bool
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    workers: str
+    error: str | None
+
+    @classmethod
+    def from_checkpoint(cls, cp: Checkpoint) -> DaemonInfo:
+        return cls(
+            cp.name[len(DAEMON_PREFIX) :], cp.status, cp.status == "running" and cp.lease_valid,
+            cp.created_at, cp.updated_at, cp.version or "", cp.error,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..store import iso
+
+        return {
+            "daemon_id": self.daemon_id,
+            "status": self.status,
+            "alive": self.alive,
+            "started_at": None if self.started_at is None else iso(self.started_at),
+            "heartbeat_at": None if self.heartbeat_at is None else iso(self.heartbeat_at),
+            "workers": self.workers,
+            "error": self.error,
+        }
+
+
+def daemons(store: Store) -> list[DaemonInfo]:
+    with store.reader() as tx:
+        return [DaemonInfo.from_checkpoint(cp) for cp in tx.tracking.checkpoints(DAEMON_PREFIX)]
+
+
+def prune_daemons(store: Store, older_than: timedelta = timedelta(days=1)) -> int:
+    """Forget heartbeats of daemons that stopped (or died) more than `older_than` ago."""
+    with store.transaction() as tx:
+        tr = tx.tracking
+        cutoff = tr.now() - older_than
+        gone = [
+            cp.name for cp in tr.checkpoints(DAEMON_PREFIX)
+            if not cp.lease_valid and cp.updated_at is not None and cp.updated_at < cutoff
+        ]  # fmt: skip
+        for name in gone:
+            tr.delete(name)
+    return len(gone)
+
+
+class Daemon:
+    """Runs `workers` until stopped. `poll` is the idle wait between looks at the store
+    (default 0.15 s on SQLite, 1 s on PostgreSQL where NOTIFY wakes it at once)."""
+
+    def __init__(
+        self,
+        store: Store,
+        app: App,
+        workers: Sequence[Worker],
+        *,
+        poll: float | None = None,
+        lease: float = proj.LEASE_SECONDS,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        stall: float = STALL_SECONDS,
+        on_stall: Callable[[], None] | None = None,
+        log: Log | None = None,
+    ) -> None:
+        self.store, self.app, self.workers = store, app, list(workers)
+        self.poll = poll if poll is not None else (0.15 if store.backend == "sqlite" else 1.0)
+        self.lease, self.heartbeat_every, self.stall = lease, heartbeat, stall
+        self.on_stall = on_stall
+        self.log: Log = log or (lambda message: None)
+        self.id = proj.owner_id("daemon")
+        self.peers = 1
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._beat = time.monotonic()  # the loop's last sign of life, for the watchdog
+        self._last_heartbeat = 0.0
+        self._listener: threading.Thread | None = None
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the step in hand (safe from a signal handler or thread)."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT and SIGTERM stop the loop cleanly (main thread only)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, once: bool = False) -> None:
+        """Run until `stop()`; with `once`, until every worker has nothing left to do."""
+        self._register()
+        for worker in self.workers:
+            worker.start(self)
+        if self.store.backend == "postgres" and not once:
+            self._listener = threading.Thread(target=self._listen, name="cqrsctl-listen", daemon=True)
+            self._listener.start()
+        watchdog = threading.Thread(target=self._watch, name="cqrsctl-watchdog", daemon=True)
+        watchdog.start()
+        self.log(f"daemon {self.id} started: {', '.join(w.name for w in self.workers)}")
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                self._beat = time.monotonic()
+                try:
+                    if self._beat - self._last_heartbeat >= self.heartbeat_every:
+                        self._heartbeat()
+                    more = False
+                    for worker in self.workers:
+                        if self._stop.is_set():
+                            break
+                        more = worker.tick() or more
+                    backoff = 0.0
+                except Exception as exc:  # the database went away, most likely: back off, go on
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                    backoff = min(max(backoff * 2, 0.1), 5.0)
+                    self.log(f"error: {self.last_error} (retrying in {backoff:.1f}s)")
+                    self._sleep(backoff)
+                    continue
+                if once and not more and not any(w.busy() for w in self.workers):
+                    break
+                if not more:
+                    self._wait()
+        finally:
+            self._stop.set()
+            for worker in self.workers:
+                try:
+                    worker.stop()
+                except Exception as exc:
+                    self.log(f"{worker.name}: could not release its leases: {exc}")
+            try:
+                self._unregister()
+            except Exception:
+                pass
+            self.log(f"daemon {self.id} stopped")
+
+    def _wait(self) -> None:
+        timeout = self.poll
+        for worker in self.workers:
+            due = worker.next_due()
+            if due is not None:
+                timeout = min(timeout, due)
+        self._sleep(timeout)
+        self._wake.clear()
+
+    def _sleep(self, seconds: float) -> None:
+        # In short slices: a signal handler sets the event, but the check must not wait long.
+        end = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, 0.25)):
+                return
+
+    # -- heartbeats ------------------------------------------------------------------------------
+
+    def _row(self) -> str:
+        return DAEMON_PREFIX + self.id
+
+    def _describe(self) -> str:
+        parts = []
+        for worker in self.workers:
+            info = worker.info()
+            owned = info.get("owned")
+            parts.append(f"{worker.name}" + (f"[{','.join(owned)}]" if owned is not None else ""))
+        return " ".join(parts)
+
+    def _register(self) -> None:
+        with self.store.transaction() as tx:
+            tr = tx.tracking
+            tr.put(
+                Checkpoint(
+                    self._row(), status="running", version=self._describe(), owner=self.id,
+                    lease_until=tr.now() + timedelta(seconds=self.lease),
+                )  # fmt: skip
+            )
+
+    def _heartbeat(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        with self.store.transaction() as tx:
+            tr = tx.tracking
+            cp = tr.get(self._row(), lock=True) or Checkpoint(self._row(), status="running", owner=self.id)
+            done = sum(int(w.info().get("processed", 0)) for w in self.workers)
+            cp.position, cp.version, cp.error = done, self._describe(), self.last_error
+            cp.lease_until = tr.now() + timedelta(seconds=self.lease)
+            cp.status, cp.owner = "running", self.id
+            tr.put(cp)
+            self.peers = max(1, sum(1 for d in tr.checkpoints(DAEMON_PREFIX) if d.status == "running" and d.lease_valid))
+        for worker in self.workers:
+            worker.heartbeat()
+
+    def _unregister(self) -> None:
+        with self.store.transaction() as tx:
+            tr = tx.tracking
+            cp = tr.get(self._row(), lock=True)
+            if cp is not None:
+                cp.status, cp.owner, cp.lease_until = "stopped", None, None
+                tr.put(cp)
+
+    # -- wake-ups and the watchdog ------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """LISTEN on the store's channel in a thread of its own; reconnects for ever."""
+        delay = 0.1
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self.store.connect()  # type: ignore[attr-defined]
+                conn.execute(f'LISTEN "{self.store.channel}"')  # type: ignore[attr-defined]
+                self._wake.set()  # anything appended while we were away
+                delay, checked = 0.1, time.monotonic()
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        self._wake.set()
+                    if time.monotonic() - checked > 5:
+                        conn.execute("SELECT 1")  # a dead connection shows itself here
+                        checked = time.monotonic()
+            except Exception as exc:
+                if not self._stop.is_set():
+                    self.log(f"listener: {type(exc).__name__}: {' '.join(str(exc).split())} (reconnecting)")
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.stall / 4, 5.0)):
+            idle = time.monotonic() - self._beat
+            if idle > self.stall:
+                self.log(f"the loop has not turned for {idle:.0f}s: stalled")
+                if self.on_stall is not None:
+                    self.on_stall()
+                self._beat = time.monotonic()
+
+
+class SagaWorker(Worker):
+    """Runs the app's sagas and reactions: new events in small batches, due deadlines.
+
+    Saga work takes a lock per batch, so among several daemons one does it at a time;
+    the others find the lock taken and go on with their other workers.
+    """
+
+    name = "sagas"
+
+    def __init__(self, batch: int = 100, deadline_check: float = 1.0) -> None:
+        self.batch, self.deadline_check = batch, deadline_check
+        self.processed = 0
+        self.runner: Any = None
+
+    def start(self, daemon: Daemon) -> None:
+        from .sagas import SagaRunner
+
+        self.runner = SagaRunner(daemon.app, daemon.store, batch=self.batch)
+
+    def tick(self) -> bool:
+        report = self.runner.run_once(max_batches=1)
+        done = report.events + report.deadlines_fired
+        self.processed += done
+        # Work done may have produced events for other workers (or more for us): go round again.
+        return done > 0
+
+    def next_due(self) -> float | None:
+        return self.deadline_check  # deadlines come due without any event to wake us
+
+    def info(self) -> dict[str, Any]:
+        return {"processed": self.processed}
+
+
+def restart_process() -> None:
+    """An `on_stall` for command-line daemons: replace this process with a fresh copy."""
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+

@@ -1,0 +1,334 @@
+"""Dispatch commands: validate, load, decide, append, record — one transaction per command."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new, fold, new_aggregate
+from ..errors import ConcurrencyError, CqrsError, ValidationError
+from ..store import NewEvent, Snapshot, Store, Transaction
+from ..store.base import new_id, utcnow
+from .outbox import write_outbox
+
+
+@dataclass(slots=True)
+class DispatchResult:
+    command_id: str
+    command: str
+    stream_id: str
+    version: int
+    event_ids: list[str]
+    positions: list[int]
+    duplicate: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "command": self.command,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "event_ids": self.event_ids,
+            "positions": self.positions,
+            "duplicate": self.duplicate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DispatchResult:
+        return cls(
+            d["command_id"], d["command"], d["stream_id"], d["version"], d["event_ids"], d["positions"], True
+        )
+
+
+@dataclass
+class BatchItem:
+    line: int
+    name: str
+    data: dict[str, Any]
+    command_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchFailure:
+    line: int
+    command: str
+    exit_code: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "error": self.message,
+        }
+
+
+@dataclass
+class BatchReport:
+    dispatched: int = 0
+    duplicates: int = 0
+    failures: list[BatchFailure] = field(default_factory=list)
+    results: list[DispatchResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dispatched": self.dispatched,
+            "duplicates": self.duplicates,
+            "failed": len(self.failures),
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+
+def _event_dict(event: Event) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+class Dispatcher:
+    """Runs commands of `app` against `store`.
+
+    `retries` bounds how often a command is re-run on fresh state after a
+    concurrency conflict; `actor` goes into every event's metadata.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        retries: int | None = None,
+        actor: str | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.app, self.store = app, store
+        self.retries = app.retries if retries is None else retries
+        self.actor = actor
+        # Aggregates as of their last commit here: a dispatch then reads only the events
+        # appended since (by anyone) instead of the whole stream. Handlers must not
+        # mutate the aggregate they are given (state changes only through when_ methods).
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Aggregate] = OrderedDict()
+        self._pending: tuple[str, Aggregate] | None = None
+        # Hooks run inside the dispatch transaction after the append (outbox, inline work).
+        self.after_append: list[Callable[[Transaction, str, list[Event], list[Any]], None]] = []
+
+    def dispatch(
+        self,
+        command: str | Command,
+        data: dict[str, Any] | None = None,
+        *,
+        command_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> DispatchResult:
+        """Dispatch one command by name (with `data`) or as a built Command instance."""
+        if isinstance(command, str):
+            spec, cmd = self.app.build_command(command, data or {})
+        else:
+            spec = self._spec_for(command)
+            cmd = command
+        # Only ids the caller chose can come back, so only those are remembered.
+        remember = check_seen = command_id is not None
+        command_id = command_id or new_id()
+        attempts = 0
+        while True:
+            self._pending = None
+            try:
+                with self.store.transaction() as tx:
+                    if attempts:
+                        # After a conflict, decide again holding the append lock (what every
+                        # append takes anyway, until commit): nobody can slip in between, so
+                        # dispatchers of one busy aggregate do not starve each other. A backend
+                        # may defer the lock to its next statement: this read sends it.
+                        tx._lock_for_append()
+                        tx.stream_version(spec.stream_id(cmd))
+                    result = self._run(tx, spec, cmd, command_id, metadata or {}, check_seen, remember)
+                self._cache_put()
+                return result
+            except ConcurrencyError:
+                attempts += 1
+                if attempts > self.retries:
+                    raise
+                check_seen = True  # a racing duplicate may have committed meanwhile
+
+    def dispatch_in(
+        self, tx: Transaction, command: Command, *, command_id: str, metadata: dict[str, Any] | None = None
+    ) -> DispatchResult:
+        """Dispatch inside the caller's transaction, so that what the caller records (a saga's
+        state) commits together with the command's events. A concurrency conflict re-runs the
+        handler in the same transaction: each statement there sees the latest commits."""
+        spec = self._spec_for(command)
+        attempts = 0
+        while True:
+            try:
+                return self._run(tx, spec, command, command_id, metadata or {}, True, True)
+            except ConcurrencyError:
+                attempts += 1
+                if attempts > self.retries:
+                    raise
+
+    def _spec_for(self, command: Command) -> CommandSpec:
+        for spec in self.app.commands.values():
+            if type(command) is spec.cls:
+                return spec
+        return self.app.command_spec(type(command).__name__)
+
+    def _cache_put(self) -> None:
+        # Only committed state enters the cache; a failed attempt leaves the stream out.
+        if self._pending is None or not self.cache_size:
+            return
+        stream_id, agg = self._pending
+        self._cache[stream_id] = agg
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _run(
+        self,
+        tx: Transaction,
+        spec: CommandSpec,
+        cmd: Command,
+        command_id: str,
+        metadata: dict[str, Any],
+        check_seen: bool,
+        remember: bool,
+    ) -> DispatchResult:
+        if check_seen:
+            seen = tx.processed_command(command_id)
+            if seen is not None:
+                return DispatchResult.from_dict(seen)
+        stream_id = spec.stream_id(cmd)
+        agg = self._cache.pop(stream_id, None) if self.cache_size else None
+        if agg is not None and type(agg) is spec.aggregate:
+            fold(self.app, agg, tx.read_stream(stream_id, agg.version + 1))
+        else:
+            agg = load(self.app, tx, spec.aggregate, stream_id)
+        before = agg.version
+        decided = cmd.handle(agg)
+        events: list[Event] = (
+            [] if decided is None else [decided] if isinstance(decided, Event) else list(decided)
+        )
+        for e in events:
+            if not isinstance(e, Event):
+                raise ValidationError(f"{spec.name}.handle returned {type(e).__name__}, not an Event")
+        result = DispatchResult(command_id, spec.name, stream_id, before, [], [])
+        if events:
+            meta = {
+                **metadata,
+                "command_id": command_id,
+                "command": spec.name,
+                "correlation_id": metadata.get("correlation_id") or command_id,
+                "causation_id": metadata.get("causation_id") or command_id,
+            }
+            actor = metadata.get("actor") or self.actor
+            if actor:
+                meta["actor"] = actor
+            new = [NewEvent(e.event_type, _event_dict(e), meta, None, e.schema_version) for e in events]
+            appended = tx.append(stream_id, new, before)
+            result.version, result.event_ids, result.positions = (
+                appended.version,
+                appended.event_ids,
+                appended.positions,
+            )
+            for e in events:
+                self.app.events.setdefault(e.event_type, type(e))
+            if self.app.publishes:  # the outbox rows commit (or not) with the events
+                write_outbox(tx, self.app, stream_id, new, appended)
+            for hook in self.after_append:
+                hook(tx, stream_id, events, [appended])
+            every = (
+                self.app.snapshot_every
+                if spec.aggregate.snapshot_every is None
+                else spec.aggregate.snapshot_every
+            )
+            apply_new(agg, events, before + 1)
+            if every and appended.version // every > before // every:
+                tx.save_snapshot(snapshot_of(agg))
+        if remember:
+            tx.record_command(command_id, stream_id, result.to_dict())
+        self._pending = (stream_id, agg)
+        return result
+
+    def dispatch_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        continue_on_error: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> BatchReport:
+        """Dispatch items in order, one transaction each; stops at the first failure unless told not to."""
+        report = BatchReport()
+        for item in items:
+            try:
+                result = self.dispatch(
+                    item.name, item.data, command_id=item.command_id, metadata=item.metadata
+                )
+            except CqrsError as exc:
+                report.failures.append(BatchFailure(item.line, item.name, exc.exit_code, str(exc)))
+                if not continue_on_error:
+                    break
+            else:
+                report.results.append(result)
+                if result.duplicate:
+                    report.duplicates += 1
+                else:
+                    report.dispatched += 1
+            if on_progress:
+                on_progress(1)
+        return report
+
+
+def snapshot_of(agg: Aggregate) -> Snapshot:
+    cls = type(agg)
+    return Snapshot(agg.stream_id, cls.__name__, agg.version, cls.snapshot_schema, agg.state(), utcnow())
+
+
+def load(
+    app: App,
+    tx: Transaction,
+    cls: type[Aggregate],
+    stream_id: str,
+    *,
+    at_version: int | None = None,
+    as_of: Any = None,
+    use_snapshot: bool = True,
+) -> Aggregate:
+    """Fold `stream_id` into a `cls`, starting from a usable snapshot when there is one."""
+    agg: Aggregate | None = None
+    if use_snapshot and as_of is None and (cls.snapshot_every or app.snapshot_every):
+        snap = tx.load_snapshot(stream_id)
+        if (
+            snap is not None
+            and snap.schema_version == cls.snapshot_schema
+            and (at_version is None or snap.version <= at_version)
+        ):
+            agg = new_aggregate(cls, stream_id, snap.version, snap.state)
+    if agg is None:
+        agg = new_aggregate(cls, stream_id)
+    events = tx.read_stream(stream_id, agg.version + 1, at_version, None, as_of)
+    return fold(app, agg, events)
+
+
+def parse_batch(lines: Iterable[bytes], default_command: str | None = None) -> Iterator[BatchItem]:
+    """JSONL of {"command", "data", "id", "metadata"}; a bad line fails before anything is dispatched."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(f"line {number}: invalid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValidationError(f"line {number}: expected a JSON object")
+        name = d.get("command") or default_command
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f'line {number}: missing "command"')
+        data = d.get("data", {})
+        metadata = d.get("metadata") or {}
+        if not isinstance(data, dict) or not isinstance(metadata, dict):
+            raise ValidationError(f'line {number}: "data" and "metadata" must be JSON objects')
+        command_id = d.get("id")
+        yield BatchItem(number, name, data, None if command_id is None else str(command_id), metadata)

@@ -1,0 +1,97 @@
+"""Health checks of a store, for people and for monitoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..store import Store, redact
+from ..store.base import SCHEMA_VERSION
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class Report:
+    database: str
+    backend: str
+    checks: list[Check] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    # Row lists by topic ("projections", "daemons", …) for tables and --json.
+    details: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "backend": self.backend,
+            "healthy": self.healthy,
+            "checks": [c.to_dict() for c in self.checks],
+            "counts": self.counts,
+            **self.details,
+        }
+
+
+def durability(store: Store) -> str:
+    if store.backend == "sqlite":
+        mode = getattr(store, "synchronous", "normal")
+        if mode in ("full", "extra"):
+            return f"WAL, synchronous={mode}: commits survive process crash and power loss"
+        return f"WAL, synchronous={mode}: commits survive a process crash; the last ones may be lost on power loss"
+    return "PostgreSQL: commits survive a server or machine crash (synchronous_commit as configured on the server)"
+
+
+def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Report:
+    """Connectivity, schema version and table counts. Reaching here means we connected."""
+    report = Report(redact(store.url), store.backend)
+    report.checks.append(Check("connection", True, f"connected ({store.backend})"))
+    version = store.schema_version()
+    if version == 0:
+        report.checks.append(Check("schema", False, "not initialised: run `cqrsctl init`"))
+        return report
+    report.checks.append(
+        Check(
+            "schema", version == SCHEMA_VERSION, f"version {version} (this cqrsctl expects {SCHEMA_VERSION})"
+        )
+    )
+    report.counts = store.counts()
+    report.checks.append(Check("durability", True, durability(store)))
+    from .projections import doctor_checks
+
+    doctor_checks(store, app, report, max_lag)
+    _saga_checks(store, report)
+    return report
+
+
+def _saga_checks(store: Store, report: Report) -> None:
+    """Unhealthy when a saga is `failed`; `compensating` for long means a runner is stuck."""
+    from ..store.base import utcnow
+    from .sagas import list_sagas, saga_counts
+
+    counts = saga_counts(store)
+    if not counts:
+        return
+    stuck = [
+        s.saga_id
+        for s in list_sagas(store, "compensating")
+        if (utcnow() - s.updated_at).total_seconds() > 300
+    ]
+    failed = counts.get("failed", 0)
+    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    if stuck:
+        detail += f"; stuck compensating: {', '.join(stuck[:5])}"
+    if failed:
+        detail += "; see `cqrsctl sagas list --status failed`"
+    report.checks.append(Check("sagas", failed == 0, detail))
+    report.details["sagas"] = [{"status": status, "count": n} for status, n in sorted(counts.items())]

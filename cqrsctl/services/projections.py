@@ -1,0 +1,778 @@
+"""Running projections: incremental steps, catch-up, rebuild, reset, skip, retry, status.
+
+Every step reads a page of events, runs the handlers against a write-back cache, then
+in ONE transaction writes the read-model rows and moves the checkpoint; a crash leaves
+both as they were before the step or both after it.
+
+Who may move a checkpoint is decided by its lease (owner, lease_until): a step first
+locks the checkpoint row (``FOR UPDATE`` on PostgreSQL; SQLite writers are serialised by
+``BEGIN IMMEDIATE``) and goes on only if the lease is its own and unexpired. Taking a
+lease needs that same row lock, so while one process is inside a step no other can take
+the lease, and no two processes ever run one projection's handlers at the same time.
+
+Reading never skips an event committed late: both backends make global positions
+visible in commit order (see the stores), so "everything after my position" is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from ..app import App
+from ..errors import BatchError, IncompleteError, LockedError, NotFoundError, UsageError
+from ..projection import EventView, Projection, ReadModel
+from ..store import Store, iso
+from ..store.base import new_id
+from ..store.tracking import Checkpoint, EventTuple, Tracking
+
+STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
+REBUILD_BATCH = 5000  # events per rebuild transaction
+LEASE_SECONDS = 5.0  # a daemon's hold on a projection; renewed about every second
+REBUILD_LEASE_SECONDS = 30.0
+CACHE_ROWS = 100_000  # read-model rows a rebuild keeps in memory between batches
+REBUILD_PREFIX = "rebuild:"
+SHADOW_SUFFIX = "__rebuild"
+
+STATES = ("running", "idle", "rebuilding", "failed", "stale-version")
+
+
+def owner_id(kind: str) -> str:
+    """`kind:host:pid:random`: unique, and says who holds a lease."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+
+
+def _dead_here(owner: str | None) -> bool:
+    """True when `owner` was a process on this machine that no longer runs (kill -9):
+    its lease need not be waited out."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def lease_free(cp: Checkpoint, owner: str) -> bool:
+    return cp.owner is None or cp.owner == owner or not cp.lease_valid or _dead_here(cp.owner)
+
+
+def projection_class(app: App, name: str) -> type[Projection]:
+    try:
+        return app.projections[name]
+    except KeyError:
+        known = ", ".join(sorted(app.projections)) or "none"
+        raise NotFoundError(f"unknown projection {name!r} (known: {known})") from None
+
+
+def select(app: App, names: Sequence[str] | None) -> list[type[Projection]]:
+    if not app.projections:
+        raise NotFoundError(f"app {app.name!r} registers no projections")
+    if not names:
+        return [app.projections[n] for n in sorted(app.projections)]
+    return [projection_class(app, n) for n in names]
+
+
+def _live(cls: type[Projection]) -> dict[str, str]:
+    return {t: t for t in cls.tables}
+
+
+def _shadow(cls: type[Projection]) -> dict[str, str]:
+    return {t: t + SHADOW_SUFFIX for t in cls.tables}
+
+
+class HandlerFailure(Exception):
+    """A handler raised on the event at `position`."""
+
+    def __init__(self, position: int, event_type: str, exc: BaseException) -> None:
+        self.position, self.event_type = position, event_type
+        self.message = f"{type(exc).__name__}: {exc}"
+        super().__init__(f"handler for {event_type} failed at position {position}: {self.message}")
+
+
+def apply(
+    app: App,
+    handlers: dict[str, Callable[[EventView, ReadModel], None]],
+    rm: ReadModel,
+    rows: Sequence[EventTuple],
+    skipped: set[int],
+) -> None:
+    """Run the handlers over `rows` in order (the hot loop of catch-up and rebuild)."""
+    get = handlers.get
+    for row in rows:
+        handler = get(row[3])
+        if handler is None or (skipped and row[0] in skipped):
+            continue
+        try:
+            handler(EventView(row, app), rm)
+        except Exception as exc:
+            raise HandlerFailure(row[0], row[3], exc) from exc
+
+
+def _advance(cp_position: int, head: int, rows: Sequence[EventTuple], limit: int) -> int:
+    """The new checkpoint after reading `rows` (a page of at most `limit` matching events).
+
+    A short page means no matching event lies between the last row and `head` (read
+    before the page, and positions commit in order), so the checkpoint may move to head:
+    lag then counts only what is really left."""
+    if len(rows) >= limit:
+        return rows[-1][0]  # type: ignore[no-any-return]
+    return max(cp_position, head, rows[-1][0] if rows else 0)
+
+
+# -- one projection, step by step ------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """What one call of Runner.step did."""
+
+    outcome: str  # progressed | caught-up | backoff | failed | stale | lost
+    processed: int = 0
+    position: int = 0
+    error: str | None = None
+
+
+class Runner:
+    """Moves one projection forward in bounded, fenced steps, on behalf of `owner`.
+
+    A handler that raises is retried `retries` times with back-off (`backoff` seconds,
+    times 5 each attempt), the events before it being committed first; then the
+    projection is marked failed, naming the event, and waits for `skip` or `retry`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        app: App,
+        cls: type[Projection],
+        owner: str,
+        *,
+        batch: int = STEP_BATCH,
+        lease: float = LEASE_SECONDS,
+        retries: int = 3,
+        backoff: float = 0.2,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store, self.app, self.cls, self.owner = store, app, cls, owner
+        self.name = cls.name
+        self.version = str(cls.version)
+        self.projection = cls()
+        self.handlers = self.projection.handlers()
+        self.batch, self.lease, self.retries, self.backoff = batch, lease, retries, backoff
+        self.log = log or (lambda message: None)
+        self.attempts = 0
+        self.retry_at = 0.0
+        self._rm: ReadModel | None = None
+        self._token: Any = None
+
+    def claim(self) -> str:
+        """Take the lease: 'claimed', 'held' (someone else has it) or 'stale' (version differs).
+        A new projection gets its tables and checkpoint here."""
+        with self.store.transaction() as tx:
+            tr = tx.tracking
+            cp = tr.get(self.name, lock=True)
+            if cp is None:
+                for table, spec in self.cls.tables.items():
+                    tr.create_table(table, spec)
+                    tr.create_indexes(table, spec)
+                cp = Checkpoint(self.name, version=self.version)
+            elif cp.version != self.version:
+                return "stale"
+            elif not lease_free(cp, self.owner):
+                return "held"
+            cp.owner = self.owner
+            self._token = tr.put(cp, lease=self.lease)
+        self.attempts, self.retry_at = 0, 0.0
+        self._rm = None
+        return "claimed"
+
+    def release(self) -> None:
+        with self.store.transaction() as tx:
+            tx.tracking.release([self.name], self.owner)
+
+    def step(self) -> Step:
+        if self.retry_at > time.monotonic():
+            return Step("backoff")
+        try:
+            step = self._step(None)
+        except HandlerFailure as failure:
+            self._step(failure.position)  # commit what came before the poison event
+            self.attempts += 1
+            if self.attempts > self.retries:
+                self._mark_failed(failure)
+                self.log(f"{self.name}: failed at position {failure.position}: {failure.message}")
+                self.attempts, self.retry_at = 0, 0.0
+                return Step("failed", position=failure.position - 1, error=failure.message)
+            delay = self.backoff * 5 ** (self.attempts - 1)
+            self.retry_at = time.monotonic() + delay
+            self.log(
+                f"{self.name}: handler failed at position {failure.position} "
+                f"(attempt {self.attempts} of {self.retries + 1}, retrying in {delay:.1f}s): {failure.message}"
+            )
+            return Step("backoff", position=failure.position - 1, error=failure.message)
+        if step.outcome in ("progressed", "caught-up"):
+            self.attempts = 0
+        return step
+
+    def _fenced(self, cp: Checkpoint | None) -> Step | None:
+        if cp is None or cp.owner != self.owner or not cp.lease_valid:
+            return Step("lost")
+        if cp.version != self.version:
+            return Step("stale", position=cp.position)
+        if cp.status == "failed":
+            return Step("failed", position=cp.position, error=cp.error)
+        return None
+
+    def _step(self, before: int | None) -> Step:
+        try:
+            with self.store.transaction() as tx:
+                tr = tx.tracking
+                cp, head = tr.begin_step(self.name)
+                early = self._fenced(cp)
+                if early is not None:
+                    self._rm = None
+                    return early
+                assert cp is not None
+                rows = tr.scan(cp.position, self.batch, self.cls.handles)
+                if before is not None:
+                    rows = [r for r in rows if r[0] < before]
+                skipped = {s["position"] for s in cp.skipped}
+                # The cache of read-model rows outlives a step only while nobody else wrote
+                # the checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is
+                # the token. Only the lease holder writes the tables themselves.
+                rm = self._rm
+                if rm is None or cp.updated_at != self._token:
+                    rm = self._rm = ReadModel(tr, self.cls.tables, _live(self.cls))
+                rm.bind(tr)
+                apply(self.app, self.handlers, rm, rows, skipped)
+                rm.flush()
+                new = before - 1 if before is not None else _advance(cp.position, head, rows, self.batch)
+                cp.position, cp.status = new, "idle"
+                token = tr.put(cp, lease=self.lease)
+        except BaseException:
+            self._rm = None  # what the cache holds may not have been committed
+            raise
+        self._token = token
+        rm.trim(CACHE_ROWS)
+        return Step("progressed" if len(rows) >= self.batch else "caught-up", len(rows), new)
+
+    def _mark_failed(self, failure: HandlerFailure) -> None:
+        self._rm = None
+        with self.store.transaction() as tx:
+            tr = tx.tracking
+            cp = tr.get(self.name, lock=True)
+            if self._fenced(cp) is not None:
+                return
+            assert cp is not None
+            cp.status = "failed"
+            cp.error = f"{failure.event_type} at position {failure.position}: {failure.message}"
+            cp.error_position = failure.position
+            tr.put(cp)
+
+
+# -- catch-up (cron) -----------------------------------------------------------------------------
+
+
+@dataclass
+class CatchUpResult:
+    name: str
+    outcome: str  # caught-up | failed | stale | held | timeout
+    processed: int = 0
+    position: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "outcome": self.outcome,
+            "processed": self.processed,
+            "position": self.position,
+            "error": self.error,
+        }
+
+
+def catch_up(
+    store: Store,
+    app: App,
+    names: Sequence[str] | None = None,
+    *,
+    timeout: float | None = None,
+    batch: int = STEP_BATCH,
+    retries: int = 3,
+    backoff: float = 0.2,
+    on_progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[CatchUpResult]:
+    """Process what is new for each projection and return; projections a daemon holds
+    are left to it ('held'). Raises nothing for failures: look at the outcomes (or use
+    :func:`check_catch_up`)."""
+    owner = owner_id("catch-up")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    results: dict[str, CatchUpResult] = {}
+    runners: list[Runner] = []
+    for cls in select(app, names):
+        runner = Runner(store, app, cls, owner, batch=batch, retries=retries, backoff=backoff, log=log)
+        claimed = runner.claim()
+        results[cls.name] = CatchUpResult(cls.name, "caught-up" if claimed == "claimed" else claimed)
+        if claimed == "claimed":
+            runners.append(runner)
+    renewed = time.monotonic()
+    try:
+        active = list(runners)
+        while active:
+            if deadline is not None and time.monotonic() > deadline:
+                for runner in active:
+                    results[runner.name].outcome = "timeout"
+                break
+            waiting = True
+            for runner in list(active):
+                step = runner.step()
+                result = results[runner.name]
+                result.processed += step.processed
+                if on_progress and step.processed:
+                    on_progress(step.processed)
+                if step.outcome != "backoff":
+                    waiting = False
+                    result.position = step.position
+                if step.outcome in ("caught-up", "failed", "stale", "lost"):
+                    result.outcome = {"lost": "held"}.get(step.outcome, step.outcome)
+                    result.error = step.error
+                    active.remove(runner)
+            if waiting and active:
+                if time.monotonic() - renewed > 1.0:  # backing off must not cost the leases
+                    with store.transaction() as tx:
+                        tx.tracking.renew([r.name for r in active], owner, LEASE_SECONDS)
+                    renewed = time.monotonic()
+                time.sleep(min(0.05, max(0.0, min(r.retry_at for r in active) - time.monotonic())))
+    finally:
+        for runner in runners:
+            try:
+                runner.release()
+            except Exception:  # the lease runs out by itself
+                pass
+    return [results[n] for n in results]
+
+
+def check_catch_up(results: Sequence[CatchUpResult]) -> None:
+    """Raise when a catch-up left work undone: failed or stale projections (BatchError),
+    or the timeout hit first (IncompleteError)."""
+    bad = [r for r in results if r.outcome in ("failed", "stale")]
+    if bad:
+        raise BatchError(
+            "; ".join(f"{r.name} {r.outcome}" + (f": {r.error}" if r.error else "") for r in bad)
+        )
+    late = [r.name for r in results if r.outcome == "timeout"]
+    if late:
+        raise IncompleteError(f"timed out with work left: {', '.join(late)}")
+
+
+# -- rebuild ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildResult:
+    name: str
+    version: int
+    events: int  # events handed to handlers
+    position: int
+    seconds: float
+    resumed_from: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "events": self.events,
+            "position": self.position,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.rate),
+            "resumed_from": self.resumed_from,
+        }
+
+
+@dataclass
+class RebuildPlan:
+    """What `rebuild --dry-run` reports."""
+
+    name: str
+    version: int
+    live_version: str | None
+    live_position: int | None
+    head: int
+    resume_from: int
+    tables: list[str]
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "live_version": self.live_version,
+            "live_position": self.live_position,
+            "head": self.head,
+            "resume_from": self.resume_from,
+            "tables": self.tables,
+            "note": self.note,
+        }
+
+
+def plan_rebuild(store: Store, app: App, name: str) -> RebuildPlan:
+    cls = projection_class(app, name)
+    with store.reader() as tx:
+        tr = tx.tracking
+        live, rb, head = tr.get(name), tr.get(REBUILD_PREFIX + name), tr.head()
+    resume = rb.position if rb is not None and rb.version == str(cls.version) else 0
+    notes = []
+    if rb is not None and rb.lease_valid and not _dead_here(rb.owner):
+        notes.append(f"a rebuild is running ({rb.owner}): this one would wait for it to stop")
+    elif resume:
+        notes.append(f"resumes an interrupted rebuild at position {resume}")
+    shadows = ", ".join(t + SHADOW_SUFFIX for t in cls.tables)
+    notes.append(
+        f"builds {shadows} from position {resume} to the head ({head}), then swaps them for "
+        f"{', '.join(cls.tables)} in one transaction; events are only read"
+    )
+    return RebuildPlan(
+        name, cls.version, None if live is None else live.version, None if live is None else live.position,
+        head, resume, list(cls.tables), "; ".join(notes),
+    )  # fmt: skip
+
+
+def rebuild(
+    store: Store,
+    app: App,
+    name: str,
+    *,
+    batch: int = REBUILD_BATCH,
+    on_progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RebuildResult:
+    """Replay every event into shadow tables, then swap them in atomically.
+
+    Readers keep seeing the old tables until the swap commits. The shadow build and its
+    position (checkpoint ``rebuild:<name>``) commit together per batch, so a rebuild
+    that is interrupted (Ctrl-C, kill -9) is resumed by running it again; the live
+    tables and the events are never touched before the swap. `on_progress(done, total)`
+    is called after every batch, in positions.
+    """
+    cls = projection_class(app, name)
+    version = str(cls.version)
+    owner = owner_id("rebuild")
+    rb_name = REBUILD_PREFIX + name
+    shadow = _shadow(cls)
+    handlers = cls().handlers()
+    started = time.monotonic()
+
+    with store.transaction() as tx:
+        tr = tx.tracking
+        rb = tr.get(rb_name, lock=True)
+        if rb is not None and not lease_free(rb, owner):
+            raise LockedError(f"a rebuild of {name} is already running ({rb.owner})")
+        fresh = rb is None or rb.version != version or not all(tr.table_exists(t) for t in shadow.values())
+        if fresh:
+            for table, spec in cls.tables.items():
+                tr.drop_table(shadow[table])
+                tr.create_table(shadow[table], spec)
+            rb = Checkpoint(rb_name, version=version, status="rebuilding")
+        assert rb is not None
+        rb.owner, rb.lease_until = owner, tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
+        tr.put(rb)
+        live = tr.get(name)
+        head = tr.head()
+    skipped = {s["position"] for s in live.skipped} if live is not None else set()
+    resumed_from = position = rb.position
+    rm = ReadModel(tr, cls.tables, shadow)
+    if position == 0:
+        for table in cls.tables:
+            rm.mark_complete(table)
+    events = 0
+    total = max(head - resumed_from, 0)
+    if log:
+        log(f"{name}: rebuilding v{version} from position {position} (head {head})")
+
+    def batch_step(tr: Tracking) -> int:
+        """One page into the shadow tables; returns how many rows the page had."""
+        nonlocal position, events
+        head_now = tr.head()
+        rows = tr.scan(position, batch, cls.handles)
+        rm.bind(tr)
+        try:
+            apply(app, handlers, rm, rows, skipped)
+        except HandlerFailure as failure:
+            raise BatchError(
+                f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
+                f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
+            ) from None
+        rm.flush()
+        events += len(rows)
+        position = _advance(position, head_now, rows, batch)
+        return len(rows)
+
+    def fenced(tr: Tracking) -> Checkpoint:
+        cp = tr.get(rb_name, lock=True)
+        if cp is None or cp.owner != owner:
+            raise LockedError(f"the rebuild of {name} was taken over by {cp.owner if cp else 'a reset'}")
+        return cp
+
+    try:
+        while True:
+            with store.transaction() as tx:
+                tr = tx.tracking
+                cp = fenced(tr)
+                before = position
+                n = batch_step(tr)
+                cp.position = position
+                cp.lease_until = tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
+                tr.put(cp)
+            rm.trim(CACHE_ROWS)
+            if on_progress:
+                on_progress(min(position - resumed_from, max(total, position - resumed_from)), total)
+            if n < batch or position == before:
+                break
+        # The swap: catch up the last events and exchange the tables under the live
+        # checkpoint's row lock, so no step of a daemon interleaves.
+        with store.transaction() as tx:
+            tr = tx.tracking
+            cp = fenced(tr)
+            live = tr.get(name, lock=True)
+            while batch_step(tr) >= batch:
+                pass
+            for table, spec in cls.tables.items():
+                tr.drop_table(table)
+                tr.rename_table(shadow[table], table)
+                tr.create_indexes(table, spec)
+            if live is None:
+                live = Checkpoint(name)
+            live.position, live.version, live.status = position, version, "idle"
+            live.error = live.error_position = None
+            tr.put(live)
+            tr.delete(rb_name)
+    except BaseException:
+        # Give the build back at once (its progress is kept) so a rerun need not wait.
+        try:
+            with store.transaction() as tx:
+                tx.tracking.release([rb_name], owner)
+        except Exception:
+            pass
+        raise
+    if on_progress:
+        on_progress(max(total, position - resumed_from), max(total, position - resumed_from))
+    return RebuildResult(name, cls.version, events, position, time.monotonic() - started, resumed_from)
+
+
+# -- reset, skip, retry -----------------------------------------------------------------------------
+
+
+def reset(store: Store, app: App, name: str) -> None:
+    """Drop the projection's tables (live and shadow) and forget its checkpoint; the next
+    catch-up or daemon run builds it again from the first event."""
+    cls = projection_class(app, name)
+    with store.transaction() as tx:
+        tr = tx.tracking
+        rb = tr.get(REBUILD_PREFIX + name, lock=True)
+        if rb is not None and rb.owner and rb.lease_valid and not _dead_here(rb.owner):
+            raise LockedError(f"a rebuild of {name} is running ({rb.owner}); stop it first")
+        tr.get(name, lock=True)
+        for table in cls.tables:
+            tr.drop_table(table)
+            tr.drop_table(table + SHADOW_SUFFIX)
+        tr.delete(name)
+        tr.delete(REBUILD_PREFIX + name)
+
+
+def skip(store: Store, app: App, name: str, position: int, reason: str | None = None) -> Checkpoint:
+    """Never apply the event at `position` to this projection (recorded in its checkpoint).
+    A projection failed on that event goes back to work."""
+    projection_class(app, name)
+    with store.transaction() as tx:
+        tr = tx.tracking
+        cp = tr.get(name, lock=True)
+        if cp is None:
+            raise NotFoundError(f"projection {name} has not run yet: nothing to skip")
+        if position <= cp.position:
+            raise UsageError(f"position {position} is already processed by {name} (at {cp.position})")
+        if any(s["position"] == position for s in cp.skipped):
+            return cp
+        error = cp.error if cp.error_position == position else reason
+        cp.skipped.append({"position": position, "at": iso(tr.now()), "error": error})
+        if cp.status == "failed" and cp.error_position == position:
+            cp.status, cp.error, cp.error_position = "idle", None, None
+        tr.put(cp)
+        return cp
+
+
+def retry(store: Store, app: App, name: str) -> Checkpoint:
+    """Put a failed projection back to work (after fixing the handler or the data)."""
+    projection_class(app, name)
+    with store.transaction() as tx:
+        tr = tx.tracking
+        cp = tr.get(name, lock=True)
+        if cp is None:
+            raise NotFoundError(f"projection {name} has not run yet")
+        if cp.status != "failed":
+            raise UsageError(f"projection {name} is not failed (status {cp.status})")
+        cp.status, cp.error, cp.error_position = "idle", None, None
+        tr.put(cp)
+        return cp
+
+
+# -- status ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProjectionStatus:
+    name: str
+    version: int
+    stored_version: str | None
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    state: str
+    owner: str | None = None
+    error: str | None = None
+    error_position: int | None = None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    rebuild_position: int | None = None
+    tables: list[str] = field(default_factory=list)
+    handles: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "stored_version": self.stored_version,
+            "position": self.position,
+            "head": self.head,
+            "lag_events": self.lag_events,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "state": self.state,
+            "owner": self.owner,
+            "error": self.error,
+            "error_position": self.error_position,
+            "skipped": self.skipped,
+            "rebuild_position": self.rebuild_position,
+            "tables": self.tables,
+            "handles": self.handles,
+        }
+
+
+def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[ProjectionStatus]:
+    out = []
+    with store.reader() as tx:
+        tr = tx.tracking
+        head = tr.head()
+        now = tr.now()
+        rows = {cp.name: cp for cp in tr.checkpoints()}
+        for cls in select(app, names):
+            cp = rows.get(cls.name)
+            rb = rows.get(REBUILD_PREFIX + cls.name)
+            position = cp.position if cp else 0
+            lag_seconds = 0.0
+            if position < head:
+                first = tr.scan(position, 1, cls.handles)
+                if first:
+                    view = EventView(first[0])
+                    lag_seconds = max((now - view.recorded_at).total_seconds(), 0.0)
+            stored_version = cp.version if cp else None
+            if rb is not None and rb.lease_valid and not _dead_here(rb.owner):
+                state = "rebuilding"
+            elif cp is not None and cp.status == "failed":
+                state = "failed"
+            elif cp is not None and cp.version != str(cls.version):
+                state = "stale-version"
+            elif cp is not None and cp.owner and cp.lease_valid:
+                state = "running"
+            else:
+                state = "idle"
+            out.append(
+                ProjectionStatus(
+                    cls.name, cls.version, stored_version, position, head, max(head - position, 0), lag_seconds,
+                    state, cp.owner if cp and cp.lease_valid else None, cp.error if cp else None,
+                    cp.error_position if cp else None, cp.skipped if cp else [],
+                    rb.position if rb else None, list(cls.tables), list(cls.handles),
+                )  # fmt: skip
+            )
+    return out
+
+
+# -- doctor ------------------------------------------------------------------------------------------------
+
+
+def doctor_checks(store: Store, app: App | None, report: Any, max_lag: int | None) -> None:
+    """Add projection and daemon checks to a doctor report: unhealthy when a projection
+    is failed, stale, or (with `max_lag`) more than `max_lag` events behind."""
+    from .daemon import daemons
+    from .doctor import Check
+
+    beats = daemons(store)
+    alive = [d for d in beats if d.alive]
+    dead = [d for d in beats if d.status == "running" and not d.alive]
+    detail = f"{len(alive)} running"
+    if dead:
+        detail += f"; {len(dead)} without a heartbeat (died?): {', '.join(d.daemon_id for d in dead)}"
+    report.checks.append(Check("daemons", True, detail))
+    report.details["daemons"] = [
+        {
+            "daemon": d.daemon_id,
+            "status": d.status if d.alive or d.status == "stopped" else "no heartbeat",
+            "heartbeat": None if d.heartbeat_at is None else iso(d.heartbeat_at),
+            "work": d.workers,
+            "last error": d.error,
+        }
+        for d in beats
+        if d.alive or d.status == "running"
+    ]
+    if app is None or not app.projections:
+        return
+    rows = status(store, app)
+    bad = []
+    for s in rows:
+        if s.state == "failed":
+            bad.append(f"{s.name} failed at position {s.error_position}")
+        elif s.state == "stale-version":
+            bad.append(f"{s.name} is stale (stored version {s.stored_version}, code {s.version}): rebuild it")
+        elif max_lag is not None and s.lag_events > max_lag:
+            bad.append(f"{s.name} is {s.lag_events} events behind (max {max_lag})")
+    lagging = max((s.lag_events for s in rows), default=0)
+    report.checks.append(
+        Check("projections", not bad, "; ".join(bad) or f"{len(rows)} ok, largest lag {lagging} events")
+    )
+    report.details["projections"] = [
+        {
+            "projection": s.name,
+            "state": s.state,
+            "position": s.position,
+            "lag": s.lag_events,
+            "lag seconds": round(s.lag_seconds, 1),
+            "error": s.error,
+        }
+        for s in rows
+    ]

@@ -1,0 +1,130 @@
+"""`nats://host:port[?stream=NAME]`: JetStream publish, each message acknowledged by the server.
+
+The subject is the topic. Every message carries the header `Nats-Msg-Id` = message id, so
+JetStream drops a re-delivery inside the stream's duplicate window (2 minutes by default).
+With `?stream=NAME` the stream is created when missing and its subjects grow to cover each
+topic published; without it, an existing stream must already capture the topics.
+A batch is published pipelined and then all acks are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..store.base import OutboxMessage
+from . import Sink, require
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: `*` is one token, a final `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+class NatsSink(Sink):
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        super().__init__(url, timeout)
+        parts = urlsplit(url)
+        self.server = urlunsplit(parts._replace(query="", fragment=""))
+        self.stream = self.option("stream")
+        self.subjects: list[str] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.nc: Any = None
+        self.js: Any = None
+
+    def _run(self, coro: Any) -> Any:
+        assert self.loop is not None
+        return self.loop.run_until_complete(coro)
+
+    def open(self) -> None:
+        nats = require("nats", "nats", "nats")
+        self.errors = require("nats.errors", "nats", "nats")
+        self.js_errors = require("nats.js.errors", "nats", "nats")
+        self.loop = asyncio.new_event_loop()
+
+        async def quiet(exc: Exception) -> None:  # the client logs to stderr otherwise
+            return None
+
+        try:
+            # max_reconnect_attempts=1: with 0 the client retries an unreachable server for ever.
+            connect = nats.connect(
+                self.server,
+                connect_timeout=self.timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=quiet,
+            )
+            self.nc = self._run(asyncio.wait_for(connect, self.timeout * 2))
+            self.js = self.nc.jetstream(timeout=self.timeout)
+            if self.stream:
+                self.subjects = self._run(self._ensure_stream())
+        except Exception as exc:
+            self.close()
+            raise self.unavailable(exc) from None
+
+    async def _ensure_stream(self) -> list[str]:
+        try:
+            info = await self.js.stream_info(self.stream)
+            return list(info.config.subjects or [])
+        except self.js_errors.NotFoundError:
+            await self.js.add_stream(name=self.stream, subjects=[])
+            return []
+
+    async def _cover(self, topics: set[str]) -> None:
+        missing = sorted(t for t in topics if not any(subject_matches(p, t) for p in self.subjects or []))
+        if not missing:
+            return
+        info = await self.js.stream_info(self.stream)
+        config = info.config
+        config.subjects = list(config.subjects or []) + missing
+        await self.js.update_stream(config)
+        self.subjects = config.subjects
+
+    async def _publish(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
+        if self.stream:
+            await self._cover({m.topic for m in messages})
+        futures = []
+        for m in messages:
+            headers = {**{k: str(v) for k, v in m.headers.items()}, "Nats-Msg-Id": m.message_id, "Key": m.key}
+            futures.append(await self.js.publish_async(m.topic, m.body(), headers=headers))
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.timeout)
+        results: list[str | None] = []
+        for d in done:
+            if isinstance(d, BaseException):
+                results.append(f"JetStream did not accept the message: {type(d).__name__}: {d}".rstrip(": "))
+            else:
+                results.append(None)
+        return results
+
+    def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
+        try:
+            return self._run(self._publish(messages))  # type: ignore[no-any-return]
+        except TimeoutError as exc:
+            raise self.unavailable(
+                f"no acknowledgement within {self.timeout:g}s ({type(exc).__name__})"
+            ) from None
+        except (self.errors.ConnectionClosedError, self.errors.NoServersError, OSError) as exc:
+            raise self.unavailable(exc) from None
+        except self.js_errors.APIError as exc:
+            raise self.unavailable(exc) from None
+
+    def close(self) -> None:
+        if self.loop is None:
+            return
+        try:
+            if self.nc is not None and not self.nc.is_closed:
+                self._run(self.nc.close())
+        except Exception:
+            pass
+        finally:
+            self.loop.close()
+            self.loop = None
+            self.nc = None

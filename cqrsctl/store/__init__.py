@@ -1,0 +1,66 @@
+"""Event store: one interface (:class:`Store`), a SQLite and a PostgreSQL backend."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import DatabaseError
+from .base import (
+    ANY,
+    EXISTS,
+    NO_STREAM,
+    AppendResult,
+    ExpectedVersion,
+    NewEvent,
+    Snapshot,
+    Store,
+    StoredEvent,
+    StreamInfo,
+    Transaction,
+    category_of,
+    iso,
+    parse_expected,
+)
+
+__all__ = [
+    "ANY",
+    "EXISTS",
+    "NO_STREAM",
+    "AppendResult",
+    "ExpectedVersion",
+    "NewEvent",
+    "Snapshot",
+    "Store",
+    "StoredEvent",
+    "StreamInfo",
+    "Transaction",
+    "category_of",
+    "iso",
+    "open_store",
+    "parse_expected",
+    "redact",
+]
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open the store at `url` (`sqlite:///file.db` or `postgresql://…`), migrating it forward."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url, migrate=migrate)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, migrate=migrate)
+    raise DatabaseError(
+        f"unsupported database URL {redact(url)!r}: use sqlite:///path.db or postgresql://user@host/db"
+    )

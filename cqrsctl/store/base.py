@@ -1,0 +1,703 @@
+"""The store interface: what every backend provides, and the rules they share.
+
+Backends implement a handful of primitives on :class:`Transaction` and
+:class:`Store`; the semantics (expected versions, idempotent event ids,
+categories, UTC) are decided here once so both backends behave the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from ..errors import ConcurrencyError, DuplicateEventError, UsageError, ValidationError
+from .tracking import Tracking
+
+ANY: Literal["any"] = "any"
+NO_STREAM: Literal["no-stream"] = "no-stream"
+EXISTS: Literal["exists"] = "exists"
+ExpectedVersion = int | Literal["any", "no-stream", "exists"]
+
+SCHEMA_VERSION = 2
+
+
+def category_of(stream_id: str) -> str:
+    """`Account-A-1` -> `Account`; a stream id without `-` is its own category."""
+    return stream_id.split("-", 1)[0]
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text; uuid.uuid4() is three times slower on the hot path."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_expected(value: str | int | None) -> ExpectedVersion:
+    """Turn a CLI/JSON expected version into the store's form."""
+    if value is None:
+        return ANY
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UsageError(f"expected version must be >= 0, got {value}")
+        return value
+    text = str(value).strip().lower()
+    if text in (ANY, NO_STREAM, EXISTS):
+        return text  # type: ignore[return-value]
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"invalid expected version {value!r}: use any, no-stream, exists or a number")
+
+
+def check_expected(stream_id: str, expected: ExpectedVersion, current: int) -> None:
+    if expected == ANY:
+        return
+    if expected == NO_STREAM:
+        ok = current == 0
+    elif expected == EXISTS:
+        ok = current > 0
+    else:
+        ok = current == expected
+    if not ok:
+        raise ConcurrencyError(stream_id, expected, current)
+
+
+def validate_stream_id(stream_id: str) -> None:
+    if not isinstance(stream_id, str) or not stream_id.strip():
+        raise ValidationError("stream id must be a non-empty string")
+    if len(stream_id) > 500:
+        raise ValidationError("stream id is longer than 500 characters")
+    if "\x00" in stream_id:
+        raise ValidationError("stream id contains a NUL character")
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event to append; `event_id` is generated when not given."""
+
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+    schema_version: int = 1
+
+
+@dataclass(slots=True, frozen=True)
+class StoredEvent:
+    """An event as recorded in the store."""
+
+    global_position: int
+    stream_id: str
+    stream_version: int
+    event_id: str
+    event_type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "global_position": self.global_position,
+            "stream_id": self.stream_id,
+            "stream_version": self.stream_version,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "data": self.data,
+            "metadata": self.metadata,
+            "recorded_at": iso(self.recorded_at),
+        }
+
+
+@dataclass(slots=True)
+class AppendResult:
+    stream_id: str
+    version: int
+    positions: list[int]
+    event_ids: list[str]
+    duplicate: bool = False
+    # When the events were recorded (None for a replayed duplicate); not part of to_dict.
+    recorded_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "positions": self.positions,
+            "event_ids": self.event_ids,
+            "duplicate": self.duplicate,
+        }
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    stream_id: str
+    category: str
+    version: int
+    first_position: int
+    last_position: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "category": self.category,
+            "version": self.version,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(slots=True)
+class Snapshot:
+    stream_id: str
+    aggregate_type: str
+    version: int
+    schema_version: str
+    state: dict[str, Any]
+    taken_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "aggregate_type": self.aggregate_type,
+            "version": self.version,
+            "schema_version": self.schema_version,
+            "state": self.state,
+            "taken_at": iso(self.taken_at),
+        }
+
+
+# -- outbox ---------------------------------------------------------------------------
+
+OUTBOX_STATUSES = ("pending", "delivered", "dead")
+
+# The column order every backend selects outbox rows in (see OutboxMessage).
+OUTBOX_COLUMNS = (
+    "seq, message_id, event_position, topic, key, payload, headers, status, attempts,"
+    " next_attempt_at, last_error, claimed_by, claimed_until, created_at, delivered_at"
+)
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """An outbox row to insert, in the transaction that appends its event."""
+
+    message_id: str
+    event_position: int | None
+    topic: str
+    key: str
+    payload: dict[str, Any]
+    headers: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    """An outbox row as stored."""
+
+    seq: int
+    message_id: str
+    event_position: int | None
+    topic: str
+    key: str
+    payload: dict[str, Any]
+    headers: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    claimed_by: str | None
+    claimed_until: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+    def body(self) -> bytes:
+        """The payload as the JSON bytes sinks send."""
+        return orjson.dumps(self.payload)
+
+    def to_dict(self, payload: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "event_position": self.event_position,
+            "topic": self.topic,
+            "key": self.key,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": iso(self.next_attempt_at),
+            "last_error": self.last_error,
+            "claimed_by": self.claimed_by,
+            "claimed_until": None if self.claimed_until is None else iso(self.claimed_until),
+            "created_at": iso(self.created_at),
+            "delivered_at": None if self.delivered_at is None else iso(self.delivered_at),
+        }
+        if payload:
+            out["headers"] = self.headers
+            out["payload"] = self.payload
+        return out
+
+
+@dataclass(slots=True)
+class OutboxFailure:
+    """A failed delivery attempt to record: back off until `next_attempt_at`, or `dead`."""
+
+    seq: int
+    error: str
+    attempts: int
+    next_attempt_at: datetime
+    dead: bool
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """A saga instance as stored; `steps`, `results`, `compensations` and `state` are JSON."""
+
+    saga_id: str
+    saga_type: str
+    status: str
+    current_step: int
+    steps: list[dict[str, Any]]
+    results: dict[str, Any]
+    compensations: list[dict[str, Any]]
+    state: dict[str, Any]
+    correlation_id: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int = 0
+
+
+@dataclass(slots=True)
+class Deadline:
+    """A durable timer of a saga: pending until fired (or cancelled)."""
+
+    deadline_id: str
+    saga_id: str
+    name: str
+    due_at: datetime
+    payload: dict[str, Any]
+    status: str = "pending"
+    fired_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deadlineId": self.deadline_id,
+            "sagaId": self.saga_id,
+            "name": self.name,
+            "dueAt": iso(self.due_at),
+            "status": self.status,
+            "firedAt": None if self.fired_at is None else iso(self.fired_at),
+        }
+
+
+def iso(ts: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the one timestamp format of the output."""
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# An escaped NUL (`\u0000` not itself preceded by an escaping backslash). PostgreSQL's
+# jsonb and text cannot hold NUL, so no backend accepts it: the backends behave the same,
+# and what one store holds can always be imported into the other.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def dumps(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise ValidationError("JSON data contains a NUL character (\\u0000), which the store cannot hold")
+    return text
+
+
+def _same_content(stored: StoredEvent, stream_id: str, new: NewEvent) -> bool:
+    return (
+        stored.stream_id == stream_id
+        and stored.event_type == new.type
+        and stored.data == orjson.loads(dumps(new.data))
+    )
+
+
+# One row per event as the backends insert it, in this column order:
+# stream_id, stream_version, event_id, event_type, schema_version, category, data, metadata, recorded_at
+EventRow = tuple[str, int, str, str, int, str, str, str, datetime]
+
+
+class Transaction(ABC):
+    """One database transaction; everything done through it commits together."""
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
+    ) -> AppendResult:
+        """Append `events` to `stream_id` if it is at `expected`; atomic and idempotent."""
+        validate_stream_id(stream_id)
+        if not events:
+            raise ValidationError("nothing to append: no events given")
+        if any("\x00" in e.type for e in events):
+            raise ValidationError("event type contains a NUL character")
+        self._lock_for_append()
+        given = [e.event_id for e in events if e.event_id]
+        if given:
+            existing = self._events_by_id(given)
+            if existing:
+                return self._replayed(stream_id, events, existing)
+        current = self._stream_version(stream_id)
+        check_expected(stream_id, expected, current)
+        now = utcnow()
+        category = category_of(stream_id)
+        ids = [e.event_id or new_id() for e in events]
+        rows: list[EventRow] = [
+            (
+                stream_id,
+                current + i,
+                ids[i - 1],
+                e.type,
+                e.schema_version,
+                category,
+                dumps(e.data),
+                dumps(e.metadata),
+                now,
+            )
+            for i, e in enumerate(events, 1)
+        ]
+        positions = self._insert_events(rows)
+        return AppendResult(stream_id, current + len(events), positions, ids, recorded_at=now)
+
+    def _replayed(
+        self, stream_id: str, events: Sequence[NewEvent], existing: list[StoredEvent]
+    ) -> AppendResult:
+        by_id = {e.event_id: e for e in existing}
+        if len(by_id) != len(events) or any(
+            e.event_id not in by_id or not _same_content(by_id[e.event_id], stream_id, e) for e in events
+        ):
+            first = existing[0]
+            raise DuplicateEventError(
+                f"event id {first.event_id} already exists at position {first.global_position} "
+                "with different content (or the batch mixes new and existing ids)"
+            )
+        stored = [by_id[e.event_id] for e in events]  # type: ignore[index]
+        return AppendResult(
+            stream_id,
+            max(s.stream_version for s in stored),
+            [s.global_position for s in stored],
+            [s.event_id for s in stored],
+            duplicate=True,
+        )
+
+    def import_events(self, events: Sequence[StoredEvent]) -> int:
+        """Insert exported events keeping ids and stream versions; known ids are skipped."""
+        if not events:
+            return 0
+        self._lock_for_append()
+        existing = {e.event_id: e for e in self._events_by_id([e.event_id for e in events])}
+        versions: dict[str, int] = {}
+        rows: list[EventRow] = []
+        for e in events:
+            old = existing.get(e.event_id)
+            if old is not None:
+                if old.stream_id != e.stream_id or old.stream_version != e.stream_version:
+                    raise DuplicateEventError(
+                        f"event id {e.event_id} exists in the target as "
+                        f"{old.stream_id}@{old.stream_version}, not {e.stream_id}@{e.stream_version}"
+                    )
+                continue
+            if e.stream_id not in versions:
+                versions[e.stream_id] = self._stream_version(e.stream_id)
+            expected_next = versions[e.stream_id] + 1
+            if e.stream_version != expected_next:
+                raise ConcurrencyError(e.stream_id, e.stream_version - 1, versions[e.stream_id])
+            versions[e.stream_id] = expected_next
+            rows.append(
+                (
+                    e.stream_id,
+                    e.stream_version,
+                    e.event_id,
+                    e.event_type,
+                    e.schema_version,
+                    category_of(e.stream_id),
+                    dumps(e.data),
+                    dumps(e.metadata),
+                    e.recorded_at,
+                )
+            )
+        if rows:
+            self._insert_events(rows)
+        return len(rows)
+
+    # -- primitives each backend provides -------------------------------------------
+
+    @abstractmethod
+    def _lock_for_append(self) -> None:
+        """Serialise writers so positions become visible in order (see each backend)."""
+
+    @abstractmethod
+    def _stream_version(self, stream_id: str) -> int: ...
+
+    @abstractmethod
+    def _events_by_id(self, event_ids: Sequence[str]) -> list[StoredEvent]: ...
+
+    @abstractmethod
+    def _insert_events(self, rows: list[EventRow]) -> list[int]: ...
+
+    @abstractmethod
+    def stream_version(self, stream_id: str) -> int: ...
+
+    @abstractmethod
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[StoredEvent]: ...
+
+    @abstractmethod
+    def processed_command(self, command_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def record_command(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
+
+    @abstractmethod
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    @abstractmethod
+    def list_snapshots(self, limit: int | None = None) -> list[Snapshot]: ...
+
+    @abstractmethod
+    def delete_snapshots(self, stream_id: str | None = None) -> int:
+        """Delete the snapshot of `stream_id`, or all snapshots; returns how many."""
+
+    # -- sagas (the rules live in services/sagas.py) -------------------------------------
+
+    @abstractmethod
+    def try_lock(self, name: str) -> bool:
+        """Take a lock named `name` until this transaction ends; False if another holds it."""
+
+    @abstractmethod
+    def get_position(self, name: str) -> int:
+        """The position a named subscriber has processed up to (0 when new)."""
+
+    @abstractmethod
+    def set_position(self, name: str, position: int) -> None: ...
+
+    @abstractmethod
+    def get_saga(self, saga_id: str) -> SagaRecord | None: ...
+
+    @abstractmethod
+    def save_saga(self, saga: SagaRecord) -> None:
+        """Insert or update; bumps `saga.version`."""
+
+    @abstractmethod
+    def list_sagas(
+        self, status: str | None = None, saga_type: str | None = None, limit: int | None = None
+    ) -> list[SagaRecord]: ...
+
+    @abstractmethod
+    def saga_counts(self) -> dict[str, int]:
+        """Saga instances per status."""
+
+    @abstractmethod
+    def add_deadline(self, deadline: Deadline) -> None: ...
+
+    @abstractmethod
+    def due_deadlines(self, now: datetime, limit: int) -> list[Deadline]: ...
+
+    @abstractmethod
+    def saga_deadlines(self, saga_id: str) -> list[Deadline]: ...
+
+    @abstractmethod
+    def set_deadline_status(self, deadline_id: str, status: str, fired_at: datetime | None) -> None: ...
+
+    # -- outbox (delivery rules live in services/outbox.py) ------------------------------
+
+    @abstractmethod
+    def add_outbox(self, messages: Sequence[NewMessage]) -> None:
+        """Insert outbox rows; a message id that is already there is left alone."""
+
+    @abstractmethod
+    def claim_outbox(
+        self,
+        owner: str,
+        limit: int,
+        now: datetime,
+        until: datetime,
+        topics: Sequence[str] | None = None,
+    ) -> list[OutboxMessage]:
+        """Lease up to `limit` due pending messages to `owner` until `until`, in seq order.
+
+        Due: `next_attempt_at <= now` and not leased (or the lease ran out). Claimable:
+        no earlier pending message with the same topic and key is backing off or leased,
+        so order per key holds across concurrent drains. Concurrent claims never
+        return the same message (each backend serialises or skips locked rows)."""
+
+    @abstractmethod
+    def outbox_claimers(self, now: datetime) -> list[str]:
+        """Owners holding unexpired leases on pending messages."""
+
+    @abstractmethod
+    def renew_outbox(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
+        """Extend `owner`'s leases on `seqs`; returns how many it still held."""
+
+    @abstractmethod
+    def release_outbox(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
+        """Drop `owner`'s leases (on `seqs`, or all), recording `error` when given; attempts stay."""
+
+    @abstractmethod
+    def mark_delivered(self, seqs: Sequence[int], now: datetime) -> int:
+        """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped."""
+
+    @abstractmethod
+    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
+        """Record failed attempts on messages `owner` still leases."""
+
+    @abstractmethod
+    def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
+        """(topic, status, count, due at `now`, oldest created_at) for each topic and status present."""
+
+    @abstractmethod
+    def list_outbox(
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+    ) -> list[OutboxMessage]:
+        """Outbox rows in seq order, optionally filtered."""
+
+    @abstractmethod
+    def get_outbox(self, ident: str) -> OutboxMessage | None:
+        """One row by message id, or by seq when `ident` is a number."""
+
+    @abstractmethod
+    def requeue_outbox(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
+        """Make messages due at `now` with no attempts: message `seq` (pending or dead), or every dead one."""
+
+    @abstractmethod
+    def purge_outbox(self, statuses: Sequence[str], before: datetime) -> int:
+        """Delete rows in `statuses` delivered (or, for dead ones, created) before `before`."""
+
+    # -- projections and the daemon (see tracking.py) -------------------------------------
+
+    @property
+    @abstractmethod
+    def tracking(self) -> Tracking:
+        """Checkpoints, leases and read-model tables in this transaction."""
+
+
+class Store(ABC):
+    """An event store. Use :func:`cqrsctl.open_store` to get one for a URL."""
+
+    url: str
+    backend: str
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction: commits on success, rolls back on any exception."""
+
+    @abstractmethod
+    def reader(self) -> AbstractContextManager[Transaction]:
+        """A read-only view; cheaper than a write transaction, never blocks writers."""
+
+    # -- schema ---------------------------------------------------------------------
+
+    @abstractmethod
+    def ddl(self) -> str:
+        """The DDL `migrate` runs, as SQL text."""
+
+    @abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema forward to the current version; returns that version."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """0 when the store has not been initialised."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------
+
+    @abstractmethod
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        """Events with `global_position > after`, in position order; never skips a late commit."""
+
+    @abstractmethod
+    def head(self) -> int:
+        """The highest committed global position (0 when empty)."""
+
+    @abstractmethod
+    def list_streams(self, category: str | None = None, limit: int | None = None) -> list[StreamInfo]: ...
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, for `doctor`."""
+
+    def iter_all(
+        self,
+        after: int = 0,
+        page: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        while True:
+            batch = self.read_all(after, page, categories, types)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].global_position
+
+    # -- conveniences over one transaction --------------------------------------------
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
+    ) -> AppendResult:
+        with self.transaction() as tx:
+            return tx.append(stream_id, events, expected)
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[StoredEvent]:
+        with self.reader() as tx:
+            return tx.read_stream(stream_id, from_version, to_version, limit, as_of)
+
+    def stream_version(self, stream_id: str) -> int:
+        with self.reader() as tx:
+            return tx.stream_version(stream_id)
