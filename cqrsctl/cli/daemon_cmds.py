@@ -45,7 +45,7 @@ def daemon(
     ),
     retries: int = typer.Option(3, "--retries", min=0, help="Retries of a failing handler before `failed`."),
 ) -> None:
-    """Run the app's projections and sagas continuously; stop with Ctrl-C or SIGTERM.
+    """Run the app's projections, sagas and outbox relay continuously; stop with Ctrl-C or SIGTERM.
 
     Several daemons may share one database: each projection runs in exactly one of them,
     work spreads across them, and a dead one's projections are taken over within seconds.
