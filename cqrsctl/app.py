@@ -53,6 +53,7 @@ class Aggregate(BaseModel):
     snapshot_schema: ClassVar[str] = ""
     _handlers: ClassVar[dict[str, Callable[..., None]]] = {}
     _event_classes: ClassVar[dict[str, type[Event]]] = {}
+    _snapshot_version: ClassVar[int] = 1
 
     _stream_id: str = PrivateAttr("")
     _version: int = PrivateAttr(0)

@@ -140,11 +140,11 @@ def replay(
         rt.output.say("note: no app aggregate for this stream; showing a generic fold (merge of event data)")
     if diff:
         lo, hi = replay_service.parse_range(diff)
-        result = replay_service.diff(store, app, aggregate, lo, hi)
+        changes = replay_service.diff(store, app, aggregate, lo, hi)
         if rt.output.json:
-            rt.output.data(result)
+            rt.output.data(changes)
         else:
-            rows = [(k, _show(v["from"]), _show(v["to"])) for k, v in result["changes"].items()]
+            rows = [(k, _show(v["from"]), _show(v["to"])) for k, v in changes["changes"].items()]
             rt.output.table(("field", f"v{lo}", f"v{hi}"), rows, title=f"{aggregate} {lo}..{hi}")
         return
     if events:
