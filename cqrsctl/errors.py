@@ -35,6 +35,14 @@ class ConcurrencyError(CqrsError):
         super().__init__(f"concurrency conflict on stream {stream_id!r}: expected {expected}, found {shown}")
 
 
+class CommandRaceError(ConcurrencyError):
+    """Another transaction recorded the same command id first."""
+
+    def __init__(self, command_id: str, stream_id: str) -> None:
+        CqrsError.__init__(self, f"command {command_id!r} was dispatched concurrently by another process")
+        self.command_id, self.stream_id, self.expected, self.actual = command_id, stream_id, None, -1
+
+
 class DuplicateEventError(CqrsError):
     """An event id already exists with different content."""
 

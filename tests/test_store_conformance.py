@@ -13,7 +13,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from cqrsctl.errors import ConcurrencyError, DuplicateEventError, NotFoundError, ValidationError
+from cqrsctl.errors import (
+    CommandRaceError,
+    ConcurrencyError,
+    DuplicateEventError,
+    NotFoundError,
+    ValidationError,
+)
 from cqrsctl.store import (
     ANY,
     EXISTS,
@@ -564,6 +570,15 @@ def test_processed_commands(store: Store) -> None:
         assert tx.processed_command("cmd-1") == result
         assert tx.processed_command("cmd-2") is None
     assert store.counts()["processed_commands"] == 1
+    # A second record of one id (a racing dispatcher) is a conflict the dispatcher retries,
+    # not a driver error, and its transaction writes nothing.
+    with pytest.raises(CommandRaceError, match="cmd-1"):
+        with store.transaction() as tx:
+            tx.append("Account-1", [ev(3)])
+            tx.record_command("cmd-1", "Account-1", {"other": True})
+    with store.reader() as tx:
+        assert tx.processed_command("cmd-1") == result
+        assert tx.stream_version("Account-1") == 2
 
 
 # -- the store against an in-memory model -------------------------------------------------

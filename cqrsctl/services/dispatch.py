@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new, fold, new_aggregate
-from ..errors import ConcurrencyError, CqrsError, ValidationError
+from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
 from ..store import NewEvent, Snapshot, Store, Transaction
 from ..store.base import new_id, utcnow
 from .outbox import write_outbox
@@ -166,6 +166,8 @@ class Dispatcher:
         while True:
             try:
                 return self._run(tx, spec, command, command_id, metadata or {}, True, True)
+            except CommandRaceError:
+                raise  # this transaction already holds the command's events: only a rollback undoes them
             except ConcurrencyError:
                 attempts += 1
                 if attempts > self.retries:

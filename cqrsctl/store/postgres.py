@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import DatabaseError, DuplicateEventError, NotFoundError, UsageError
+from ..errors import CommandRaceError, DatabaseError, DuplicateEventError, NotFoundError, UsageError
 from . import redact
 from .base import (
     OUTBOX_COLUMNS,
@@ -264,9 +264,11 @@ class PostgresTransaction(Transaction):
     def record_command(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None:
         self.cur.execute(
             "INSERT INTO processed_commands (command_id, stream_id, result, processed_at)"
-            " VALUES (%s, %s, %s::jsonb, %s)",
+            " VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (command_id) DO NOTHING",
             (command_id, stream_id, dumps(result), utcnow()),
         )
+        if self.cur.rowcount == 0:
+            raise CommandRaceError(command_id, stream_id)
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         self.cur.execute(

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ..errors import DatabaseError, DuplicateEventError, NotFoundError, UsageError
+from ..errors import CommandRaceError, DatabaseError, DuplicateEventError, NotFoundError, UsageError
 from .base import (
     OUTBOX_COLUMNS,
     SCHEMA_VERSION,
@@ -290,10 +290,13 @@ class SQLiteTransaction(Transaction):
         return None if row is None else orjson.loads(row[0])
 
     def record_command(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None:
-        self.conn.execute(
-            "INSERT INTO processed_commands (command_id, stream_id, result, processed_at) VALUES (?, ?, ?, ?)",
+        cur = self.conn.execute(
+            "INSERT INTO processed_commands (command_id, stream_id, result, processed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (command_id) DO NOTHING",
             (command_id, stream_id, dumps(result), _ts(utcnow())),
         )
+        if cur.rowcount == 0:
+            raise CommandRaceError(command_id, stream_id)
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         row = self.conn.execute(
