@@ -23,7 +23,7 @@ def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
     """Per batch: BEGIN; executemany INSERT; COMMIT (new streams: no head to read)."""
     backend = ctx.backend
     batches, size = _shape(ctx)
-    insert = rawdb.q(backend, "INSERT INTO events (stream_id, version, type, data) VALUES (?, ?, ?, ?)")
+    insert = rawdb.q(backend, rawdb.INSERT_EVENT)
     with ctx.fresh(synchronous) as db:
         conn = db.raw()
         rawdb.create_schema(conn, backend)
@@ -32,9 +32,11 @@ def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
         started = time.perf_counter()
         for b in range(batches):
             sid = f"Account-B{b:07d}"
-            rows = [(sid, 1, "AccountOpened", orjson.dumps({"owner": sid}).decode())]
+            rows = [rawdb.event_row(backend, sid, 1, "AccountOpened", orjson.dumps({"owner": sid}).decode())]
             rows += [
-                (sid, v, "MoneyDeposited", orjson.dumps({"amount": str(amount(v))}).decode())
+                rawdb.event_row(
+                    backend, sid, v, "MoneyDeposited", orjson.dumps({"amount": str(amount(v))}).decode()
+                )
                 for v in range(2, size + 1)
             ]
             cur.execute(begin)

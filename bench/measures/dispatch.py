@@ -3,6 +3,7 @@ one event). Accounts are opened, then deposited into in a fixed shuffled order."
 
 from __future__ import annotations
 
+import os
 import time
 from decimal import Decimal
 from functools import partial
@@ -22,7 +23,7 @@ def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
     """Per command: BEGIN; SELECT the stream head; check; INSERT one event; COMMIT."""
     backend, plan = ctx.backend, _plan(ctx)
     head = rawdb.q(backend, "SELECT max(version) FROM events WHERE stream_id = ?")
-    insert = rawdb.q(backend, "INSERT INTO events (stream_id, version, type, data) VALUES (?, ?, ?, ?)")
+    insert = rawdb.q(backend, rawdb.INSERT_EVENT)
     with ctx.fresh(synchronous) as db:
         conn = db.raw()
         rawdb.create_schema(conn, backend)
@@ -37,11 +38,18 @@ def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
             if kind == "open":
                 if version:
                     raise RuntimeError(f"{sid} already open")
-                row = (sid, 1, "AccountOpened", orjson.dumps({"owner": account_id(i)}).decode())
+                kind_, version_, data = "AccountOpened", 1, {"owner": account_id(i)}
             else:
                 if not version:
                     raise RuntimeError(f"{sid} is not open")
-                row = (sid, version + 1, "MoneyDeposited", orjson.dumps({"amount": str(amount)}).decode())
+                kind_, version_, data = "MoneyDeposited", version + 1, {"amount": str(amount)}
+            # Metadata of the shape a dispatched event carries: the command's id as its
+            # correlation and causation.
+            command_id = os.urandom(16).hex()
+            meta = {"command_id": command_id, "correlation_id": command_id, "causation_id": command_id}
+            row = rawdb.event_row(
+                backend, sid, version_, kind_, orjson.dumps(data).decode(), orjson.dumps(meta).decode()
+            )
             cur.execute(insert, row)
             cur.execute("COMMIT")
         elapsed = time.perf_counter() - started

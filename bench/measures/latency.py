@@ -152,7 +152,7 @@ def raw(ctx: Ctx) -> dict[str, float]:
         head = rawdb.q(backend, "SELECT max(version) FROM events WHERE stream_id = ?")
         insert = rawdb.q(
             backend,
-            "INSERT INTO events (stream_id, version, type, data) VALUES (?, ?, ?, ?) RETURNING position",
+            rawdb.INSERT_EVENT + " RETURNING position",
         )
         seen = rawdb.q(backend, "SELECT position FROM checkpoints WHERE name = 'balances'")
 
@@ -163,9 +163,8 @@ def raw(ctx: Ctx) -> dict[str, float]:
             version = writer.execute(head, (sid,)).fetchone()[0] or 0
             data = {"owner": account_id(i)} if version == 0 else {"amount": str(amount(k))}
             kind = "AccountOpened" if version == 0 else "MoneyDeposited"
-            position = writer.execute(
-                insert, (sid, version + 1, kind, orjson.dumps(data).decode())
-            ).fetchone()[0]
+            row = rawdb.event_row(backend, sid, version + 1, kind, orjson.dumps(data).decode())
+            position = writer.execute(insert, row).fetchone()[0]
             if backend == "postgres":
                 writer.execute("SELECT pg_notify(%s, %s)", (channel, str(position)))
             writer.execute("COMMIT")
