@@ -37,6 +37,7 @@ from .base import (
     StreamInfo,
     Transaction,
     dumps,
+    stored_event,
     utcnow,
 )
 from .tracking import Checkpoint, EventTuple, Table, Tracking
@@ -141,9 +142,10 @@ _SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS cqrsctl_schema (
     applied_at timestamptz NOT NULL
 )"""
 
+# data and metadata come as text for orjson: psycopg's jsonb loader is a Python call per value.
 _EVENT_COLUMNS = (
     "global_position, stream_id, stream_version, event_id, event_type, "
-    "schema_version, data, metadata, recorded_at"
+    "schema_version, data::text, metadata::text, recorded_at"
 )
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -159,7 +161,7 @@ def _lock_key(name: str) -> int:
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*row)
+    return stored_event(*row[:6], orjson.loads(row[6]), orjson.loads(row[7]), row[8])
 
 
 _SAGA_COLUMNS = (

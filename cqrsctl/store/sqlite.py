@@ -33,6 +33,7 @@ from .base import (
     StreamInfo,
     Transaction,
     dumps,
+    stored_event,
     utcnow,
 )
 from .tracking import Checkpoint, EventTuple, Table, Tracking
@@ -164,7 +165,7 @@ def _message(r: tuple[Any, ...]) -> OutboxMessage:
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(
+    return stored_event(
         row[0],
         row[1],
         row[2],
