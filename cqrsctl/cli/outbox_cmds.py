@@ -183,7 +183,7 @@ def drain(
         ...,
         "--sink",
         envvar="CQRSCTL_OUTBOX_SINK",
-        help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E.",
+        help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E, kafka://….",
     ),
     max_messages: int = typer.Option(None, "--max", min=1, help="Stop after this many messages."),
     timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds."),

@@ -85,17 +85,18 @@ _SCHEMES = {
     "nats": "cqrsctl.sinks.nats:NatsSink",
     "amqp": "cqrsctl.sinks.amqp:AmqpSink",
     "amqps": "cqrsctl.sinks.amqp:AmqpSink",
+    "kafka": "cqrsctl.sinks.kafka:KafkaSink",
 }
 
 
 def open_sink(url: str, *, timeout: float = 10.0) -> Sink:
-    """The (not yet connected) sink for `url`: stdout, file:///x.jsonl, http(s), redis, nats, amqp."""
+    """The (not yet connected) sink for `url`: stdout, file:///x.jsonl, http(s), redis, nats, amqp, kafka."""
     scheme = "stdout" if url in ("stdout", "-") else urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:
         raise UsageError(
             f"unsupported sink {redact(url)!r}: use stdout, file:///path.jsonl, http(s)://…, redis://…,"
-            " nats://… or amqp://…"
+            " nats://…, amqp://… or kafka://…"
         )
     module, cls = target.split(":")
     sink: Any = getattr(importlib.import_module(module), cls)
