@@ -255,6 +255,24 @@ def test_read_model_api(store: Store) -> None:
         assert tx.tracking.fetch("kv", Kitchen.tables["kv"], [("x",)])[0] == typed
 
 
+def test_read_model_rows_are_written_in_bulk_even_when_a_column_mixes_python_types(store: Store) -> None:
+    spec = Table({"k": "text", "f": "float", "d": "decimal", "j": "json", "n": "int"}, key=["k"])
+    mixed = [{"k": "a", "f": 1, "d": 2, "j": [1], "n": 3}, {"k": "b", "f": 2.5, "d": Decimal("0.5"), "j": None}]
+    plain = [{"k": f"p{i}", "f": i / 2, "d": Decimal(i) / 4, "j": {"i": i}, "n": i} for i in range(300)]
+    with store.transaction() as tx:
+        tx.tracking.create_table("mixed", spec)
+        tx.tracking.write("mixed", spec, mixed)
+        tx.tracking.write("mixed", spec, plain)
+        tx.tracking.write("mixed", spec, [{"k": "p1", "f": 9.0, "d": Decimal("9.5"), "j": None, "n": None}])
+    with store.reader() as tx:
+        rows = {r["k"]: r for r in tx.tracking.select("mixed", spec)}
+    assert len(rows) == 302
+    assert rows["a"] == {"k": "a", "f": 1.0, "d": Decimal(2), "j": [1], "n": 3}
+    assert rows["b"] == {"k": "b", "f": 2.5, "d": Decimal("0.5"), "j": None, "n": None}
+    assert rows["p7"] == {"k": "p7", "f": 3.5, "d": Decimal("1.75"), "j": {"i": 7}, "n": 7}
+    assert rows["p1"] == {"k": "p1", "f": 9.0, "d": Decimal("9.5"), "j": None, "n": None}
+
+
 def test_projection_declarations_are_checked() -> None:
     with pytest.raises(UsageError):
         App("x").projection(type("NoTables", (Projection,), {"on_A": lambda s, e, rm: None}))  # type: ignore[arg-type]

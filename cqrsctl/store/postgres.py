@@ -769,12 +769,17 @@ class PostgresTracking(Tracking):
     def head(self) -> int:
         return self._one("SELECT coalesce(max(global_position), 0) FROM events")  # type: ignore[no-any-return]
 
-    def scan(self, after: int, limit: int, types: Sequence[str] | None = None) -> list[EventTuple]:
+    def scan(
+        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+    ) -> list[EventTuple]:
         query = (
             "SELECT global_position, stream_id, stream_version, event_type, schema_version, data, metadata::text,"
             " recorded_at, event_id FROM events WHERE global_position > %s"
         )
         params: list[Any] = [after]
+        if until is not None:
+            query += " AND global_position <= %s"
+            params.append(until)
         if types:
             query += " AND event_type = ANY(%s)"
             params.append(list(types))
@@ -910,11 +915,22 @@ class PostgresTracking(Tracking):
         conflict = (
             "DO UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in values) if values else "DO NOTHING"
         )
+        target = f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in names)})"
+        on_conflict = f" ON CONFLICT ({', '.join(_q(c) for c in table.key)}) {conflict}"
+        columns = [[_rm_in(k, r.get(c)) for r in rows] for c, k in zip(names, kinds, strict=True)]
+        # One statement with a column per array, unless a column mixes Python types (an
+        # array takes one): then a statement per row, each value adapted on its own.
+        if all(len({v.__class__ for v in col} - {type(None)}) <= 1 for col in columns):
+            arrays = ", ".join(f"%s::{'text' if k == 'json' else _RM_TYPES[k]}[]" for k in kinds)
+            aliases = [f"c{i}" for i in range(len(names))]
+            picked = ", ".join(f"u.{a}::jsonb" if k == "json" else f"u.{a}" for a, k in zip(aliases, kinds, strict=True))
+            self.cur.execute(
+                f"{target} SELECT {picked} FROM unnest({arrays}) AS u({', '.join(aliases)}){on_conflict}", columns
+            )
+            return
         self.cur.executemany(
-            f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in names)})"
-            f" VALUES ({', '.join(_placeholder(k) for k in kinds)})"
-            f" ON CONFLICT ({', '.join(_q(c) for c in table.key)}) {conflict}",
-            [[_rm_in(k, r.get(c)) for c, k in zip(names, kinds, strict=True)] for r in rows],
+            f"{target} VALUES ({', '.join(_placeholder(k) for k in kinds)}){on_conflict}",
+            [list(values) for values in zip(*columns, strict=True)],
         )
 
     def remove(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> None:

@@ -832,12 +832,17 @@ class SQLiteTracking(Tracking):
     def head(self) -> int:
         return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]
 
-    def scan(self, after: int, limit: int, types: Sequence[str] | None = None) -> list[EventTuple]:
+    def scan(
+        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+    ) -> list[EventTuple]:
         sql = (
             "SELECT global_position, stream_id, stream_version, event_type, schema_version, data, metadata,"
             " recorded_at, event_id FROM events WHERE global_position > ?"
         )
         params: list[Any] = [after]
+        if until is not None:
+            sql += " AND global_position <= ?"
+            params.append(until)
         if types:
             sql += f" AND event_type IN ({','.join('?' * len(types))})"
             params += types

@@ -119,8 +119,12 @@ class Tracking(ABC):
         """The highest committed global position."""
 
     @abstractmethod
-    def scan(self, after: int, limit: int, types: Sequence[str] | None = None) -> list[EventTuple]:
-        """Events after `after` in position order, as tuples (see EventTuple)."""
+    def scan(
+        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+    ) -> list[EventTuple]:
+        """Events after `after` (and at most `until`) in position order, as tuples (see
+        EventTuple). The upper bound keeps the read to a range of the primary key, whatever
+        the planner believes about the table (fresh statistics or none)."""
 
     # -- checkpoints and leases --------------------------------------------------------
 
