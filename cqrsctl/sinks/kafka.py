@@ -54,7 +54,7 @@ class KafkaSink(Sink):
             raise UsageError(f"kafka sink has no broker address: {self.name} (use kafka://host:port)")
         self.servers = parts.netloc
         self.topic = self.option("topic")
-        if self.topic is not None and (not self.topic or kafka_topic(self.topic) != self.topic):
+        if self.topic is not None and kafka_topic(self.topic) != self.topic:
             raise UsageError(
                 f"kafka sink: topic {self.topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-')"
             )
