@@ -377,27 +377,26 @@ class Transaction(ABC):
             existing = self._events_by_id(given)
             if existing:
                 return self._replayed(stream_id, events, existing)
-        current = self._stream_version(stream_id)
-        check_expected(stream_id, expected, current)
         now = utcnow()
         category = category_of(stream_id)
         ids = [e.event_id or new_id() for e in events]
         rows: list[EventRow] = [
-            (
-                stream_id,
-                current + i,
-                ids[i - 1],
-                e.type,
-                e.schema_version,
-                category,
-                dumps(e.data),
-                dumps(e.metadata),
-                now,
-            )
+            (stream_id, i, ids[i - 1], e.type, e.schema_version, category, dumps(e.data), dumps(e.metadata), now)
             for i, e in enumerate(events, 1)
         ]
-        positions = self._insert_events(rows)
+        current, positions = self._insert_at_head(stream_id, expected, rows)
         return AppendResult(stream_id, current + len(events), positions, ids, recorded_at=now)
+
+    def _insert_at_head(
+        self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
+    ) -> tuple[int, list[int]]:
+        """Insert `rows`, whose stream versions count from 1, after the head of `stream_id`
+        if that head is at `expected`; returns (head before, positions)."""
+        current = self._stream_version(stream_id)
+        check_expected(stream_id, expected, current)
+        if current:
+            rows = [(r[0], current + r[1], *r[2:]) for r in rows]
+        return current, self._insert_events(rows)
 
     def _replayed(
         self, stream_id: str, events: Sequence[NewEvent], existing: list[StoredEvent]

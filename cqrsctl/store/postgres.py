@@ -23,10 +23,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..errors import CommandRaceError, DatabaseError, DuplicateEventError, NotFoundError, UsageError
 from . import redact
 from .base import (
+    ANY,
+    EXISTS,
+    NO_STREAM,
     OUTBOX_COLUMNS,
     SCHEMA_VERSION,
     Deadline,
     EventRow,
+    ExpectedVersion,
     NewMessage,
     OutboxFailure,
     OutboxMessage,
@@ -36,6 +40,7 @@ from .base import (
     StoredEvent,
     StreamInfo,
     Transaction,
+    check_expected,
     dumps,
     stored_event,
     utcnow,
@@ -164,6 +169,39 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
     return stored_event(*row[:6], orjson.loads(row[6]), orjson.loads(row[7]), row[8])
 
 
+# Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
+# expected version); returns the head, the new positions (none when the check failed),
+# and NOTIFYs listeners (sent at commit) when it inserted.
+_APPEND = (
+    "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
+    " ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
+    " data, metadata, recorded_at)"
+    " SELECT %(s)s, head.v + x.o, x.i, x.t, x.sv, %(c)s, x.d::jsonb, x.m::jsonb, %(r)s FROM head, {source}"
+    " WHERE head.v BETWEEN %(lo)s AND %(hi)s ORDER BY x.o RETURNING global_position)"
+    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1),"
+    " (SELECT pg_notify(%(ch)s, '') WHERE EXISTS (SELECT 1 FROM ins))"
+)
+_APPEND_ONE = _APPEND.format(
+    source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
+)
+_APPEND_MANY = _APPEND.format(
+    source="unnest(%(i)s::text[], %(t)s::text[], %(sv)s::int[], %(d)s::text[], %(m)s::text[])"
+    " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
+)
+_NO_LIMIT = 2**62
+
+
+def _head_range(expected: ExpectedVersion) -> tuple[int, int]:
+    """The heads `expected` accepts, as an inclusive range (what check_expected tests)."""
+    if expected == ANY:
+        return 0, _NO_LIMIT
+    if expected == NO_STREAM:
+        return 0, 0
+    if expected == EXISTS:
+        return 1, _NO_LIMIT
+    return expected, expected  # type: ignore[return-value]
+
+
 _SAGA_COLUMNS = (
     "saga_id, saga_type, status, current_step, steps, results, compensations, state,"
     " correlation_id, error_message, created_at, updated_at, version"
@@ -202,6 +240,36 @@ class PostgresTransaction(Transaction):
     def _events_by_id(self, event_ids: Sequence[str]) -> list[StoredEvent]:
         self.cur.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ANY(%s)", (list(event_ids),))
         return list(map(_event, self.cur.fetchall()))
+
+    def _insert_at_head(
+        self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
+    ) -> tuple[int, list[int]]:
+        # One statement reads the head, checks it and inserts (nothing when the check fails),
+        # one round trip instead of two. The lock is a statement of its own before it, so that
+        # this statement's snapshot (taken once the lock is held) sees every earlier append.
+        lo, hi = _head_range(expected)
+        first = rows[0]
+        params: dict[str, Any] = {
+            "s": stream_id, "c": first[5], "r": first[8], "lo": lo, "hi": hi, "ch": self.store.channel,
+        }  # fmt: skip
+        if len(rows) == 1:
+            query = _APPEND_ONE
+            params.update(i=first[2], t=first[3], sv=first[4], d=first[6], m=first[7])
+        else:
+            query = _APPEND_MANY
+            params.update(
+                i=[r[2] for r in rows], t=[r[3] for r in rows], sv=[r[4] for r in rows],
+                d=[r[6] for r in rows], m=[r[7] for r in rows],
+            )  # fmt: skip
+        try:
+            self.cur.execute(query, params)
+            head, positions, _ = self.cur.fetchone()  # type: ignore[misc]
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateEventError(
+                f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
+            ) from None
+        check_expected(stream_id, expected, head)
+        return head, positions
 
     def _insert_events(self, rows: list[EventRow]) -> list[int]:
         # The NOTIFY rides on the insert (a wake-up for listeners; sent at commit, and
