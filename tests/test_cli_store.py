@@ -253,6 +253,15 @@ def test_streams_show(store_url: str) -> None:
     assert "Deposited" in cli(*db, "streams", "show", "Account-A-1").ok().stdout
 
 
+def test_brackets_in_data_and_errors_are_printed_as_they_are(store_url: str) -> None:
+    # Tables and error lines go through rich, whose markup would eat "[bold]" or "[nats]".
+    db = ("--db", store_url)
+    cli(*db, "append", "Note-[x]", "Said", "--data", '{"text": "[bold]as is[/bold]"}').ok()
+    shown = cli(*db, "streams", "show", "Note-[x]").ok().stdout
+    assert "[bold]as is[/bold]" in shown and "Note-[x]" in shown
+    assert_error(cli(*db, "streams", "show", "Nothing-[red]"), 6, "Nothing-[red]")
+
+
 def test_events_filters_and_limit(store_url: str) -> None:
     seed(store_url)
     db = ("--db", store_url, "--json", "events")

@@ -77,10 +77,11 @@ class Output:
             flush()
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
-        table = Table(*columns, title=title, header_style="bold")
+        # Cells and titles are Text, never markup: stored data may hold "[...]".
+        table = Table(*columns, title=None if title is None else Text(title), header_style="bold")
         for row in rows:
             table.add_row(
-                *("" if v is None else (iso(v) if isinstance(v, datetime) else str(v)) for v in row)
+                *(Text("" if v is None else (iso(v) if isinstance(v, datetime) else str(v))) for v in row)
             )
         self.out.print(table)
 
@@ -90,14 +91,14 @@ class Output:
     def say(self, message: str) -> None:
         """A line for people (stderr), silenced by --quiet and --json."""
         if not self.quiet and not self.json:
-            self.err.print(message, highlight=False)
+            self.err.print(message, highlight=False, markup=False)
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            self.err.print(f"[dim]{message}[/dim]", highlight=False)
+            self.err.print(Text(message, style="dim"), highlight=False)
 
     def error(self, message: str) -> None:
-        self.err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
+        self.err.print(Text("error:", style="bold red"), Text(message), highlight=False, soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Any]:
