@@ -96,6 +96,7 @@ class EventView:
     so it only keeps the row and works out the rest on demand.
     """
 
+    # `_metadata` and `_recorded_at` are left unset until asked for (most handlers never do).
     __slots__ = ("_row", "_app", "_data", "_aggregate_id", "_metadata", "_recorded_at")
 
     def __init__(self, row: EventTuple, app: App | None = None) -> None:
@@ -103,8 +104,6 @@ class EventView:
         self._app = app
         self._data: dict[str, Any] | None = None
         self._aggregate_id: str | None = None
-        self._metadata: dict[str, Any] | None = None
-        self._recorded_at: datetime | None = None
 
     def __repr__(self) -> str:
         return f"EventView({self.type} {self.stream_id}@{self.stream_version} #{self.position})"
@@ -137,30 +136,27 @@ class EventView:
     def data(self) -> dict[str, Any]:
         data = self._data
         if data is None:
-            data = self._data = self._decode()
-        return data
-
-    def _decode(self) -> dict[str, Any]:
-        row = self._row
-        data = row[5]
-        if data.__class__ is not dict:
-            data = orjson.loads(data)
-        app = self._app
-        if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
-            data = app.upcast(self._stored(data))[1]
+            row = self._row
+            data = row[5]
+            if data.__class__ is not dict:
+                data = _loads(data)
+            app = self._app
+            if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
+                data = app.upcast(self._stored(data))[1]
+            self._data = data
         return data  # type: ignore[no-any-return]
 
     @property
     def metadata(self) -> dict[str, Any]:
-        meta = self._metadata
+        meta: dict[str, Any] | None = getattr(self, "_metadata", None)
         if meta is None:
             raw = self._row[6]
-            meta = self._metadata = raw if raw.__class__ is dict else orjson.loads(raw)
+            meta = self._metadata = raw if raw.__class__ is dict else _loads(raw)
         return meta
 
     @property
     def recorded_at(self) -> datetime:
-        at = self._recorded_at
+        at: datetime | None = getattr(self, "_recorded_at", None)
         if at is None:
             raw = self._row[7]
             at = self._recorded_at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
@@ -196,6 +192,7 @@ class EventView:
 
 
 _MISSING: Any = object()
+_loads = orjson.loads
 
 
 class _Slot:
@@ -271,7 +268,10 @@ class ReadModel:
     def get(self, table: str, **key: Any) -> dict[str, Any] | None:
         """The row with this primary key (as a copy), or None."""
         slot = self._slots.get(table) or self._slot(table)
-        row = self._load(slot, slot.key_of(key))
+        k = slot.key_of(key)
+        row = slot.cache.get(k, _MISSING)
+        if row is _MISSING:
+            row = self._load(slot, k)
         return None if row is None else row.copy()
 
     def edit(self, table: str, **key: Any) -> dict[str, Any] | None:
@@ -297,7 +297,15 @@ class ReadModel:
         """Insert the row, or update the columns it gives of the existing one."""
         slot = self._slots.get(table) or self._slot(table)
         key = slot.key_of(row)
-        self._put(slot, key, row, self._load(slot, key))
+        existing = slot.cache.get(key, _MISSING)
+        if existing is _MISSING:
+            existing = self._load(slot, key)
+        if existing is None or not row.keys() <= slot.columns:
+            self._put(slot, key, row, existing)
+            return
+        # The cache owns its rows (get hands out copies), so they are changed in place.
+        existing.update(row)
+        slot.dirty.add(key)
 
     def update(self, table: str, row: dict[str, Any]) -> bool:
         """Update the columns `row` gives of the row with its key; False when there is none."""

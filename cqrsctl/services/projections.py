@@ -32,7 +32,8 @@ from ..store.base import new_id
 from ..store.tracking import Checkpoint, EventTuple, Tracking
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
-REBUILD_BATCH = 5000  # events per rebuild transaction
+REBUILD_BATCH = 20_000  # events per rebuild transaction
+PAGE = 5000  # events read at once: a rebuild's transaction reads several pages
 LEASE_SECONDS = 5.0  # a daemon's hold on a projection; renewed about every second
 REBUILD_LEASE_SECONDS = 30.0
 CACHE_ROWS = 100_000  # read-model rows a rebuild keeps in memory between batches
@@ -131,15 +132,23 @@ def apply(
             raise HandlerFailure(row[0], row[3], exc) from exc
 
 
-def _advance(cp_position: int, head: int, rows: Sequence[EventTuple], limit: int) -> int:
-    """The new checkpoint after reading `rows` (a page of at most `limit` matching events).
+def _until(position: int, head: int, limit: int) -> int:
+    """The last position a page of `limit` events after `position` reads: the head, or less
+    when that is far away. A page is then a short range of the primary key, which no plan
+    (PostgreSQL's without statistics, say) makes costly."""
+    return min(head, position + limit)
 
-    A short page means no matching event lies between the last row and `head` (read
-    before the page, and positions commit in order), so the checkpoint may move to head:
-    lag then counts only what is really left."""
+
+def _advance(cp_position: int, until: int, rows: Sequence[EventTuple], limit: int) -> int:
+    """The new checkpoint after reading `rows` (a page of at most `limit` matching events
+    up to `until`, a position at most the head).
+
+    A short page means no matching event lies between the last row and `until` (the head
+    is read before the page, and positions commit in order), so the checkpoint may move
+    there: lag then counts only what is really left."""
     if len(rows) >= limit:
         return rows[-1][0]  # type: ignore[no-any-return]
-    return max(cp_position, head, rows[-1][0] if rows else 0)
+    return max(cp_position, until, rows[-1][0] if rows else 0)
 
 
 # -- one projection, step by step ------------------------------------------------------------
@@ -256,7 +265,8 @@ class Runner:
                     self._rm = None
                     return early
                 assert cp is not None
-                rows = tr.scan(cp.position, self.batch, self.cls.handles)
+                until = _until(cp.position, head, self.batch)
+                rows = tr.scan(cp.position, self.batch, self.cls.handles, until)
                 if before is not None:
                     rows = [r for r in rows if r[0] < before]
                 skipped = {s["position"] for s in cp.skipped}
@@ -269,7 +279,7 @@ class Runner:
                 rm.bind(tr)
                 apply(self.app, self.handlers, rm, rows, skipped)
                 rm.flush()
-                new = before - 1 if before is not None else _advance(cp.position, head, rows, self.batch)
+                new = before - 1 if before is not None else _advance(cp.position, until, rows, self.batch)
                 cp.position, cp.status = new, "idle"
                 token = tr.put(cp, lease=self.lease)
         except BaseException:
@@ -277,7 +287,7 @@ class Runner:
             raise
         self._token = token
         rm.trim(CACHE_ROWS)
-        return Step("progressed" if len(rows) >= self.batch else "caught-up", len(rows), new)
+        return Step("progressed" if new < head else "caught-up", len(rows), new)
 
     def _mark_failed(self, failure: HandlerFailure) -> None:
         self._rm = None
@@ -517,23 +527,30 @@ def rebuild(
     if log:
         log(f"{name}: rebuilding v{version} from position {position} (head {head})")
 
-    def batch_step(tr: Tracking) -> int:
-        """One page into the shadow tables; returns how many rows the page had."""
+    page = min(batch, PAGE)
+
+    def batch_step(tr: Tracking) -> bool:
+        """Pages into the shadow tables until `batch` events (or as many positions) are
+        done or the head read first is reached; True in that last case."""
         nonlocal position, events
         head_now = tr.head()
-        rows = tr.scan(position, batch, cls.handles)
+        start, done = position, 0
         rm.bind(tr)
-        try:
-            apply(app, handlers, rm, rows, skipped)
-        except HandlerFailure as failure:
-            raise BatchError(
-                f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
-                f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
-            ) from None
+        while position < head_now and done < batch and position - start < batch:
+            until = _until(position, head_now, page)
+            rows = tr.scan(position, page, cls.handles, until)
+            try:
+                apply(app, handlers, rm, rows, skipped)
+            except HandlerFailure as failure:
+                raise BatchError(
+                    f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
+                    f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
+                ) from None
+            done += len(rows)
+            position = _advance(position, until, rows, page)
         rm.flush()
-        events += len(rows)
-        position = _advance(position, head_now, rows, batch)
-        return len(rows)
+        events += done
+        return position >= head_now
 
     def fenced(tr: Tracking) -> Checkpoint:
         cp = tr.get(rb_name, lock=True)
@@ -546,15 +563,14 @@ def rebuild(
             with store.transaction() as tx:
                 tr = tx.tracking
                 cp = fenced(tr)
-                before = position
-                n = batch_step(tr)
+                done = batch_step(tr)
                 cp.position = position
                 cp.lease_until = tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
                 tr.put(cp)
             rm.trim(CACHE_ROWS)
             if on_progress:
                 on_progress(min(position - resumed_from, max(total, position - resumed_from)), total)
-            if n < batch or position == before:
+            if done:
                 break
         # The swap: catch up the last events and exchange the tables under the live
         # checkpoint's row lock, so no step of a daemon interleaves.
@@ -562,7 +578,7 @@ def rebuild(
             tr = tx.tracking
             cp = fenced(tr)
             live = tr.get(name, lock=True)
-            while batch_step(tr) >= batch:
+            while not batch_step(tr):
                 pass
             for table, spec in cls.tables.items():
                 tr.drop_table(table)
