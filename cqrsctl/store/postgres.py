@@ -838,11 +838,18 @@ class PostgresTracking(Tracking):
         return self._one("SELECT coalesce(max(global_position), 0) FROM events")  # type: ignore[no-any-return]
 
     def scan(
-        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+        self,
+        after: int,
+        limit: int,
+        types: Sequence[str] | None = None,
+        until: int | None = None,
+        lean: bool = False,
     ) -> list[EventTuple]:
+        # JSON as text: EventView decodes it only if a handler reads it.
         query = (
-            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data, metadata::text,"
-            " recorded_at, event_id FROM events WHERE global_position > %s"
+            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data::text"
+            + ("" if lean else ", metadata::text, recorded_at, event_id")
+            + " FROM events WHERE global_position > %s"
         )
         params: list[Any] = [after]
         if until is not None:

@@ -833,11 +833,17 @@ class SQLiteTracking(Tracking):
         return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]
 
     def scan(
-        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+        self,
+        after: int,
+        limit: int,
+        types: Sequence[str] | None = None,
+        until: int | None = None,
+        lean: bool = False,
     ) -> list[EventTuple]:
         sql = (
-            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data, metadata,"
-            " recorded_at, event_id FROM events WHERE global_position > ?"
+            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data"
+            + ("" if lean else ", metadata, recorded_at, event_id")
+            + " FROM events WHERE global_position > ?"
         )
         params: list[Any] = [after]
         if until is not None:

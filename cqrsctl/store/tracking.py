@@ -120,11 +120,17 @@ class Tracking(ABC):
 
     @abstractmethod
     def scan(
-        self, after: int, limit: int, types: Sequence[str] | None = None, until: int | None = None
+        self,
+        after: int,
+        limit: int,
+        types: Sequence[str] | None = None,
+        until: int | None = None,
+        lean: bool = False,
     ) -> list[EventTuple]:
         """Events after `after` (and at most `until`) in position order, as tuples (see
         EventTuple). The upper bound keeps the read to a range of the primary key, whatever
-        the planner believes about the table (fresh statistics or none)."""
+        the planner believes about the table (fresh statistics or none). `lean` rows stop
+        after `data` (no metadata, recorded_at, event_id): cheaper to fetch."""
 
     # -- checkpoints and leases --------------------------------------------------------
 
