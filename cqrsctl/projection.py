@@ -33,7 +33,7 @@ from .store.tracking import EventTuple, Table, Tracking, check_name
 if TYPE_CHECKING:
     from .app import App, Event
 
-__all__ = ["EventView", "Projection", "ReadModel", "Table"]
+__all__ = ["EventPage", "EventView", "Projection", "ReadModel", "Table"]
 
 
 class Projection:
@@ -93,15 +93,17 @@ class EventView:
     `data` is the event's (upcast) data as a dict; `model` is the app's pydantic event
     (via App.decode), built only when asked for; `aggregate_id` is the stream id without
     its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop,
-    so it only keeps the row and works out the rest on demand.
+    so it only keeps the row and works out the rest on demand; a lean row (see
+    EventPage) gets its event_id, recorded_at and metadata from its page.
     """
 
     # `_metadata` and `_recorded_at` are left unset until asked for (most handlers never do).
-    __slots__ = ("_row", "_app", "_data", "_aggregate_id", "_metadata", "_recorded_at")
+    __slots__ = ("_row", "_app", "_page", "_data", "_aggregate_id", "_metadata", "_recorded_at")
 
-    def __init__(self, row: EventTuple, app: App | None = None) -> None:
+    def __init__(self, row: EventTuple, app: App | None = None, page: EventPage | None = None) -> None:
         self._row = row
         self._app = app
+        self._page = page
         self._data: dict[str, Any] | None = None
         self._aggregate_id: str | None = None
 
@@ -126,7 +128,17 @@ class EventView:
 
     @property
     def event_id(self) -> str:
-        return self._row[8]  # type: ignore[no-any-return]
+        return self._full()[8]  # type: ignore[no-any-return]
+
+    def _full(self) -> EventTuple:
+        """The row with every column (a lean row asks its page for the rest)."""
+        row = self._row
+        if len(row) < 9:
+            page = self._page
+            if page is None:
+                raise UsageError("this event was read without its metadata, recorded_at and event_id")
+            row = self._row = page.full_row(row[0])
+        return row
 
     @property
     def schema_version(self) -> int:
@@ -150,7 +162,7 @@ class EventView:
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] | None = getattr(self, "_metadata", None)
         if meta is None:
-            raw = self._row[6]
+            raw = self._full()[6]
             meta = self._metadata = raw if raw.__class__ is dict else _loads(raw)
         return meta
 
@@ -158,7 +170,7 @@ class EventView:
     def recorded_at(self) -> datetime:
         at: datetime | None = getattr(self, "_recorded_at", None)
         if at is None:
-            raw = self._row[7]
+            raw = self._full()[7]
             at = self._recorded_at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
         return at
 
@@ -187,8 +199,37 @@ class EventView:
         return self._stored(raw if raw.__class__ is dict else orjson.loads(raw))
 
     def _stored(self, data: dict[str, Any]) -> StoredEvent:
-        r = self._row
+        r = self._full()
         return StoredEvent(r[0], r[1], r[2], r[8], r[3], r[4], data, self.metadata, self.recorded_at)
+
+
+class EventPage:
+    """A page of lean rows (events without metadata, recorded_at and event_id, which are
+    cheaper to read). The first time a handler asks for one of those, the page reads them
+    for all its events in one query, in the transaction that read the page: so only until
+    that transaction ends (`close`)."""
+
+    __slots__ = ("tracking", "first", "last", "count", "types", "full")
+
+    def __init__(self, tracking: Tracking, rows: Sequence[EventTuple], types: Sequence[str]) -> None:
+        self.tracking: Tracking | None = tracking
+        # Where the rows are, not the rows: a closed page holds no events.
+        self.first, self.last, self.count, self.types = rows[0][0], rows[-1][0], len(rows), types
+        self.full: dict[int, EventTuple] | None = None
+
+    def full_row(self, position: int) -> EventTuple:
+        full = self.full
+        if full is None:
+            if self.tracking is None:
+                raise UsageError(
+                    "an event's metadata, recorded_at and event_id can be read only while its batch is processed"
+                )
+            found = self.tracking.scan(self.first - 1, self.count, self.types, self.last)
+            full = self.full = {r[0]: r for r in found}
+        return full[position]
+
+    def close(self) -> None:
+        self.tracking = None
 
 
 _MISSING: Any = object()

@@ -273,6 +273,101 @@ def test_read_model_rows_are_written_in_bulk_even_when_a_column_mixes_python_typ
     assert rows["p1"] == {"k": "p1", "f": 9.0, "d": Decimal("9.5"), "j": None, "n": None}
 
 
+class Churn(Projection, name="churn"):
+    """Keyed writes that undo each other within a batch (delete then insert, get after a
+    write), queries that must see pending writes, and the columns lean pages leave out."""
+
+    tables = {
+        "live": Table({"stream": "text", "n": "int", "total": "int"}, key=["stream"]),
+        "seen": Table({"position": "int", "live_rows": "int", "event_id": "text", "at": "timestamp"}, key=["position"]),
+    }
+
+    def on_Added(self, event: EventView, rm: ReadModel) -> None:
+        s, n = event.stream_id, event.data["n"]
+        row = rm.get("live", stream=s)
+        if row is not None and row["n"] >= 3:
+            rm.delete("live", stream=s)
+            rm.insert("live", {"stream": s, "n": 1, "total": n})
+        elif row is None:
+            rm.insert("live", {"stream": s, "n": 1, "total": n})
+        else:
+            assert rm.update("live", {"stream": s, "n": row["n"] + 1, "total": row["total"] + n})
+        assert rm.get("live", stream=s) is not None
+
+    def on_Removed(self, event: EventView, rm: ReadModel) -> None:
+        rm.delete("live", stream=event.stream_id)
+        assert rm.get("live", stream=event.stream_id) is None
+        live_rows = rm.query("SELECT count(*) AS c FROM {live}")[0]["c"]
+        rm.insert("seen", {"position": event.position, "live_rows": live_rows, "event_id": event.event_id,
+                           "at": event.recorded_at})  # fmt: skip
+
+
+def _churn_oracle(store: Store) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, str, Any]]]:
+    live: dict[str, tuple[int, int]] = {}
+    seen: dict[int, tuple[int, str, Any]] = {}
+    for e in store.iter_all(types=["Added", "Removed"]):
+        if e.event_type == "Added":
+            n, total = live.get(e.stream_id, (3, 0))
+            live[e.stream_id] = (1, e.data["n"]) if n >= 3 else (n + 1, total + e.data["n"])
+        else:
+            live.pop(e.stream_id, None)
+            seen[e.global_position] = (len(live), e.event_id, e.recorded_at)
+    return live, seen
+
+
+def _churn_tables(store: Store) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, str, Any]]]:
+    with store.reader() as tx:
+        live = tx.tracking.select("live", Churn.tables["live"])
+        seen = tx.tracking.select("seen", Churn.tables["seen"])
+    return (
+        {r["stream"]: (r["n"], r["total"]) for r in live},
+        {r["position"]: (r["live_rows"], r["event_id"], r["at"]) for r in seen},
+    )
+
+
+def test_read_model_cache_agrees_with_the_tables_across_pages_and_batches(store: Store, monkeypatch: Any) -> None:
+    churn = App("churn")
+    churn.projection(Churn)
+    append_random(store, 400, streams=6, seed=5, batch=7)
+    expected = _churn_oracle(store)
+    P.check_catch_up(P.catch_up(store, churn, batch=9))
+    assert _churn_tables(store) == expected
+    monkeypatch.setattr(P, "PAGE", 7)  # several pages in each transaction of a rebuild
+    result = P.rebuild(store, churn, "churn", batch=20)
+    assert result.events == 400
+    assert _churn_tables(store) == expected
+
+
+def test_an_event_kept_past_its_batch_has_only_what_was_read_during_it(store: Store) -> None:
+    kept: list[EventView] = []
+
+    class Keep(Projection, name="keep"):
+        tables = {"t": Table({"k": "text"}, key=["k"])}
+
+        def on_Added(self, event: EventView, rm: ReadModel) -> None:
+            kept.append(event)
+            if event.data.get("probe"):
+                assert event.event_id and event.metadata == {}
+
+    keeper = App("keeper")
+    keeper.projection(Keep)
+    store.append("S-1", [NewEvent("Added", {"n": 1}), NewEvent("Added", {"n": 1, "probe": True}),
+                         NewEvent("Added", {"n": 1})])  # fmt: skip
+    P.check_catch_up(P.catch_up(store, keeper))
+    stored = list(store.iter_all())
+    # The second event's page read the left-out columns for all its events.
+    assert [e.event_id for e in kept] == [e.event_id for e in stored]
+    assert kept[2].recorded_at == stored[2].recorded_at
+    assert [e.data["n"] for e in kept] == [1, 1, 1]
+    # A batch where no handler asked: what was read is all there is once it is over.
+    store.append("S-1", [NewEvent("Added", {"n": 2})])
+    kept.clear()
+    P.check_catch_up(P.catch_up(store, keeper))
+    assert kept[0].data == {"n": 2} and kept[0].stream_id == "S-1" and kept[0].position == 4
+    with pytest.raises(UsageError):
+        kept[0].recorded_at  # noqa: B018
+
+
 def test_projection_declarations_are_checked() -> None:
     with pytest.raises(UsageError):
         App("x").projection(type("NoTables", (Projection,), {"on_A": lambda s, e, rm: None}))  # type: ignore[arg-type]

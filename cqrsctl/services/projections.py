@@ -26,7 +26,7 @@ from typing import Any
 
 from ..app import App
 from ..errors import BatchError, IncompleteError, LockedError, NotFoundError, UsageError
-from ..projection import EventView, Projection, ReadModel
+from ..projection import EventPage, EventView, Projection, ReadModel
 from ..store import Store, iso
 from ..store.base import new_id
 from ..store.tracking import Checkpoint, EventTuple, Tracking
@@ -119,6 +119,7 @@ def apply(
     rm: ReadModel,
     rows: Sequence[EventTuple],
     skipped: set[int],
+    page: EventPage | None = None,
 ) -> None:
     """Run the handlers over `rows` in order (the hot loop of catch-up and rebuild)."""
     get = handlers.get
@@ -127,7 +128,7 @@ def apply(
         if handler is None or (skipped and row[0] in skipped):
             continue
         try:
-            handler(EventView(row, app), rm)
+            handler(EventView(row, app, page), rm)
         except Exception as exc:
             raise HandlerFailure(row[0], row[3], exc) from exc
 
@@ -196,6 +197,8 @@ class Runner:
         self.retry_at = 0.0
         self._rm: ReadModel | None = None
         self._token: Any = None
+        # Lean pages until a handler asks for metadata, recorded_at or event_id.
+        self._lean = True
 
     def claim(self) -> str:
         """Take the lease: 'claimed', 'held' (someone else has it) or 'stale' (version differs).
@@ -266,9 +269,10 @@ class Runner:
                     return early
                 assert cp is not None
                 until = _until(cp.position, head, self.batch)
-                rows = tr.scan(cp.position, self.batch, self.cls.handles, until)
+                rows = tr.scan(cp.position, self.batch, self.cls.handles, until, lean=self._lean)
                 if before is not None:
                     rows = [r for r in rows if r[0] < before]
+                page = EventPage(tr, rows, self.cls.handles) if self._lean and rows else None
                 skipped = {s["position"] for s in cp.skipped}
                 # The cache of read-model rows outlives a step only while nobody else wrote
                 # the checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is
@@ -277,7 +281,12 @@ class Runner:
                 if rm is None or cp.updated_at != self._token:
                     rm = self._rm = ReadModel(tr, self.cls.tables, _live(self.cls))
                 rm.bind(tr)
-                apply(self.app, self.handlers, rm, rows, skipped)
+                try:
+                    apply(self.app, self.handlers, rm, rows, skipped, page)
+                finally:
+                    if page is not None:
+                        self._lean = page.full is None
+                        page.close()
                 rm.flush()
                 new = before - 1 if before is not None else _advance(cp.position, until, rows, self.batch)
                 cp.position, cp.status = new, "idle"
@@ -527,28 +536,38 @@ def rebuild(
     if log:
         log(f"{name}: rebuilding v{version} from position {position} (head {head})")
 
-    page = min(batch, PAGE)
+    page_size = min(batch, PAGE)
+    lean = True  # until a handler asks for metadata, recorded_at or event_id
 
     def batch_step(tr: Tracking) -> bool:
         """Pages into the shadow tables until `batch` events (or as many positions) are
         done or the head read first is reached; True in that last case."""
-        nonlocal position, events
+        nonlocal position, events, lean
         head_now = tr.head()
         start, done = position, 0
         rm.bind(tr)
-        while position < head_now and done < batch and position - start < batch:
-            until = _until(position, head_now, page)
-            rows = tr.scan(position, page, cls.handles, until)
-            try:
-                apply(app, handlers, rm, rows, skipped)
-            except HandlerFailure as failure:
-                raise BatchError(
-                    f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
-                    f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
-                ) from None
-            done += len(rows)
-            position = _advance(position, until, rows, page)
-        rm.flush()
+        pages: list[EventPage] = []
+        try:
+            while position < head_now and done < batch and position - start < batch:
+                until = _until(position, head_now, page_size)
+                rows = tr.scan(position, page_size, cls.handles, until, lean=lean)
+                page = EventPage(tr, rows, cls.handles) if lean and rows else None
+                if page is not None:
+                    pages.append(page)
+                try:
+                    apply(app, handlers, rm, rows, skipped, page)
+                except HandlerFailure as failure:
+                    raise BatchError(
+                        f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
+                        f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
+                    ) from None
+                done += len(rows)
+                position = _advance(position, until, rows, page_size)
+                lean = lean and (page is None or page.full is None)
+            rm.flush()
+        finally:
+            for page in pages:
+                page.close()
         events += done
         return position >= head_now
 

@@ -100,9 +100,10 @@ class Checkpoint:
 
 # One event as projections read it, cheap to fetch in bulk:
 # (global_position, stream_id, stream_version, event_type, schema_version, data, metadata,
-#  recorded_at, event_id). `data` and `metadata` are decoded dicts or JSON text, and
-# `recorded_at` a datetime or ISO text, depending on the backend; EventView decodes lazily.
-EventTuple = tuple[int, str, int, str, int, Any, Any, Any, str]
+#  recorded_at, event_id), or a lean row that stops after `data`. `data` and `metadata` are
+# decoded dicts or JSON text, and `recorded_at` a datetime or ISO text, depending on the
+# backend; EventView decodes lazily.
+EventTuple = tuple[Any, ...]
 
 
 class Tracking(ABC):
