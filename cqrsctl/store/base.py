@@ -34,13 +34,14 @@ def category_of(stream_id: str) -> str:
     return stream_id.split("-", 1)[0]
 
 
+# The RFC 4122 variant digit (binary 10xx) keeping the two random low bits of a hex digit.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def new_id() -> str:
     """A random (version 4) UUID as text; uuid.uuid4() is three times slower on the hot path."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def utcnow() -> datetime:
@@ -626,8 +627,12 @@ class Store(ABC):
     backend: str
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """A write transaction: commits on success, rolls back on any exception."""
+    def transaction(self, *, appending: bool = False) -> AbstractContextManager[Transaction]:
+        """A write transaction: commits on success, rolls back on any exception.
+
+        `appending` says it is going to append: a backend may then take its append lock
+        as the transaction begins rather than at the append (PostgreSQL: in the round trip
+        of BEGIN)."""
 
     @abstractmethod
     def reader(self) -> AbstractContextManager[Transaction]:
@@ -698,7 +703,7 @@ class Store(ABC):
     def append(
         self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
     ) -> AppendResult:
-        with self.transaction() as tx:
+        with self.transaction(appending=True) as tx:
             return tx.append(stream_id, events, expected)
 
     def read_stream(

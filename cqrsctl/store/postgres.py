@@ -172,6 +172,7 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 # Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
 # expected version); returns the head, the new positions (none when the check failed),
 # and NOTIFYs listeners (sent at commit) when it inserted.
+# Arrays go in binary: psycopg quotes every element of a text array with regular expressions.
 _APPEND = (
     "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
     " ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
@@ -185,7 +186,7 @@ _APPEND_ONE = _APPEND.format(
     source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
 )
 _APPEND_MANY = _APPEND.format(
-    source="unnest(%(i)s::text[], %(t)s::text[], %(sv)s::int[], %(d)s::text[], %(m)s::text[])"
+    source="unnest(%(i)b::text[], %(t)b::text[], %(sv)b::int[], %(d)b::text[], %(m)b::text[])"
     " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
 )
 _NO_LIMIT = 2**62
@@ -210,10 +211,11 @@ _DEADLINE_COLUMNS = "deadline_id, saga_id, name, due_at, payload, status, fired_
 
 
 class PostgresTransaction(Transaction):
-    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, locked: bool = False) -> None:
         self.conn = conn
         self.store = store
         self.cur = conn.cursor()
+        self._locked = locked
 
     @property
     def tracking(self) -> PostgresTracking:
@@ -228,7 +230,9 @@ class PostgresTransaction(Transaction):
         # so every position a reader sees has all smaller positions already committed
         # (or rolled back and never coming). The cost is that appends to one store
         # commit one at a time; reads are never blocked.
-        self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.store.append_lock,))
+        if not self._locked:
+            self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.store.append_lock,))
+            self._locked = True
 
     def _stream_version(self, stream_id: str) -> int:
         self.cur.execute("SELECT max(stream_version) FROM events WHERE stream_id = %s", (stream_id,))
@@ -291,8 +295,8 @@ class PostgresTransaction(Transaction):
                     "WITH ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type,"
                     " schema_version, category, data, metadata, recorded_at)"
                     " SELECT s, v, i, t, sv, c, d::jsonb, m::jsonb, r FROM unnest("
-                    "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[],"
-                    " %s::text[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS x(s, v, i, t, sv, c, d, m, r, o)"
+                    "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],"
+                    " %b::text[], %b::text[], %b::timestamptz[]) WITH ORDINALITY AS x(s, v, i, t, sv, c, d, m, r, o)"
                     " ORDER BY o RETURNING global_position" + notify,
                     [*(list(c) for c in cols), self.store.channel],
                 )
@@ -686,10 +690,23 @@ class PostgresStore(Store):
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[PostgresTransaction]:
+    def transaction(self, *, appending: bool = False) -> Iterator[PostgresTransaction]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                yield PostgresTransaction(conn, self)
+            with self.pool.connection() as conn:
+                if not appending:
+                    with conn.transaction():
+                        yield PostgresTransaction(conn, self)
+                    return
+                # BEGIN and the append lock in one round trip (the simple query protocol,
+                # used when there are no parameters, takes both statements).
+                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({self.append_lock})")
+                try:
+                    yield PostgresTransaction(conn, self, locked=True)
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 

@@ -149,7 +149,9 @@ _SYNC_MODES = {"off", "normal", "full", "extra"}
 
 def _ts(value: datetime) -> str:
     # Fixed width (always microseconds, always +00:00) so that text order is time order.
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
 def _opt_ts(value: str | None) -> datetime | None:
@@ -248,7 +250,13 @@ class SQLiteTransaction(Transaction):
                 cur = self.conn.execute(sql, (*r[:8], _ts(r[8])))
                 self._known[r[0]] = r[1]
                 return [cur.lastrowid]  # type: ignore[list-item]
-            self.conn.executemany(sql, [(*r[:8], _ts(r[8])) for r in rows])
+            params = []
+            at, stamp = None, ""
+            for r in rows:
+                if r[8] is not at:  # the rows of one append share their timestamp
+                    at, stamp = r[8], _ts(r[8])
+                params.append((*r[:8], stamp))
+            self.conn.executemany(sql, params)
         except sqlite3.IntegrityError as exc:
             raise DuplicateEventError(f"append rejected by a uniqueness rule: {exc}") from None
         finally:
@@ -667,7 +675,7 @@ class SQLiteStore(Store):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
 
-    def transaction(self) -> _WriteTransaction:
+    def transaction(self, *, appending: bool = False) -> _WriteTransaction:
         return _WriteTransaction(self)
 
     @contextmanager
