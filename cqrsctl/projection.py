@@ -309,7 +309,8 @@ class ReadModel:
     def get(self, table: str, **key: Any) -> dict[str, Any] | None:
         """The row with this primary key (as a copy), or None."""
         slot = self._slots.get(table) or self._slot(table)
-        k = slot.key_of(key)
+        single = slot.single  # the common one-column key, without a call
+        k = (key[single],) if single is not None and single in key else slot.key_of(key)
         row = slot.cache.get(k, _MISSING)
         if row is _MISSING:
             row = self._load(slot, k)
@@ -320,8 +321,11 @@ class ReadModel:
         none): what you set in it is written at the end of the batch. The cheapest way to
         read-modify-write a row: ``rm.edit("balances", account_id=a)["balance"] += amount``."""
         slot = self._slots.get(table) or self._slot(table)
-        k = slot.key_of(key)
-        row = self._load(slot, k)
+        single = slot.single
+        k = (key[single],) if single is not None and single in key else slot.key_of(key)
+        row = slot.cache.get(k, _MISSING)
+        if row is _MISSING:
+            row = self._load(slot, k)
         if row is not None:
             slot.dirty.add(k)
         return row
@@ -337,7 +341,8 @@ class ReadModel:
     def upsert(self, table: str, row: dict[str, Any]) -> None:
         """Insert the row, or update the columns it gives of the existing one."""
         slot = self._slots.get(table) or self._slot(table)
-        key = slot.key_of(row)
+        single = slot.single
+        key = (row[single],) if single is not None and single in row else slot.key_of(row)
         existing = slot.cache.get(key, _MISSING)
         if existing is _MISSING:
             existing = self._load(slot, key)
