@@ -280,6 +280,11 @@ class Runner:
                 rm = self._rm
                 if rm is None or cp.updated_at != self._token:
                     rm = self._rm = ReadModel(tr, self.cls.tables, _live(self.cls))
+                    # An empty table (a new projection's) holds nothing the cache lacks: a
+                    # miss then needs no lookup, until the cache is trimmed.
+                    for table, spec in self.cls.tables.items():
+                        if not tr.select(table, spec, limit=1):
+                            rm.mark_complete(table)
                 rm.bind(tr)
                 try:
                     apply(self.app, self.handlers, rm, rows, skipped, page)
