@@ -213,7 +213,7 @@ class EventPage:
 
     def __init__(self, tracking: Tracking, rows: Sequence[EventTuple], types: Sequence[str]) -> None:
         self.tracking: Tracking | None = tracking
-        # Where the rows are, not the rows: a closed page holds no events.
+        # Where the rows are, not the rows: a page holds no events until one asks.
         self.first, self.last, self.count, self.types = rows[0][0], rows[-1][0], len(rows), types
         self.full: dict[int, EventTuple] | None = None
 
