@@ -22,6 +22,7 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -426,8 +427,11 @@ class ReadModel:
             slot.dirty.clear()
 
     def trim(self, max_rows: int) -> None:
-        """Forget cached rows when there are more than `max_rows` (after a flush)."""
+        """When more than `max_rows` rows are cached, forget the older half of each table's
+        (after a flush, so none is pending): the newer ones are likelier to be used again."""
         if sum(len(s.cache) for s in self._slots.values()) > max_rows:
             for slot in self._slots.values():
-                slot.cache.clear()
+                cache = slot.cache
+                for key in list(islice(cache, len(cache) - len(cache) // 2)):
+                    del cache[key]
                 slot.complete = False
