@@ -133,11 +133,11 @@ def test_leases_of_a_crashed_run_are_freed(store: Store) -> None:
     proc.wait()
     import socket
 
-    dead_owner = f"{socket.gethostname()}:{proc.pid}:abc"
+    dead_owner = f"outbox:{socket.gethostname()}:{proc.pid}:abc"
     now = datetime.now(UTC)
     with store.transaction() as tx:
         assert len(tx.claim_outbox(dead_owner, 10, now, now + timedelta(hours=1))) == 1
-    report = outbox.drain(store, open_sink("stdout"), owner="me:1:x")
+    report = outbox.drain(store, open_sink("stdout"), owner="outbox:elsewhere:1:x")
     assert report.delivered == 1
 
 

@@ -30,6 +30,7 @@ from ..app import App
 from ..store import Store
 from ..store.tracking import Checkpoint
 from . import projections as proj
+from .owners import owner_id
 
 DAEMON_PREFIX = "daemon:"
 HEARTBEAT_SECONDS = 1.0
@@ -258,7 +259,7 @@ class Daemon:
         self.lease, self.heartbeat_every, self.stall = lease, heartbeat, stall
         self.on_stall = on_stall
         self.log: Log = log or (lambda message: None)
-        self.id = proj.owner_id("daemon")
+        self.id = owner_id("daemon")
         self.peers = 1
         self.started = time.monotonic()
         self._stop = threading.Event()

@@ -14,10 +14,7 @@ of its key is leased or backing off. A dead message no longer holds its key back
 
 from __future__ import annotations
 
-import os
 import random
-import secrets
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from ..errors import DeliveryError, IncompleteError, NotFoundError, UsageError
 from ..sinks import Sink, SinkUnavailable
 from ..store import AppendResult, NewEvent, Store, StoredEvent, iso
 from ..store.base import OUTBOX_STATUSES, NewMessage, OutboxFailure, OutboxMessage, Transaction, utcnow
+from .owners import dead_here, owner_id
 
 if TYPE_CHECKING:
     from ..app import App
@@ -113,38 +111,12 @@ class Backoff:
         return full / 2 + rng() * full / 2
 
 
-def run_owner() -> str:
-    """`host:pid:random`: who holds a lease (the pid lets a drain on the same host free a crashed run's)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def _process_gone(owner: str) -> bool:
-    host, _, rest = owner.partition(":")
-    pid_text = rest.split(":", 1)[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a killed child its parent has not reaped yet is a zombie: gone too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
 def free_crashed_leases(tx: Transaction, now: datetime) -> int:
     """Release leases held by runs on this host whose process has died (a kill -9, a crash),
     so the next run need not wait for the lease to run out."""
     freed = 0
     for owner in tx.outbox_claimers(now):
-        if owner and _process_gone(owner):
+        if dead_here(owner):
             freed += tx.release_outbox(owner)
     return freed
 
@@ -244,7 +216,7 @@ def drain(
     """
     if batch < 1 or max_attempts < 1 or lease <= 0:
         raise UsageError("batch and max attempts must be at least 1, and the lease positive")
-    owner = owner or run_owner()
+    owner = owner or owner_id("outbox")
     report = DrainReport(sink.name)
     started = time.monotonic()
     attempted = 0

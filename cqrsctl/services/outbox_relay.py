@@ -14,6 +14,7 @@ from typing import Any
 from ..sinks import Sink, open_sink
 from . import outbox
 from .daemon import Daemon, Worker
+from .owners import owner_id
 
 
 class OutboxWorker(Worker):
@@ -32,7 +33,7 @@ class OutboxWorker(Worker):
         self.sink = open_sink(sink) if isinstance(sink, str) else sink
         self.batch, self.max_attempts, self.backoff, self.lease = batch, max_attempts, backoff, lease
         self.poll = poll
-        self.owner = outbox.run_owner()
+        self.owner = owner_id("outbox")
         self.delivered = self.failed = self.dead = 0
         self.last_error: str | None = None
         self.pause = 0.0  # after a sink failure: seconds to wait before the next try

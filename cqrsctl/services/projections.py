@@ -16,8 +16,6 @@ visible in commit order (see the stores), so "everything after my position" is e
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +26,8 @@ from ..app import App
 from ..errors import BatchError, IncompleteError, LockedError, NotFoundError, UsageError
 from ..projection import EventPage, EventView, Projection, ReadModel
 from ..store import Store, iso
-from ..store.base import new_id
 from ..store.tracking import Checkpoint, EventTuple, Tracking
+from .owners import dead_here, owner_id
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
 REBUILD_BATCH = 20_000  # events per rebuild transaction
@@ -43,41 +41,8 @@ SHADOW_SUFFIX = "__rebuild"
 STATES = ("running", "idle", "rebuilding", "failed", "stale-version")
 
 
-def owner_id(kind: str) -> str:
-    """`kind:host:pid:random`: unique, and says who holds a lease."""
-    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
-
-
-def _dead_here(owner: str | None) -> bool:
-    """True when `owner` was a process on this machine that no longer runs (kill -9):
-    its lease need not be waited out."""
-    if not owner:
-        return False
-    parts = owner.split(":")
-    if len(parts) < 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
-        return False
-    pid = int(parts[2])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
 def lease_free(cp: Checkpoint, owner: str) -> bool:
-    return cp.owner is None or cp.owner == owner or not cp.lease_valid or _dead_here(cp.owner)
+    return cp.owner is None or cp.owner == owner or not cp.lease_valid or dead_here(cp.owner)
 
 
 def projection_class(app: App, name: str) -> type[Projection]:
@@ -474,7 +439,7 @@ def plan_rebuild(store: Store, app: App, name: str) -> RebuildPlan:
         live, rb, head = tr.get(name), tr.get(REBUILD_PREFIX + name), tr.head()
     resume = rb.position if rb is not None and rb.version == str(cls.version) else 0
     notes = []
-    if rb is not None and rb.lease_valid and not _dead_here(rb.owner):
+    if rb is not None and rb.lease_valid and not dead_here(rb.owner):
         notes.append(f"a rebuild is running ({rb.owner}): this one would wait for it to stop")
     elif resume:
         notes.append(f"resumes an interrupted rebuild at position {resume}")
@@ -637,7 +602,7 @@ def reset(store: Store, app: App, name: str) -> None:
     with store.transaction() as tx:
         tr = tx.tracking
         rb = tr.get(REBUILD_PREFIX + name, lock=True)
-        if rb is not None and rb.owner and rb.lease_valid and not _dead_here(rb.owner):
+        if rb is not None and rb.owner and rb.lease_valid and not dead_here(rb.owner):
             raise LockedError(f"a rebuild of {name} is running ({rb.owner}); stop it first")
         tr.get(name, lock=True)
         for table in cls.tables:
@@ -742,7 +707,7 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
                     view = EventView(first[0])
                     lag_seconds = max((now - view.recorded_at).total_seconds(), 0.0)
             stored_version = cp.version if cp else None
-            if rb is not None and rb.lease_valid and not _dead_here(rb.owner):
+            if rb is not None and rb.lease_valid and not dead_here(rb.owner):
                 state = "rebuilding"
             elif cp is not None and cp.status == "failed":
                 state = "failed"
