@@ -7,12 +7,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new, fold, new_aggregate
 from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
 from ..store import NewEvent, Snapshot, Store, Transaction
 from ..store.base import new_id, utcnow
+from .jsonl import json_objects
 from .outbox import write_outbox
 
 
@@ -316,15 +315,7 @@ def load(
 
 def parse_batch(lines: Iterable[bytes], default_command: str | None = None) -> Iterator[BatchItem]:
     """JSONL of {"command", "data", "id", "metadata"}; a bad line fails before anything is dispatched."""
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"line {number}: invalid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise ValidationError(f"line {number}: expected a JSON object")
+    for number, d in json_objects(lines):
         name = d.get("command") or default_command
         if not isinstance(name, str) or not name:
             raise ValidationError(f'line {number}: missing "command"')

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-import orjson
-
 from ..errors import ValidationError
 from ..store import ExpectedVersion, NewEvent, Store, StoredEvent, parse_expected
+from .jsonl import json_objects
 
 FOLLOW_PAGE = 500
 
@@ -36,15 +35,7 @@ AppendItem = tuple[int, str, list[NewEvent], ExpectedVersion]
 def parse_append_lines(raw: bytes) -> list[AppendItem]:
     """Parse a JSONL append batch completely (so a bad line writes nothing)."""
     items: list[AppendItem] = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"line {number}: invalid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise ValidationError(f"line {number}: expected a JSON object")
+    for number, d in json_objects(raw.splitlines()):
         stream, event_type, data = d.get("stream"), d.get("type"), d.get("data", {})
         if not isinstance(stream, str) or not stream:
             raise ValidationError(f'line {number}: missing "stream"')

@@ -11,6 +11,7 @@ import orjson
 
 from ..errors import FileAccessError, ValidationError
 from ..store import Store, StoredEvent
+from .jsonl import json_objects
 
 IMPORT_BATCH = 1000
 
@@ -30,9 +31,8 @@ def export_events(
     return n
 
 
-def _decode_line(number: int, line: bytes) -> StoredEvent:
+def _decode(number: int, d: dict[str, Any]) -> StoredEvent:
     try:
-        d: dict[str, Any] = orjson.loads(line)
         return StoredEvent(
             global_position=int(d.get("global_position") or 0),
             stream_id=str(d["stream_id"]),
@@ -44,8 +44,6 @@ def _decode_line(number: int, line: bytes) -> StoredEvent:
             metadata=dict(d.get("metadata") or {}),
             recorded_at=datetime.fromisoformat(str(d["recorded_at"]).replace("Z", "+00:00")),
         )
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError(f"line {number}: invalid JSON: {exc}") from None
     except KeyError as exc:
         raise ValidationError(f"line {number}: missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
@@ -53,9 +51,8 @@ def _decode_line(number: int, line: bytes) -> StoredEvent:
 
 
 def read_export(lines: Iterable[bytes]) -> Iterator[StoredEvent]:
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            yield _decode_line(number, line)
+    for number, d in json_objects(lines):
+        yield _decode(number, d)
 
 
 def import_events(
