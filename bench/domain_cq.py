@@ -63,6 +63,12 @@ class Deposit(Command):
 
 snapshot_app.aggregate(Account)
 
+# The same domain publishing every account event to the outbox, for the cost of publishing.
+publishing_app = App("bank")
+for _command in (OpenAccount, Deposit):
+    publishing_app.command(aggregate=Account, stream=lambda c: c.account_id)(_command)
+publishing_app.publish(Account)
+
 
 def balances_projection() -> Any:
     """The balances read model (account id → balance) as a cqrsctl projection."""

@@ -11,7 +11,7 @@ from functools import partial
 import orjson
 
 from .. import raw as rawdb
-from ..core import Ctx, Measurement, durability_rows, needs_cqrsctl
+from ..core import Ctx, Measurement, Row, durability_rows, needs_cqrsctl
 from ..workload import account_id, dispatch_plan, stream_id
 
 
@@ -19,11 +19,13 @@ def _plan(ctx: Ctx) -> list[tuple[str, int, int]]:
     return dispatch_plan(ctx.sizes["dispatch_commands"], ctx.sizes["dispatch_accounts"])
 
 
-def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
-    """Per command: BEGIN; SELECT the stream head; check; INSERT one event; COMMIT."""
+def raw(ctx: Ctx, synchronous: str | None = None, publish: bool = False) -> dict[str, float]:
+    """Per command: BEGIN; SELECT the stream head; check; INSERT one event (and, publishing,
+    one outbox row carrying it); COMMIT."""
     backend, plan = ctx.backend, _plan(ctx)
     head = rawdb.q(backend, "SELECT max(version) FROM events WHERE stream_id = ?")
     insert = rawdb.q(backend, rawdb.INSERT_EVENT)
+    outbox = rawdb.q(backend, "INSERT INTO outbox (topic, key, payload) VALUES (?, ?, ?)")
     with ctx.fresh(synchronous) as db:
         conn = db.raw()
         rawdb.create_schema(conn, backend)
@@ -51,6 +53,9 @@ def raw(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
                 backend, sid, version_, kind_, orjson.dumps(data).decode(), orjson.dumps(meta).decode()
             )
             cur.execute(insert, row)
+            if publish:
+                message = {"event_id": row[2], "type": kind_, "stream_id": sid, "version": version_, "data": data}
+                cur.execute(outbox, ("Account.events", sid, orjson.dumps(message).decode()))
             cur.execute("COMMIT")
         elapsed = time.perf_counter() - started
         cur.execute("SELECT count(*) FROM events")
@@ -82,14 +87,17 @@ def eventsourcing(ctx: Ctx) -> dict[str, float]:
     return {"rate": len(plan) / elapsed}
 
 
-def cqrsctl(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
-    """Dispatcher.dispatch(name, data): validate, load, handle, append — one transaction each."""
+def cqrsctl(ctx: Ctx, synchronous: str | None = None, publish: bool = False) -> dict[str, float]:
+    """Dispatcher.dispatch(name, data): validate, load, handle, append — one transaction each
+    (publishing: the app publishes its account events, so each also writes an outbox row)."""
     with needs_cqrsctl("dispatch"):
         from cqrsctl import open_store
         from cqrsctl.services.dispatch import Dispatcher
 
-        from ..domain_cq import app
+        from ..domain_cq import app as plain_app
+        from ..domain_cq import publishing_app
 
+    app = publishing_app if publish else plain_app
     plan = _plan(ctx)
     with ctx.fresh(synchronous) as db:
         store = db.closing(open_store(db.cqrsctl_url()))
@@ -121,6 +129,17 @@ MEASUREMENT = Measurement(
         "cqrsctl": cqrsctl,
         "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
         "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
+        "raw+outbox": partial(raw, publish=True),
+        "raw+outbox@NORMAL": partial(raw, synchronous="NORMAL", publish=True),
+        "cqrsctl+outbox": partial(cqrsctl, publish=True),
+        "cqrsctl+outbox@NORMAL": partial(cqrsctl, synchronous="NORMAL", publish=True),
     },
-    rows=durability_rows("dispatch", "rate", "commands/s"),
+    rows=[
+        *durability_rows("dispatch", "rate", "commands/s"),
+        # What publishing costs: compare with the plain dispatch rows above.
+        Row("dispatch + outbox row, synchronous=NORMAL", "rate", "commands/s", "raw+outbox@NORMAL", None,
+            "cqrsctl+outbox@NORMAL", True, ("sqlite",)),
+        Row("dispatch + outbox row", "rate", "commands/s", "raw+outbox", None, "cqrsctl+outbox", True,
+            ("postgres",)),
+    ],  # fmt: skip
 )
