@@ -323,19 +323,33 @@ def test_kill_9_mid_drain_loses_nothing_and_duplicates_at_most_a_batch(
     assert outbox.status(store).counts == {"pending": 0, "delivered": total, "dead": 0}
 
 
+class _Gate(Exception):
+    """Ends the transaction that holds the drains back."""
+
+
 def test_parallel_drains_deliver_each_message_once(store: Store, store_url: str, tmp_path: Path) -> None:
     total = fill(store, accounts=40, deposits=(5000 if STRESS else 1000) - 40)
     d = Dispatcher(app, store)
     overlapped = False
     for round_ in range(5):
-        # Process start-up times vary, so one run may empty the outbox before the others
-        # begin; a round where that happens proves nothing about overlap and is repeated.
+        # A round where one run still emptied the outbox alone proves nothing about overlap
+        # and is repeated.
         if round_:
             for i in range(1000):
                 d.dispatch("Deposit", {"id": f"a{i % 40}", "amount": 1})
             total += 1000
         paths = [tmp_path / f"round{round_}-run{i}.jsonl" for i in range(4)]
-        procs = [subprocess.Popen(drain_cmd(store_url, f"file://{p}", "--batch", "10")) for p in paths]
+        # Hold the claim lock (PostgreSQL's claim lock, SQLite's write lock) while the drains
+        # start, so they queue on it and begin together rather than one after another.
+        try:
+            with store.transaction() as tx:
+                now = datetime.now(UTC)
+                tx.claim_outbox("gate", 1, now, now)
+                procs = [subprocess.Popen(drain_cmd(store_url, f"file://{p}", "--batch", "10")) for p in paths]
+                time.sleep(3)
+                raise _Gate
+        except _Gate:
+            pass  # rolled back: nothing claimed, the lock released
         for p in procs:
             assert p.wait(timeout=180) == 0
         runs = [[line["message_id"] for line in read_jsonl(p)] for p in paths]
