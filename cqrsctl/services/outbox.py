@@ -453,7 +453,9 @@ def retry(store: Store, ident: str | None = None, *, dead: bool = False, now: da
             raise NotFoundError(f"no outbox message {ident!r}")
         if message.status == "delivered":
             raise UsageError(
-                f"message {message.message_id} was delivered at {iso(message.delivered_at or now)}; nothing to retry"
+                f"message {message.message_id} was delivered"
+                + (f" at {iso(message.delivered_at)}" if message.delivered_at else "")
+                + "; nothing to retry"
             )
         return tx.requeue_outbox(now, seq=message.seq)
 
