@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 from typer.testing import CliRunner
 
 from cqrsctl.cli import app as cli_app
-from cqrsctl.store import StoredEvent, open_store
+from cqrsctl.store import Store, StoredEvent, Transaction, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 BANK_APP = str(ROOT / "samples" / "bank" / "app.py")
@@ -124,3 +125,19 @@ def all_events(url: str) -> list[StoredEvent]:
 
 def event_count(url: str) -> int:
     return len(all_events(url))
+
+
+class _Rollback(Exception):
+    """Ends a rolled_back() block."""
+
+
+@contextmanager
+def rolled_back(store: Store) -> Iterator[Transaction]:
+    """A write transaction rolled back when the block ends: it holds locks for a while and
+    writes nothing (tests use it to make other processes queue, then start together)."""
+    try:
+        with store.transaction() as tx:
+            yield tx
+            raise _Rollback
+    except _Rollback:
+        pass

@@ -96,9 +96,15 @@ def fill(store: Store, accounts: int, deposits: int, using: App = app) -> int:
     d = Dispatcher(using, store)
     for a in range(accounts):
         d.dispatch("Open", {"id": f"a{a}", "owner": f"o{a}"})
-    for i in range(deposits):
+    return accounts + deposit(store, accounts, deposits, using)
+
+
+def deposit(store: Store, accounts: int, count: int, using: App = app) -> int:
+    """Make `count` deposits spread over the open accounts a0…; returns messages."""
+    d = Dispatcher(using, store)
+    for i in range(count):
         d.dispatch("Deposit", {"id": f"a{i % accounts}", "amount": i + 1})
-    return accounts + deposits
+    return count
 
 
 def check_order(payloads: list[dict[str, Any]]) -> None:

@@ -3,7 +3,6 @@ failures, idempotent command ids, metadata, and concurrent dispatchers that lose
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from helpers import (
     command,
     event_count,
     jsonl,
+    rolled_back,
     run,
     subprocess_env,
 )
@@ -426,10 +426,6 @@ def deposits(proc: int, per: int) -> list[dict[str, Any]]:
     ]
 
 
-class _Gate(Exception):
-    """Ends the transaction that holds the dispatchers back."""
-
-
 @pytest.mark.parametrize("retries", ["3", "0"])
 def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retries: str) -> None:
     per = PER_PROCESS[backend]
@@ -473,6 +469,7 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
         deadline = time.monotonic() + 60
         for event in ready:
             assert event.wait(max(0.0, deadline - time.monotonic())), "a dispatcher did not start"
+
         # All are up and blocked on stdin: hand them their commands.
         def release() -> None:
             for i, proc in enumerate(procs):
@@ -485,13 +482,11 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
             # they queue on their first append and race from the same moment (PostgreSQL
             # grants a lock in queue order; SQLite's busy waiters sleep and wake at random,
             # which would favour one, so there they simply start together).
-            with open_store(store_url) as gate, contextlib.suppress(_Gate):
-                with gate.transaction() as tx:
-                    tx._lock_for_append()
-                    tx.stream_version("A-gate")  # the lock may be deferred to the next statement
-                    release()
-                    time.sleep(3)
-                    raise _Gate  # roll back: release the lock, having written nothing
+            with open_store(store_url) as gate, rolled_back(gate) as tx:
+                tx._lock_for_append()
+                tx.stream_version("A-gate")  # the lock may be deferred to the next statement
+                release()
+                time.sleep(3)
         else:
             release()
         reports = []

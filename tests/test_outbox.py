@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outbox_support import Acct, Deposit, Deposited, Open, Receiver, app, check_order, fill, read_jsonl
+from helpers import rolled_back
+from outbox_support import (
+    Acct,
+    Deposit,
+    Deposited,
+    Open,
+    Receiver,
+    app,
+    check_order,
+    deposit,
+    fill,
+    read_jsonl,
+)
 from typer.testing import CliRunner
 
 from cqrsctl.app import App
@@ -289,15 +301,12 @@ def test_kill_9_mid_drain_loses_nothing_and_duplicates_at_most_a_batch(
     path = tmp_path / "crash.jsonl"
     batch, kills, target = 5, 0, 60 if STRESS else 20
     rng = random.Random(7)
-    d = Dispatcher(app, store)
     deadline = time.monotonic() + 240
     while kills < target and time.monotonic() < deadline:
         # A fast machine may drain everything in fewer runs than kills wanted: keep work queued
         # so that every run is killed mid-drain rather than finishing.
         if outbox.status(store).counts.get("pending", 0) < 300:
-            for i in range(300):
-                d.dispatch("Deposit", {"id": f"a{i % 25}", "amount": 1})
-            total += 300
+            total += deposit(store, accounts=25, count=300)
         before = path.stat().st_size if path.exists() else 0
         proc = subprocess.Popen(drain_cmd(store_url, f"file://{path}", "--batch", str(batch)))
         # Kill once it is delivering (the file grows), at a random moment after that.
@@ -323,33 +332,22 @@ def test_kill_9_mid_drain_loses_nothing_and_duplicates_at_most_a_batch(
     assert outbox.status(store).counts == {"pending": 0, "delivered": total, "dead": 0}
 
 
-class _Gate(Exception):
-    """Ends the transaction that holds the drains back."""
-
-
 def test_parallel_drains_deliver_each_message_once(store: Store, store_url: str, tmp_path: Path) -> None:
     total = fill(store, accounts=40, deposits=(5000 if STRESS else 1000) - 40)
-    d = Dispatcher(app, store)
     overlapped = False
     for round_ in range(5):
         # A round where one run still emptied the outbox alone proves nothing about overlap
         # and is repeated.
         if round_:
-            for i in range(1000):
-                d.dispatch("Deposit", {"id": f"a{i % 40}", "amount": 1})
-            total += 1000
+            total += deposit(store, accounts=40, count=1000)
         paths = [tmp_path / f"round{round_}-run{i}.jsonl" for i in range(4)]
         # Hold the claim lock (PostgreSQL's claim lock, SQLite's write lock) while the drains
         # start, so they queue on it and begin together rather than one after another.
-        try:
-            with store.transaction() as tx:
-                now = datetime.now(UTC)
-                tx.claim_outbox("gate", 1, now, now)
-                procs = [subprocess.Popen(drain_cmd(store_url, f"file://{p}", "--batch", "10")) for p in paths]
-                time.sleep(3)
-                raise _Gate
-        except _Gate:
-            pass  # rolled back: nothing claimed, the lock released
+        with rolled_back(store) as tx:
+            now = datetime.now(UTC)
+            tx.claim_outbox("gate", 1, now, now)
+            procs = [subprocess.Popen(drain_cmd(store_url, f"file://{p}", "--batch", "10")) for p in paths]
+            time.sleep(3)
         for p in procs:
             assert p.wait(timeout=180) == 0
         runs = [[line["message_id"] for line in read_jsonl(p)] for p in paths]
