@@ -148,11 +148,11 @@ def purge(
 
 @contextmanager
 def _stop_on_signals() -> Iterator[Any]:
-    """SIGINT/SIGTERM ask the drain to stop after the message in flight; a second Ctrl-C aborts."""
+    """SIGINT/SIGTERM ask the drain to stop after the send in flight; a second one aborts."""
     requested: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if requested and signum == signal.SIGINT:
+        if requested:
             raise KeyboardInterrupt
         requested.append(signum)
 

@@ -269,6 +269,7 @@ class Daemon:
         self._listener: threading.Thread | None = None
         self.errors = 0
         self.last_error: str | None = None
+        self.once = False  # set by run(): workers may do their work inline then
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -293,6 +294,7 @@ class Daemon:
 
     def run(self, once: bool = False) -> None:
         """Run until `stop()`; with `once`, until every worker has nothing left to do."""
+        self.once = once
         self._register()
         for worker in self.workers:
             worker.start(self)

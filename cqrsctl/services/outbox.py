@@ -15,10 +15,12 @@ of its key is leased or backing off. A dead message no longer holds its key back
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DeliveryError, IncompleteError, NotFoundError, UsageError
@@ -111,6 +113,14 @@ class Backoff:
         return full / 2 + rng() * full / 2
 
 
+# A running drain looks for claims of dead same-host runs this often (and at its start).
+DEAD_CHECK_SECONDS = 1.0
+# A slow sink's outcomes are recorded at least this often, not only once per batch.
+RECORD_SECONDS = 1.0
+# How long past its deadline a sink call is waited for before it is abandoned.
+GRACE_SECONDS = 2.0
+
+
 def free_crashed_leases(tx: Transaction, now: datetime) -> int:
     """Release leases held by runs on this host whose process has died (a kill -9, a crash),
     so the next run need not wait for the lease to run out."""
@@ -121,10 +131,41 @@ def free_crashed_leases(tx: Transaction, now: datetime) -> int:
     return freed
 
 
+class SinkStuck(SinkUnavailable):
+    """A sink call did not return by its deadline (it was abandoned)."""
+
+
+def bounded(call: Callable[[], Any], seconds: float, what: str) -> Any:
+    """`call()` on a thread of its own, waited for at most `seconds`.
+
+    Whatever a sink's client library does (a peer that trickles its answer, a lock held
+    inside the library), the drain gets its thread back in time. A call that overruns is
+    abandoned on a daemon thread, so it cannot keep the process alive either."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="cqrsctl-sink", daemon=True).start()
+    if not done.wait(seconds):
+        raise SinkStuck(f"{what} did not return within {seconds:.1f}s; abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 @dataclass
 class DrainReport:
     """What one drain did. `exit_code`: 0 all due delivered, 12 some failed or died
-    (or the sink was unavailable), 13 stopped at a bound (or a signal) with work left."""
+    (or the sink was unavailable, or a lease was lost), 13 stopped at a bound (or a signal)
+    with work left. `remaining`: messages still due at the end (pending, not dead), however
+    the run ended."""
 
     sink: str
     delivered: int = 0
@@ -166,6 +207,8 @@ class DrainReport:
         )
         if self.stopped:
             text += f"; stopped ({self.stopped}) with {self.remaining} due left"
+        elif self.remaining:
+            text += f"; {self.remaining} due left (held by other runs)"
         if self.error:
             text += f"; {self.error}"
         return text
@@ -207,8 +250,10 @@ def drain(
 ) -> DrainReport:
     """Deliver due outbox messages to `sink` until none are due, or a bound is hit.
 
-    `max_messages` and `timeout` (seconds) bound the run; `stop()` is polled between sends
-    (a signal handler sets it: the message in flight is finished, the rest released).
+    `max_messages` bounds the deliveries and `timeout` (seconds) the run; `stop()` is
+    polled before each send (a signal handler sets it: the send in flight is finished,
+    the rest released). Every sink call is abandoned `GRACE_SECONDS` after its deadline,
+    and no send may outlast the lease it was made under.
     `clock` gives "now" for due times, leases and back-off (tests pass a fake one).
     The sink is opened on the first message and closed at the end, unless `keep_open`
     (a long-running caller reusing one connection; it is closed anyway when it failed).
@@ -216,160 +261,210 @@ def drain(
     """
     if batch < 1 or max_attempts < 1 or lease <= 0:
         raise UsageError("batch and max attempts must be at least 1, and the lease positive")
-    owner = owner or owner_id("outbox")
-    report = DrainReport(sink.name)
+    run = _Run(store, sink, owner or owner_id("outbox"), lease, max_attempts, backoff, clock, on_progress)
+    report = run.report
     started = time.monotonic()
-    attempted = 0
 
     def out_of_bounds() -> str | None:
         if stop is not None and stop():
             return "signal"
-        if max_messages is not None and attempted >= max_messages:
+        if max_messages is not None and report.delivered >= max_messages:
             return "max"
         if timeout is not None and time.monotonic() - started >= timeout:
             return "timeout"
         return None
 
+    run.out_of_bounds = out_of_bounds
     try:
+        next_dead_check = 0.0
         while True:
             report.stopped = out_of_bounds()
             if report.stopped:
                 break
-            size = batch if max_messages is None else min(batch, max_messages - attempted)
+            size = batch if max_messages is None else min(batch, max_messages - report.delivered)
             now = clock()
+            until = now + timedelta(seconds=lease)
+            # One transaction records the last batch and claims the next.
             with store.transaction() as tx:
-                claimed = tx.claim_outbox(owner, size, now, now + timedelta(seconds=lease), topics)
-                # A short claim may be short because a crashed run still leases messages:
-                # free those (a scan of the leases, so only then) and look once more.
+                run.record(tx, now)
+                if time.monotonic() >= next_dead_check:
+                    free_crashed_leases(tx, now)
+                    next_dead_check = time.monotonic() + DEAD_CHECK_SECONDS
+                claimed = tx.claim_outbox(run.owner, size, now, until, topics)
+                # A short claim may be short because a crashed run just died: look once more.
                 if len(claimed) < size and free_crashed_leases(tx, now):
-                    until = now + timedelta(seconds=lease)
-                    claimed += tx.claim_outbox(owner, size - len(claimed), now, until, topics)
+                    claimed += tx.claim_outbox(run.owner, size - len(claimed), now, until, topics)
             if not claimed:
                 break
+            run.leased(now, until)
             report.batches += 1
             if not sink.is_open:
                 try:
-                    sink.open()
+                    bounded(sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
                     sink.is_open = True
                 except SinkUnavailable as exc:
                     report.error = str(exc)
                     with store.transaction() as tx:
-                        tx.release_outbox(owner, [m.seq for m in claimed], str(exc))
+                        tx.release_outbox(run.owner, [m.seq for m in claimed], str(exc))
                     break
-            attempted += len(claimed)
-            _deliver_batch(
-                store,
-                sink,
-                claimed,
-                owner,
-                report,
-                max_attempts,
-                backoff,
-                lease,
-                clock,
-                out_of_bounds,
-                on_progress,
-            )
+            run.deliver(claimed)
             if report.error or report.stopped:
                 break
-        if report.stopped:
-            now = clock()
-            with store.reader() as tx:
-                report.remaining = sum(
-                    due
-                    for topic, status, _n, due, _oldest in tx.outbox_summary(now)
-                    if status == "pending" and (not topics or topic in topics)
-                )
     finally:
-        # Whatever happened, leave no lease behind: the next run must not have to wait.
+        # Whatever happened, record what was sent and leave no lease behind.
         try:
+            now = clock()
             with store.transaction() as tx:
-                report.released += tx.release_outbox(owner)
+                run.record(tx, now)
+                report.released += tx.release_outbox(run.owner)
+                report.remaining = tx.count_due_outbox(now, topics)
         finally:
             if sink.is_open and (not keep_open or report.error):
-                sink.close()
+                if not run.stuck:  # a stuck client may block in close() too: drop it
+                    sink.close()
                 sink.is_open = False
             report.elapsed = time.monotonic() - started
     return report
 
 
-def _deliver_batch(
-    store: Store,
-    sink: Sink,
-    claimed: list[OutboxMessage],
-    owner: str,
-    report: DrainReport,
-    max_attempts: int,
-    backoff: Backoff,
-    lease: float,
-    clock: Callable[[], datetime],
-    out_of_bounds: Callable[[], str | None],
-    on_progress: Callable[[int], None] | None,
-) -> None:
-    step = sink.batch_size or len(claimed)
-    held = list(claimed)  # still leased to this run, in order
-    until = claimed[0].claimed_until
-    assert until is not None
-    first = True
-    while held:
-        if not first:  # the first chunk was just claimed; later ones re-check the bounds
-            report.stopped = out_of_bounds()
-            if report.stopped:
-                with store.transaction() as tx:
-                    report.released += tx.release_outbox(owner, [m.seq for m in held])
-                return
-        first = False
-        now = clock()
-        if (until - now).total_seconds() < lease / 3:
-            # Renew before sending: a message must never go out on a lease that may have run out.
-            until = now + timedelta(seconds=lease)
-            with store.transaction() as tx:
-                kept = tx.renew_outbox(owner, [m.seq for m in held], until)
+class _Run:
+    """One drain's leases and the outcomes not yet recorded."""
+
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        owner: str,
+        lease: float,
+        max_attempts: int,
+        backoff: Backoff,
+        clock: Callable[[], datetime],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.store, self.sink, self.owner, self.lease = store, sink, owner, lease
+        self.max_attempts, self.backoff, self.clock, self.on_progress = max_attempts, backoff, clock, on_progress
+        self.report = DrainReport(sink.name)
+        self.out_of_bounds: Callable[[], str | None] = lambda: None
+        # A send must end this long before the lease does (clock steps, the record's commit).
+        self.margin = min(1.0, lease / 10)
+        self.until = self.renewed = clock()
+        self.stuck = False
+        self.delivered: list[int] = []
+        self.failures: list[OutboxFailure] = []
+        self.handed_back: list[int] = []
+        self.last_record = time.monotonic()
+
+    def leased(self, now: datetime, until: datetime) -> None:
+        self.renewed, self.until = now, until
+
+    def record(self, tx: Transaction, now: datetime) -> None:
+        """Write the outcomes gathered since the last record, fenced by this run's owner id."""
+        self.last_record = time.monotonic()
+        if self.delivered:
+            marked = tx.mark_delivered(self.delivered, now, self.owner)
+            if marked < len(self.delivered) and not self.report.error:
+                self.report.error = (
+                    f"{len(self.delivered) - marked} delivered messages had been claimed by another run"
+                    " before their delivery was recorded (this run's lease ran out); that run sends them again"
+                )
+            self.delivered = []
+        if self.failures:
+            tx.mark_failed(self.owner, self.failures)
+            self.failures = []
+        if self.handed_back:
+            self.report.released += tx.release_outbox(self.owner, self.handed_back)
+            self.handed_back = []
+
+    def room(self, held: list[OutboxMessage]) -> float | None:
+        """Seconds the next send may take: the send timeout, cut so that it ends inside the
+        lease. Renews the lease first when too little is left; None when it was lost."""
+        now = self.clock()
+        left = (self.until - now).total_seconds() - self.margin
+        if left < min(self.sink.timeout, self.lease / 2):
+            until = now + timedelta(seconds=self.lease)
+            with self.store.transaction() as tx:
+                self.record(tx, now)
+                kept = tx.renew_outbox(self.owner, [m.seq for m in held], until)
             if kept < len(held):
-                report.error = "lost the lease on claimed messages (the run was paused longer than --lease)"
+                self.report.error = self._lost(len(held) - kept, now)
+                self.handed_back += [m.seq for m in held]
+                return None
+            self.renewed, self.until = now, until
+            left = self.lease - self.margin
+        return min(self.sink.timeout, left)
+
+    def _lost(self, lost: int, now: datetime) -> str:
+        since = (now - self.renewed).total_seconds()
+        if since >= self.lease:
+            why = (
+                f"{since:.1f}s passed since it was taken or renewed: the process was paused"
+                " or the database answered too slowly"
+            )
+        else:
+            why = (
+                f"it still had {self.lease - since:.1f}s left by this machine's clock: the clocks of"
+                " the machines running drains disagree, or the messages were requeued"
+            )
+        return f"lost the lease (--lease {self.lease:g}s) on {lost} claimed messages, unsent: {why}"
+
+    def deliver(self, claimed: list[OutboxMessage]) -> None:
+        report, sink = self.report, self.sink
+        step = sink.batch_size or len(claimed)
+        held = list(claimed)  # still leased to this run and unsent, in order
+        first = True
+        while held:
+            if not first:  # the first chunk was just claimed; later ones re-check the bounds
+                report.stopped = self.out_of_bounds()
+                if report.stopped:
+                    self.handed_back += [m.seq for m in held]
+                    return
+            first = False
+            seconds = self.room(held)
+            if seconds is None:
                 return
-        chunk, held = held[:step], held[step:]
-        try:
-            results = sink.send(chunk)
-        except SinkUnavailable as exc:
-            report.error = str(exc)
-            with store.transaction() as tx:
-                tx.release_outbox(owner, [m.seq for m in chunk], str(exc))
-            return
-        # A sink that stops at a refusal answers for a prefix: the rest was not sent.
-        unsent = [m.seq for m in chunk[len(results) :]]
-        chunk = chunk[: len(results)]
-        delivered = [m.seq for m, r in zip(chunk, results, strict=True) if r is None]
-        failures = []
-        blocked: set[tuple[str, str]] = set()
-        now = clock()
-        for m, r in zip(chunk, results, strict=True):
-            if r is None:
-                continue
-            attempts = m.attempts + 1
-            dead = attempts >= max_attempts
-            retry_at = now + timedelta(seconds=backoff.delay(attempts))
-            failures.append(OutboxFailure(m.seq, r, attempts, retry_at, dead))
-            blocked.add((m.topic, m.key))
-            report.errors.append({"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r})
-            if dead:
-                report.dead += 1
-            else:
-                report.failed += 1
-        # Later messages of a key that just failed must wait for it: hand them back.
-        later = unsent + [m.seq for m in held if (m.topic, m.key) in blocked]
-        if blocked:
-            held = [m for m in held if (m.topic, m.key) not in blocked]
-        with store.transaction() as tx:
-            if delivered:
-                tx.mark_delivered(delivered, now)
-            if failures:
-                tx.mark_failed(owner, failures)
-            if later:
-                report.released += tx.release_outbox(owner, later)
-        report.delivered += len(delivered)
-        if on_progress:
-            on_progress(len(chunk))
+            chunk, held = held[:step], held[step:]
+            sink.deadline = time.monotonic() + seconds
+            try:
+                results = bounded(partial(sink.send, chunk), seconds + GRACE_SECONDS, f"sending to {sink.name}")
+            except SinkUnavailable as exc:
+                self.stuck = isinstance(exc, SinkStuck)
+                report.error = str(exc)
+                self.handed_back += [m.seq for m in held]
+                with self.store.transaction() as tx:
+                    self.record(tx, self.clock())
+                    tx.release_outbox(self.owner, [m.seq for m in chunk], str(exc))
+                return
+            finally:
+                sink.deadline = None
+            # A sink that stops at a refusal answers for a prefix: the rest was not sent.
+            self.handed_back += [m.seq for m in chunk[len(results) :]]
+            chunk = chunk[: len(results)]
+            blocked: set[tuple[str, str]] = set()
+            now = self.clock()
+            for m, r in zip(chunk, results, strict=True):
+                if r is None:
+                    self.delivered.append(m.seq)
+                    report.delivered += 1
+                    continue
+                attempts = m.attempts + 1
+                dead = attempts >= self.max_attempts
+                retry_at = now + timedelta(seconds=self.backoff.delay(attempts))
+                self.failures.append(OutboxFailure(m.seq, r, attempts, retry_at, dead))
+                blocked.add((m.topic, m.key))
+                report.errors.append({"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r})
+                if dead:
+                    report.dead += 1
+                else:
+                    report.failed += 1
+            # Later messages of a key that just failed must wait for it: hand them back.
+            if blocked:
+                self.handed_back += [m.seq for m in held if (m.topic, m.key) in blocked]
+                held = [m for m in held if (m.topic, m.key) not in blocked]
+            if self.on_progress:
+                self.on_progress(len(chunk))
+            if held and time.monotonic() - self.last_record >= RECORD_SECONDS:
+                with self.store.transaction() as tx:
+                    self.record(tx, self.clock())
 
 
 # -- inspecting and managing --------------------------------------------------------------

@@ -11,6 +11,7 @@ Broker clients are optional extras, imported only when their sink is opened.
 from __future__ import annotations
 
 import importlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,10 @@ class Sink(ABC):
     batch_size: int | None = None
     #: Set by the drain between a successful `open()` and `close()`.
     is_open: bool = False
+    #: Set by the drain before each `send`: the `time.monotonic()` by which the call must
+    #: return (the send timeout, or sooner when the lease ends sooner). Sinks bound their
+    #: waits with :meth:`time_left`; the drain abandons a call that overruns it anyway.
+    deadline: float | None = None
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url
@@ -54,6 +59,12 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release the connection; never raises."""
+
+    def time_left(self) -> float:
+        """Seconds the call in hand may still wait: the send timeout, cut to the deadline."""
+        if self.deadline is None:
+            return self.timeout
+        return max(0.0, min(self.timeout, self.deadline - time.monotonic()))
 
     def unavailable(self, exc: BaseException | str) -> SinkUnavailable:
         reason = exc if isinstance(exc, str) else (" ".join(str(exc).split()) or type(exc).__name__)

@@ -6,6 +6,10 @@ of the body>`. The secret comes from `?secret=` in the sink URL or the environme
 `CQRSCTL_SINK_SECRET`; `?secret=` and `?header=` (signature header name) are not sent on.
 A non-2xx answer or a read timeout is a failed attempt; a refused connection is the
 sink being unavailable.
+
+Each request has a hard deadline (the send timeout, or the drain's deadline when sooner):
+every socket read and write waits at most until then, so a receiver that trickles its
+answer a byte at a time cannot hold a request longer than a silent one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -28,8 +33,49 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def _deadline_backend(sink: HttpSink) -> Any:
+    """An httpcore network backend whose every socket wait ends by `sink.deadline`.
+
+    httpx's timeouts are per read: a peer sending one byte a second never trips them."""
+    httpcore = require("httpcore", "http", "http")
+
+    def room(timeout: float | None) -> float:
+        left = sink.time_left()
+        if left <= 0:
+            raise httpcore.ReadTimeout(f"no answer within {sink.timeout:g}s")
+        return left if timeout is None else min(timeout, left)
+
+    stream_base: Any = httpcore.NetworkStream
+    backend_base: Any = httpcore.SyncBackend
+
+    class Stream(stream_base):  # type: ignore[misc]
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return self.inner.read(max_bytes, room(timeout))  # type: ignore[no-any-return]
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self.inner.write(buffer, room(timeout))
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+            return Stream(self.inner.start_tls(ssl_context, server_hostname, room(timeout)))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self.inner.get_extra_info(info)
+
+    class Backend(backend_base):  # type: ignore[misc]
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> Any:
+            return Stream(super().connect_tcp(host, port, room(timeout), **kw))
+
+    return Backend()
+
+
 class HttpSink(Sink):
-    batch_size = 20  # marks delivered every 20 requests; a stop waits for at most that many
+    batch_size = 1  # one request per send: the drain checks its lease and a stop before each
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         super().__init__(url, timeout)
@@ -45,7 +91,11 @@ class HttpSink(Sink):
     def open(self) -> None:
         httpx = require("httpx", "http", "http")
         self.httpx = httpx
-        self.client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+        transport = httpx.HTTPTransport()
+        pool = getattr(transport, "_pool", None)
+        if hasattr(pool, "_network_backend"):  # else the drain's own deadline still applies
+            pool._network_backend = _deadline_backend(self)  # type: ignore[union-attr]
+        self.client = httpx.Client(timeout=self.timeout, follow_redirects=False, transport=transport)
 
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         results: list[str | None] = []
@@ -61,14 +111,16 @@ class HttpSink(Sink):
             }
             if self.secret:
                 headers[self.header] = signature(self.secret, body)
+            started = time.monotonic()
             try:
-                response = self.client.post(self.target, content=body, headers=headers)
+                response = self.client.post(self.target, content=body, headers=headers, timeout=self.time_left())
             except (self.httpx.ConnectError, self.httpx.ConnectTimeout) as exc:
                 if results:  # what went out is delivered; the rest waits for the sink
                     return results
                 raise self.unavailable(exc) from None
             except self.httpx.TimeoutException:
-                results.append(f"no answer from {self.name} within {self.timeout:g}s")
+                waited = time.monotonic() - started
+                results.append(f"no complete answer from {self.name} within {waited:.1f}s")
                 return results
             except self.httpx.HTTPError as exc:
                 results.append(f"{type(exc).__name__}: {exc}")

@@ -95,7 +95,7 @@ class NatsSink(Sink):
         for m in messages:
             headers = {**{k: str(v) for k, v in m.headers.items()}, "Nats-Msg-Id": m.message_id, "Key": m.key}
             futures.append(await self.js.publish_async(m.topic, m.body(), headers=headers))
-        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.timeout)
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.time_left())
         results: list[str | None] = []
         for d in done:
             if isinstance(d, BaseException):

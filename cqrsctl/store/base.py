@@ -583,8 +583,15 @@ class Transaction(ABC):
         """Drop `owner`'s leases (on `seqs`, or all), recording `error` when given; attempts stay."""
 
     @abstractmethod
-    def mark_delivered(self, seqs: Sequence[int], now: datetime) -> int:
-        """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped."""
+    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
+        """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped.
+
+        With `owner`, only messages `owner` still holds (fencing: a run whose lease ran out
+        and was taken over cannot record over the new holder); returns how many were marked."""
+
+    @abstractmethod
+    def count_due_outbox(self, now: datetime, topics: Sequence[str] | None = None) -> int:
+        """Pending messages due at `now` (leased or not), optionally only in `topics`."""
 
     @abstractmethod
     def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:

@@ -468,13 +468,26 @@ class PostgresTransaction(Transaction):
             self.cur.execute(query + " AND seq = ANY(%s)", (error, owner, list(seqs)))
         return self.cur.rowcount
 
-    def mark_delivered(self, seqs: Sequence[int], now: datetime) -> int:
-        self.cur.execute(
+    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
+        query = (
             "UPDATE outbox SET status = 'delivered', delivered_at = %s, attempts = attempts + 1,"
-            " claimed_by = NULL, claimed_until = NULL WHERE seq = ANY(%s) AND status = 'pending'",
-            (now, list(seqs)),
+            " claimed_by = NULL, claimed_until = NULL WHERE seq = ANY(%s) AND status = 'pending'"
         )
+        if owner is None:
+            self.cur.execute(query, (now, list(seqs)))
+        else:
+            self.cur.execute(query + " AND claimed_by = %s", (now, list(seqs), owner))
         return self.cur.rowcount
+
+    def count_due_outbox(self, now: datetime, topics: Sequence[str] | None = None) -> int:
+        query = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= %s"
+        params: list[Any] = [now]
+        if topics:
+            query += " AND topic = ANY(%s)"
+            params.append(list(topics))
+        self.cur.execute(query, params)
+        row = self.cur.fetchone()
+        return int(row[0]) if row else 0
 
     def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
         done = 0

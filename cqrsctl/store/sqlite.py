@@ -408,13 +408,10 @@ class SQLiteTransaction(Transaction):
 
     def renew_outbox(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
         u = _ts(until)
-        return sum(
-            self.conn.execute(
-                "UPDATE outbox SET claimed_until = ? WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
-                (u, seq, owner),
-            ).rowcount
-            for seq in seqs
-        )
+        return self.conn.executemany(
+            "UPDATE outbox SET claimed_until = ? WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
+            [(u, seq, owner) for seq in seqs],
+        ).rowcount
 
     def release_outbox(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
         sql = (
@@ -423,29 +420,36 @@ class SQLiteTransaction(Transaction):
         )
         if seqs is None:
             return self.conn.execute(sql, (error, owner)).rowcount
-        return sum(self.conn.execute(sql + " AND seq = ?", (error, owner, s)).rowcount for s in seqs)
+        return self.conn.executemany(sql + " AND seq = ?", [(error, owner, s) for s in seqs]).rowcount
 
-    def mark_delivered(self, seqs: Sequence[int], now: datetime) -> int:
+    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
         t = _ts(now)
-        return sum(
-            self.conn.execute(
-                "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1,"
-                " claimed_by = NULL, claimed_until = NULL WHERE seq = ? AND status = 'pending'",
-                (t, seq),
-            ).rowcount
-            for seq in seqs
+        sql = (
+            "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1,"
+            " claimed_by = NULL, claimed_until = NULL WHERE seq = ? AND status = 'pending'"
         )
+        if owner is None:
+            return self.conn.executemany(sql, [(t, seq) for seq in seqs]).rowcount
+        return self.conn.executemany(sql + " AND claimed_by = ?", [(t, seq, owner) for seq in seqs]).rowcount
+
+    def count_due_outbox(self, now: datetime, topics: Sequence[str] | None = None) -> int:
+        sql = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+        params: list[Any] = [_ts(now)]
+        if topics:
+            sql += f" AND topic IN ({','.join('?' * len(topics))})"
+            params += topics
+        return int(self.conn.execute(sql, params).fetchone()[0])
 
     def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
-        return sum(
-            self.conn.execute(
-                "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
-                " claimed_by = NULL, claimed_until = NULL"
-                " WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
-                ("dead" if f.dead else "pending", f.attempts, _ts(f.next_attempt_at), f.error, f.seq, owner),
-            ).rowcount
-            for f in failures
-        )
+        return self.conn.executemany(
+            "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+            " claimed_by = NULL, claimed_until = NULL"
+            " WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
+            [
+                ("dead" if f.dead else "pending", f.attempts, _ts(f.next_attempt_at), f.error, f.seq, owner)
+                for f in failures
+            ],
+        ).rowcount
 
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         rows = self.conn.execute(
