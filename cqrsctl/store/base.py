@@ -634,12 +634,13 @@ class Store(ABC):
     backend: str
 
     @abstractmethod
-    def transaction(self, *, appending: bool = False) -> AbstractContextManager[Transaction]:
+    def transaction(self, *, appending: bool = False, deferred: bool = False) -> AbstractContextManager[Transaction]:
         """A write transaction: commits on success, rolls back on any exception.
 
         `appending` says it is going to append: a backend may then take its append lock
         as the transaction begins rather than at the append (PostgreSQL: in the round trip
-        of BEGIN)."""
+        of BEGIN). `deferred`: it reads first and writes only after `tracking.fence()`;
+        until then it holds no write lock (SQLite's is one for the whole database)."""
 
     @abstractmethod
     def reader(self) -> AbstractContextManager[Transaction]:
