@@ -120,6 +120,17 @@ def _advance(cp_position: int, until: int, rows: Sequence[EventTuple], limit: in
 # -- one projection, step by step ------------------------------------------------------------
 
 
+class _Busy(Exception):
+    """The checkpoint row stayed locked past the fence's short wait: try again later."""
+
+
+class _Late(Exception):
+    """The lease changed hands (or ran out) while the step ran: its result is not committed."""
+
+    def __init__(self, cp: Checkpoint | None) -> None:
+        self.cp = cp
+
+
 @dataclass
 class Step:
     """What one call of Runner.step did."""
@@ -167,21 +178,30 @@ class Runner:
 
     def claim(self) -> str:
         """Take the lease: 'claimed', 'held' (someone else has it) or 'stale' (version differs).
-        A new projection gets its tables and checkpoint here."""
-        with self.store.transaction() as tx:
-            tr = tx.tracking
-            cp = tr.get(self.name, lock=True)
-            if cp is None:
-                for table, spec in self.cls.tables.items():
-                    tr.create_table(table, spec)
-                    tr.create_indexes(table, spec)
-                cp = Checkpoint(self.name, version=self.version)
-            elif cp.version != self.version:
-                return "stale"
-            elif not lease_free(cp, self.owner):
-                return "held"
-            cp.owner = self.owner
-            self._token = tr.put(cp, lease=self.lease)
+        A new projection gets its tables and checkpoint here. Never waits on another
+        process: a lease that looks held is left alone without locking anything, and a row
+        locked by someone's commit counts as held."""
+        with self.store.reader() as tx:
+            seen = tx.tracking.get(self.name)
+        if seen is not None and seen.version == self.version and not lease_free(seen, self.owner):
+            return "held"
+        try:
+            with self.store.transaction() as tx:
+                tr = tx.tracking
+                cp = tr.fence(self.name)
+                if cp is None:
+                    for table, spec in self.cls.tables.items():
+                        tr.create_table(table, spec)
+                        tr.create_indexes(table, spec)
+                    cp = Checkpoint(self.name, version=self.version)
+                elif cp.version != self.version:
+                    return "stale"
+                elif not lease_free(cp, self.owner):
+                    return "held"
+                cp.owner = self.owner
+                self._token = tr.put(cp, lease=self.lease)
+        except LockedError:
+            return "held"
         self.attempts, self.retry_at = 0, 0.0
         self._rm = None
         return "claimed"
@@ -224,15 +244,21 @@ class Runner:
         return None
 
     def _step(self, before: int | None) -> Step:
+        # The handlers run in a deferred transaction: no write lock (SQLite's is the whole
+        # database's) and no checkpoint row lock (a holder stopped inside a handler must not
+        # keep others from taking its lease over). Only the commit is fenced: the row locked,
+        # then owner, lease and token (updated_at: every claim, takeover, reset, skip or swap
+        # changes it) must be what the step started from, or the result is thrown away.
         try:
-            with self.store.transaction() as tx:
+            with self.store.transaction(deferred=True) as tx:
                 tr = tx.tracking
-                cp, head = tr.begin_step(self.name)
+                cp, head = tr.get(self.name), tr.head()
                 early = self._fenced(cp)
                 if early is not None:
                     self._rm = None
                     return early
                 assert cp is not None
+                started = cp.updated_at
                 until = _until(cp.position, head, self.batch)
                 rows = tr.scan(cp.position, self.batch, self.cls.handles, until, lean=self._lean)
                 if before is not None:
@@ -243,7 +269,7 @@ class Runner:
                 # the checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is
                 # the token. Only the lease holder writes the tables themselves.
                 rm = self._rm
-                if rm is None or cp.updated_at != self._token:
+                if rm is None or started != self._token:
                     rm = self._rm = ReadModel(tr, self.cls.tables, _live(self.cls))
                     # An empty table (a new projection's) holds nothing the cache lacks: a
                     # miss then needs no lookup, until the cache is trimmed.
@@ -257,10 +283,27 @@ class Runner:
                     if page is not None:
                         self._lean = page.full is None
                         page.close()
+                try:
+                    now = tr.fence(self.name)
+                except LockedError:
+                    raise _Busy() from None
+                if self._fenced(now) is not None or now is None or now.updated_at != started:
+                    raise _Late(now)
                 rm.flush()
                 new = before - 1 if before is not None else _advance(cp.position, until, rows, self.batch)
-                cp.position, cp.status = new, "idle"
-                token = tr.put(cp, lease=self.lease)
+                now.position, now.status = new, "idle"
+                token = tr.put(now, lease=self.lease)
+        except _Busy:
+            self._rm = None
+            return Step("busy")
+        except _Late as late:
+            self._rm = None
+            who = late.cp.owner if late.cp is not None and late.cp.lease_valid else None
+            self.log(
+                f"{self.name}: lease lost during a step ({'now held by ' + who if who else 'expired'}): "
+                f"its result ({len(rows)} events) was discarded"
+            )
+            return Step("lost")
         except BaseException:
             self._rm = None  # what the cache holds may not have been committed
             raise

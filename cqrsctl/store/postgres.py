@@ -20,7 +20,14 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import CommandRaceError, DatabaseError, DuplicateEventError, NotFoundError, UsageError
+from ..errors import (
+    CommandRaceError,
+    DatabaseError,
+    DuplicateEventError,
+    LockedError,
+    NotFoundError,
+    UsageError,
+)
 from . import redact
 from .base import (
     ANY,
@@ -45,7 +52,7 @@ from .base import (
     stored_event,
     utcnow,
 )
-from .tracking import Checkpoint, EventTuple, Table, Tracking
+from .tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Table, Tracking
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -703,7 +710,7 @@ class PostgresStore(Store):
         return conn
 
     @contextmanager
-    def transaction(self, *, appending: bool = False) -> Iterator[PostgresTransaction]:
+    def transaction(self, *, appending: bool = False, deferred: bool = False) -> Iterator[PostgresTransaction]:
         try:
             with self.pool.connection() as conn:
                 if not appending:
@@ -897,6 +904,18 @@ class PostgresTracking(Tracking):
         self.cur.execute(_CP_SELECT + " WHERE name = %s" + (" FOR UPDATE" if lock else ""), (name,))
         row = self.cur.fetchone()
         return None if row is None else Checkpoint(*row)
+
+    def fence(self, name: str) -> Checkpoint | None:
+        # Both timeouts end with the transaction. The idle one ends the session of a process
+        # stopped (SIGSTOP, a hung VM) while it holds the row: its locks go, and its commit fails.
+        self.cur.execute(
+            "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
+            (f"{int(FENCE_WAIT * 1000)}ms", f"{int(FENCE_IDLE * 1000)}ms"),
+        )
+        try:
+            return self.get(name, lock=True)
+        except psycopg.errors.LockNotAvailable:
+            raise LockedError(f"checkpoint {name} is locked by another transaction") from None
 
     def begin_step(self, name: str) -> tuple[Checkpoint | None, int]:
         # The head is read in the same statement, before the page of events that follows.

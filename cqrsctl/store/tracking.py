@@ -23,6 +23,10 @@ from ..errors import UsageError
 # Portable column types of read-model tables and what each backend makes of them.
 COLUMN_TYPES = ("text", "int", "float", "decimal", "bool", "json", "timestamp")
 
+# Bounds of a fenced commit (see Tracking.fence).
+FENCE_WAIT = 1.0
+FENCE_IDLE = 2.0
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
@@ -142,6 +146,15 @@ class Tracking(ABC):
     @abstractmethod
     def begin_step(self, name: str) -> tuple[Checkpoint | None, int]:
         """Lock a checkpoint's row and read the head, in one round trip (a step's start)."""
+
+    @abstractmethod
+    def fence(self, name: str) -> Checkpoint | None:
+        """Make this transaction the writer and lock checkpoint `name` until it ends, waiting
+        only briefly: the start of a commit that only the lease holder may make (the caller
+        compares owner and token). In a `deferred` transaction the work before this held no
+        write lock. On PostgreSQL a row lock not had within FENCE_WAIT seconds raises
+        LockedError, and a process that stops for more than FENCE_IDLE seconds after this
+        call loses its session, so a stopped holder never keeps the row from others."""
 
     @abstractmethod
     def put(self, cp: Checkpoint, lease: float | None = None) -> datetime:
