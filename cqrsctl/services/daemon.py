@@ -1,10 +1,14 @@
 """The daemon: one loop running a list of workers (projections now; sagas and the outbox
 relay plug in the same way), with heartbeats, leases, wake-ups and a clean stop.
 
-The loop: heartbeat when due, give every worker a `tick()` (a bounded piece of work),
-and when none has more to do right away, wait for a wake-up — a PostgreSQL NOTIFY
-(the store notifies on every append), the poll interval, or a worker's own timer.
-NOTIFY is only a hint: a lost notification costs one poll interval, never an event.
+The loop gives every worker a `tick()` (a bounded piece of work), and when none has more
+to do right away, waits for a wake-up — a PostgreSQL NOTIFY (the store notifies on every
+append), the poll interval, or a worker's own timer. NOTIFY is only a hint: a lost
+notification costs one poll interval, never an event.
+
+Heartbeats (the daemon's row, lease renewal) run on a thread of their own, so a handler
+that takes long keeps its leases while the process lives; a process that is stopped
+(SIGSTOP) or frozen renews nothing, and its leases run out after `lease` seconds.
 
 Errors of the database (a dropped connection, a restarted server) are logged and the
 loop backs off and goes on; a watchdog thread notices a loop that stopped turning
@@ -30,11 +34,12 @@ from ..app import App
 from ..store import Store
 from ..store.tracking import Checkpoint
 from . import projections as proj
-from .owners import owner_id
+from .owners import dead_here, owner_id
 
 DAEMON_PREFIX = "daemon:"
 HEARTBEAT_SECONDS = 1.0
 STALL_SECONDS = 60.0
+STOP_SECONDS = 5.0  # after SIGTERM, how long the step in hand may take before the process exits anyway
 
 Log = Callable[[str], None]
 
@@ -53,7 +58,8 @@ class Worker(ABC):
         """Do a bounded amount of work; return True when more is ready at once."""
 
     def heartbeat(self) -> None:
-        """Called about every `heartbeat` seconds: renew leases, rebalance."""
+        """Called about every `heartbeat` seconds on the heartbeat thread (not the loop's):
+        renew leases. Must not wait on the loop."""
         return None
 
     def next_due(self) -> float | None:
@@ -94,6 +100,10 @@ class ProjectionWorker(Worker):
         self.failed: set[str] = set()
         self.processed = 0
         self._last_claim = 0.0
+        # The heartbeat thread renews and reports; the loop acts on its report.
+        self._lock = threading.Lock()
+        self._lost: set[str] = set()
+        self._holders: Counter[str] | None = None
 
     def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -115,11 +125,13 @@ class ProjectionWorker(Worker):
             if name in self.owned:
                 continue
             if runner.claim() == "claimed":
-                self.owned.add(name)
+                with self._lock:
+                    self.owned.add(name)
                 self.failed.discard(name)
                 self.daemon.log(f"{name}: taken (owner {self.daemon.id})")
 
     def tick(self) -> bool:
+        self._apply_heartbeat()
         if time.monotonic() - self._last_claim >= self.claim_every:
             self._claim()
         more = False
@@ -129,7 +141,8 @@ class ProjectionWorker(Worker):
             if step.outcome == "progressed":
                 more = True
             elif step.outcome in ("lost", "stale"):
-                self.owned.discard(name)
+                with self._lock:
+                    self.owned.discard(name)
                 if step.outcome == "stale":
                     self.runners[name].release()
                 self.daemon.log(f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}")
@@ -149,15 +162,29 @@ class ProjectionWorker(Worker):
         return any(self.runners[n].retry_at > time.monotonic() for n in self.owned)
 
     def heartbeat(self) -> None:
+        with self._lock:
+            mine = sorted(self.owned)
         with self.daemon.store.transaction() as tx:
             tr = tx.tracking
-            held: set[str] = set(tr.renew(sorted(self.owned), self.daemon.id, self.daemon.lease)) if self.owned else set()
+            held: set[str] = set(tr.renew(mine, self.daemon.id, self.daemon.lease)) if mine else set()
             holders = Counter(
-                cp.owner for cp in tr.checkpoints() if cp.name in self.runners and cp.owner and cp.lease_valid
-            )
-        for name in self.owned - held:
+                cp.owner for cp in tr.checkpoints()
+                if cp.name in self.runners and cp.owner and cp.lease_valid and not dead_here(cp.owner)
+            )  # fmt: skip
+        with self._lock:
+            self._lost |= set(mine) - held
+            self._holders = holders
+
+    def _apply_heartbeat(self) -> None:
+        with self._lock:
+            lost, self._lost = self._lost, set()
+            holders, self._holders = self._holders, None
+        for name in lost & self.owned:
             self.daemon.log(f"{name}: lease lost")
-        self.owned &= held
+        with self._lock:
+            self.owned -= lost
+        if holders is None:
+            return
         # Spread the work: never hold more than ceil(N/D); hand one over while another
         # daemon holds fewer than floor(N/D) and we hold more.
         peers, total = self.daemon.peers, len(self.runners)
@@ -170,7 +197,8 @@ class ProjectionWorker(Worker):
             give = sorted(self.owned)[-give_count:]
             with self.daemon.store.transaction() as tx:
                 tx.tracking.release(give, self.daemon.id)
-            self.owned -= set(give)
+            with self._lock:
+                self.owned -= set(give)
             # Leave them to the others for a moment before claiming again.
             self._last_claim = time.monotonic() + 2 * self.daemon.heartbeat_every
             self.daemon.log(f"handed over {', '.join(give)} ({peers} daemons)")
@@ -179,10 +207,13 @@ class ProjectionWorker(Worker):
         if self.owned:
             with self.daemon.store.transaction() as tx:
                 tx.tracking.release(sorted(self.owned), self.daemon.id)
-            self.owned.clear()
+            with self._lock:
+                self.owned.clear()
 
     def info(self) -> dict[str, Any]:
-        return {"owned": sorted(self.owned), "failed": sorted(self.failed), "processed": self.processed}
+        with self._lock:
+            owned = sorted(self.owned)
+        return {"owned": owned, "failed": sorted(self.failed), "processed": self.processed}
 
 
 @dataclass
@@ -251,21 +282,24 @@ class Daemon:
         lease: float = proj.LEASE_SECONDS,
         heartbeat: float = HEARTBEAT_SECONDS,
         stall: float = STALL_SECONDS,
+        stop_within: float = STOP_SECONDS,
         on_stall: Callable[[], None] | None = None,
         log: Log | None = None,
     ) -> None:
         self.store, self.app, self.workers = store, app, list(workers)
         self.poll = poll if poll is not None else (0.15 if store.backend == "sqlite" else 1.0)
         self.lease, self.heartbeat_every, self.stall = lease, heartbeat, stall
+        self.stop_within = stop_within
         self.on_stall = on_stall
         self.log: Log = log or (lambda message: None)
         self.id = owner_id("daemon")
         self.peers = 1
         self.started = time.monotonic()
         self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._exit_code = 13
         self._wake = threading.Event()
         self._beat = time.monotonic()  # the loop's last sign of life, for the watchdog
-        self._last_heartbeat = 0.0
         self._listener: threading.Thread | None = None
         self.errors = 0
         self.last_error: str | None = None
@@ -285,10 +319,46 @@ class Daemon:
     def wake(self) -> None:
         self._wake.set()
 
-    def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM stop the loop cleanly (main thread only)."""
+    def install_signal_handlers(self, exit_code: int = 13) -> None:
+        """SIGINT and SIGTERM stop the loop after the step in hand (main thread only). If
+        that step is not over within `stop_within` seconds (a handler that hangs), or at a
+        second signal, the process exits at once with `exit_code`, its leases given back
+        when the database answers within a second: what the step did is not committed,
+        and whoever takes the work over does it again."""
+
+        def on_signal(*_: object) -> None:
+            if self._stop.is_set():
+                self._force("a second signal")
+                return
+            self.stop()
+            timer = threading.Timer(self.stop_within, self._force, (f"the step in hand ran past {self.stop_within:g}s",))
+            timer.daemon = True
+            timer.start()
+
+        self._exit_code = exit_code
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop())
+            signal.signal(sig, on_signal)
+
+    def _force(self, why: str) -> None:
+        if self._stopped.is_set():
+            return
+        self.log(f"stopping at once ({why}): the work in hand is abandoned, not committed")
+        releasing = threading.Thread(target=self._release_all, daemon=True)
+        releasing.start()
+        releasing.join(1.0)
+        sys.stderr.flush()
+        os._exit(self._exit_code)
+
+    def _release_all(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.stop()
+            except Exception:
+                pass
+        try:
+            self._unregister()
+        except Exception:
+            pass
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -298,6 +368,9 @@ class Daemon:
         self._register()
         for worker in self.workers:
             worker.start(self)
+        self._heartbeat()  # the first before any claim, so the work spreads from the start
+        beats = threading.Thread(target=self._beating, name="cqrsctl-heartbeat", daemon=True)
+        beats.start()
         if self.store.backend == "postgres" and not once:
             self._listener = threading.Thread(target=self._listen, name="cqrsctl-listen", daemon=True)
             self._listener.start()
@@ -309,8 +382,6 @@ class Daemon:
             while not self._stop.is_set():
                 self._beat = time.monotonic()
                 try:
-                    if self._beat - self._last_heartbeat >= self.heartbeat_every:
-                        self._heartbeat()
                     more = False
                     for worker in self.workers:
                         if self._stop.is_set():
@@ -339,6 +410,7 @@ class Daemon:
                 self._unregister()
             except Exception:
                 pass
+            self._stopped.set()
             self.log(f"daemon {self.id} stopped")
 
     def _wait(self) -> None:
@@ -381,8 +453,14 @@ class Daemon:
                 )  # fmt: skip
             )
 
+    def _beating(self) -> None:
+        while not self._stop.wait(self.heartbeat_every):
+            try:
+                self._heartbeat()
+            except Exception as exc:  # the loop logs the database's troubles; keep trying
+                self.last_error = f"heartbeat: {type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
     def _heartbeat(self) -> None:
-        self._last_heartbeat = time.monotonic()
         with self.store.transaction() as tx:
             tr = tx.tracking
             cp = tr.get(self._row(), lock=True) or Checkpoint(self._row(), status="running", owner=self.id)
@@ -391,7 +469,11 @@ class Daemon:
             cp.lease_until = tr.now() + timedelta(seconds=self.lease)
             cp.status, cp.owner = "running", self.id
             tr.put(cp)
-            self.peers = max(1, sum(1 for d in tr.checkpoints(DAEMON_PREFIX) if d.status == "running" and d.lease_valid))
+            # A daemon of this host whose process is gone is no peer, whatever its lease says.
+            self.peers = max(1, sum(
+                1 for d in tr.checkpoints(DAEMON_PREFIX)
+                if d.status == "running" and d.lease_valid and not dead_here(d.owner)
+            ))  # fmt: skip
         for worker in self.workers:
             worker.heartbeat()
 
@@ -452,15 +534,16 @@ class SagaWorker(Worker):
 
     name = "sagas"
 
-    def __init__(self, batch: int = 100, deadline_check: float = 1.0) -> None:
-        self.batch, self.deadline_check = batch, deadline_check
+    def __init__(self, batch: int = 100, deadline_check: float = 1.0, clock: Callable[[], datetime] | None = None) -> None:
+        self.batch, self.deadline_check, self.clock = batch, deadline_check, clock
         self.processed = 0
         self.runner: Any = None
 
     def start(self, daemon: Daemon) -> None:
         from .sagas import SagaRunner
 
-        self.runner = SagaRunner(daemon.app, daemon.store, batch=self.batch)
+        clock = {} if self.clock is None else {"clock": self.clock}
+        self.runner = SagaRunner(daemon.app, daemon.store, batch=self.batch, **clock)
 
     def tick(self) -> bool:
         report = self.runner.run_once(max_batches=1)
