@@ -262,7 +262,12 @@ class SagaRunner:
                 report.locked = True
                 return False
             now = self.clock()
-            due = tx.due_deadlines(now, self.batch)
+            # A deadline fires only once every followed event stored before it came due is
+            # processed: the event that would have moved the saga on (or cancelled the
+            # deadline) may still wait in a backlog.
+            waiting = self.store.read_all(tx.get_position(POSITION), 1, types=list(self.types))
+            cutoff = min(now, waiting[0].recorded_at) if waiting else now
+            due = tx.due_deadlines(cutoff, self.batch)
             run = _Run(tx, now, report)
             for deadline in due:
                 self._fire(run, deadline)
