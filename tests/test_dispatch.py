@@ -478,13 +478,12 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
                 proc.stdin.close()
 
         if backend == "postgres":
-            # Hold the append lock meanwhile, so that however long each takes to load the app
-            # they queue on their first append and race from the same moment (PostgreSQL
+            # Hold the account's stream meanwhile, so that however long each takes to load the
+            # app they queue on their first append and race from the same moment (PostgreSQL
             # grants a lock in queue order; SQLite's busy waiters sleep and wake at random,
             # which would favour one, so there they simply start together).
             with open_store(store_url) as gate, rolled_back(gate) as tx:
-                tx._lock_for_append()
-                tx.stream_version("A-gate")  # the lock may be deferred to the next statement
+                tx.lock_stream("Account-A-1")
                 release()
                 time.sleep(3)
         else:
@@ -520,7 +519,7 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
     assert [e.stream_version for e in events] == list(range(2, len(events) + 2))
     assert balance(store_url) == sum(every[c] for c in applied)
     if retries == "3":
-        # A retry decides holding the append lock, so it cannot lose the race again.
+        # A retry decides holding the stream, so it cannot lose the race again.
         assert not rejected
     # The writers really overlapped: their commands conflicted, or the stream interleaves
     # them. (Without retries one writer may win every race; its rejected rivals prove the

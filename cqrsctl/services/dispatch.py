@@ -139,12 +139,10 @@ class Dispatcher:
             try:
                 with self.store.transaction() as tx:
                     if attempts:
-                        # After a conflict, decide again holding the append lock (what every
-                        # append takes anyway, until commit): nobody can slip in between, so
-                        # dispatchers of one busy aggregate do not starve each other. A backend
-                        # may defer the lock to its next statement: this read sends it.
-                        tx._lock_for_append()
-                        tx.stream_version(spec.stream_id(cmd))
+                        # After a conflict, decide again holding the stream (what the append
+                        # takes anyway, until commit): nobody can slip in between, so
+                        # dispatchers of one busy aggregate do not starve each other.
+                        tx.lock_stream(spec.stream_id(cmd))
                     result = self._run(tx, spec, cmd, command_id, metadata or {}, check_seen, remember)
                 self._cache_put()
                 return result

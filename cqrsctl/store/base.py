@@ -355,6 +355,14 @@ def _same_content(stored: StoredEvent, stream_id: str, new: NewEvent) -> bool:
     )
 
 
+class StreamBusy(Exception):
+    """A transaction asked not to wait (`Transaction.nowait`) met a stream another one holds."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(stream_id)
+        self.stream_id = stream_id
+
+
 # One row per event as the backends insert it, in this column order:
 # stream_id, stream_version, event_id, event_type, schema_version, category, data, metadata, recorded_at
 EventRow = tuple[str, int, str, str, int, str, str, str, datetime]
@@ -362,6 +370,10 @@ EventRow = tuple[str, int, str, str, int, str, str, str, datetime]
 
 class Transaction(ABC):
     """One database transaction; everything done through it commits together."""
+
+    # True: taking a stream another transaction holds raises StreamBusy instead of waiting
+    # (a transaction appending to many streams must not wait while holding some: deadlock).
+    nowait: bool = False
 
     def append(
         self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
@@ -438,6 +450,7 @@ class Transaction(ABC):
                     )
                 continue
             if e.stream_id not in versions:
+                self.lock_stream(e.stream_id)
                 versions[e.stream_id] = self._stream_version(e.stream_id)
             expected_next = versions[e.stream_id] + 1
             if e.stream_version != expected_next:
@@ -464,7 +477,17 @@ class Transaction(ABC):
 
     @abstractmethod
     def _lock_for_append(self) -> None:
-        """Serialise writers so positions become visible in order (see each backend)."""
+        """What a writer does before it allocates positions, so that followers never read
+        past one that commits later (see each backend)."""
+
+    def lock_stream(self, stream_id: str) -> None:
+        """Hold `stream_id` until this transaction ends: nobody else appends to it meanwhile,
+        so its head read now stays true (SQLite: every writer already holds the database)."""
+        self._lock_for_append()
+
+    @abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested block: an exception in it undoes what it wrote, and only that."""
 
     @abstractmethod
     def _stream_version(self, stream_id: str) -> int: ...
@@ -637,10 +660,11 @@ class Store(ABC):
     def transaction(self, *, appending: bool = False, deferred: bool = False) -> AbstractContextManager[Transaction]:
         """A write transaction: commits on success, rolls back on any exception.
 
-        `appending` says it is going to append: a backend may then take its append lock
-        as the transaction begins rather than at the append (PostgreSQL: in the round trip
-        of BEGIN). `deferred`: it reads first and writes only after `tracking.fence()`;
-        until then it holds no write lock (SQLite's is one for the whole database)."""
+        `appending` says it is going to append: a backend may then prepare for it as the
+        transaction begins rather than at the append (PostgreSQL registers the writer in
+        the round trip of BEGIN). `deferred`: it reads first and writes only after
+        `tracking.fence()`; until then it holds no write lock (SQLite's is one for the whole
+        database)."""
 
     @abstractmethod
     def reader(self) -> AbstractContextManager[Transaction]:
@@ -683,7 +707,8 @@ class Store(ABC):
 
     @abstractmethod
     def head(self) -> int:
-        """The highest committed global position (0 when empty)."""
+        """The highest committed global position a follower may read up to (0 when empty):
+        no event will commit at or below it later."""
 
     @abstractmethod
     def list_streams(self, category: str | None = None, limit: int | None = None) -> list[StreamInfo]: ...

@@ -45,6 +45,7 @@ from .base import (
     Snapshot,
     Store,
     StoredEvent,
+    StreamBusy,
     StreamInfo,
     Transaction,
     check_expected,
@@ -177,8 +178,7 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 
 
 # Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
-# expected version); returns the head, the new positions (none when the check failed),
-# and NOTIFYs listeners (sent at commit) when it inserted.
+# expected version); returns the head and the new positions (none when the check failed).
 # Arrays go in binary: psycopg quotes every element of a text array with regular expressions.
 _APPEND = (
     "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
@@ -186,8 +186,7 @@ _APPEND = (
     " data, metadata, recorded_at)"
     " SELECT %(s)s, head.v + x.o, x.i, x.t, x.sv, %(c)s, x.d::jsonb, x.m::jsonb, %(r)s FROM head, {source}"
     " WHERE head.v BETWEEN %(lo)s AND %(hi)s ORDER BY x.o RETURNING global_position)"
-    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1),"
-    " (SELECT pg_notify(%(ch)s, '') WHERE EXISTS (SELECT 1 FROM ins))"
+    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1)"
 )
 _APPEND_ONE = _APPEND.format(
     source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
@@ -197,6 +196,36 @@ _APPEND_MANY = _APPEND.format(
     " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
 )
 _NO_LIMIT = 2**62
+# Per-stream locks (two-key form: schema tag, hash of the stream id), held to commit:
+# appends to one stream queue, so the head an append reads is the one it inserts after.
+# Distinct streams sharing a hash only queue too.
+_STREAM_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_TRY_STREAM_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+
+# Gap-free reading without serialising writers. Identity values are handed out at INSERT
+# and become visible at COMMIT, in any order, so a reader following global_position must
+# not read past a position that a transaction still in flight may hold. Each appending
+# transaction therefore first *registers*: it takes a shared advisory lock whose key
+# carries k, the identity's last value at that moment (every position it allocates later
+# is above k). Registrations are visible to everyone at once in pg_locks, and go with the
+# transaction (commit, rollback, a crashed client). A reader takes the bound
+#   B = min(the identity's last value, read first; every registered k, read after that)
+# and reads `global_position <= B` in a later statement. That is safe: a position p <= B
+# was allocated before the identity was read, so its writer had registered before pg_locks
+# was read; it was then either still registered (B <= k < p) or finished, and a
+# transaction's locks are released only after its commit is visible to new snapshots.
+# A lock key is bit 62 (set), 15 bits of schema tag, then k in the low 47 bits.
+_SEQUENCE_LAST = "(SELECT last_value - (NOT is_called)::int FROM events_global_position_seq)"
+
+
+def _bound_sql(tag: int) -> str:
+    # The pg_locks subquery refers to the sequence's row, so it runs after that row is read.
+    return (
+        "(SELECT least(s.l, (SELECT min(((l.classid::bigint & 32767) << 32) | l.objid::bigint) FROM pg_locks l"
+        f" WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.classid::bigint >> 15 = {tag}"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND s.l IS NOT NULL)) FROM {_SEQUENCE_LAST} AS s(l))"
+    )
 
 
 def _head_range(expected: ExpectedVersion) -> tuple[int, int]:
@@ -218,28 +247,52 @@ _DEADLINE_COLUMNS = "deadline_id, saga_id, name, due_at, payload, status, fired_
 
 
 class PostgresTransaction(Transaction):
-    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, locked: bool = False) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, registered: bool = False) -> None:
         self.conn = conn
         self.store = store
         self.cur = conn.cursor()
-        self._locked = locked
+        self._registered = registered
+        # Streams this transaction holds (their lock is until commit, or until the
+        # savepoint it was taken in rolls back).
+        self._streams: set[str] = set()
+        self.nowait = False
+        self.appended = False  # listeners get a NOTIFY after the commit
 
     @property
     def tracking(self) -> PostgresTracking:
-        return PostgresTracking(self.cur)
+        return PostgresTracking(self.cur, self.store.head_sql)
 
     def _lock_for_append(self) -> None:
-        # Why a lock: identity values are handed out at INSERT time but become visible
-        # at COMMIT, and transactions commit in any order. A reader following
-        # global_position could see 8 committed, move its checkpoint past 7, and then 7
-        # commits: lost for ever. Holding one transaction-scoped advisory lock from
-        # before the insert until commit makes allocation and commit order the same,
-        # so every position a reader sees has all smaller positions already committed
-        # (or rolled back and never coming). The cost is that appends to one store
-        # commit one at a time; reads are never blocked.
-        if not self._locked:
-            self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.store.append_lock,))
-            self._locked = True
+        # Register before allocating any position (see _bound_sql).
+        if not self._registered:
+            self.cur.execute(self.store.register_sql)
+            self._registered = True
+
+    def lock_stream(self, stream_id: str) -> None:
+        self._lock_for_append()
+        if stream_id in self._streams:
+            return
+        if self.nowait:
+            self.cur.execute(_TRY_STREAM_LOCK, (self.store.stream_tag, stream_id))
+            if not self.cur.fetchone()[0]:  # type: ignore[index]
+                raise StreamBusy(stream_id)
+        else:
+            self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
+        self._streams.add(stream_id)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        streams = set(self._streams)
+        self.cur.execute("SAVEPOINT cqrsctl_sp")
+        try:
+            yield
+        except BaseException:
+            if not self.conn.broken:
+                self.cur.execute("ROLLBACK TO SAVEPOINT cqrsctl_sp; RELEASE SAVEPOINT cqrsctl_sp")
+            # Locks taken under a savepoint go with its rollback.
+            self._streams = streams
+            raise
+        self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
 
     def _stream_version(self, stream_id: str) -> int:
         self.cur.execute("SELECT max(stream_version) FROM events WHERE stream_id = %s", (stream_id,))
@@ -255,13 +308,12 @@ class PostgresTransaction(Transaction):
     def _insert_at_head(
         self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
     ) -> tuple[int, list[int]]:
-        # One statement reads the head, checks it and inserts (nothing when the check fails),
-        # one round trip instead of two. The lock is a statement of its own before it, so that
-        # this statement's snapshot (taken once the lock is held) sees every earlier append.
+        # One statement reads the head, checks it and inserts (nothing when the check fails).
+        self._lock_for_append()
         lo, hi = _head_range(expected)
         first = rows[0]
         params: dict[str, Any] = {
-            "s": stream_id, "c": first[5], "r": first[8], "lo": lo, "hi": hi, "ch": self.store.channel,
+            "s": stream_id, "c": first[5], "r": first[8], "lo": lo, "hi": hi,
         }  # fmt: skip
         if len(rows) == 1:
             query = _APPEND_ONE
@@ -273,41 +325,49 @@ class PostgresTransaction(Transaction):
                 d=[r[6] for r in rows], m=[r[7] for r in rows],
             )  # fmt: skip
         try:
-            self.cur.execute(query, params)
-            head, positions, _ = self.cur.fetchone()  # type: ignore[misc]
+            if stream_id in self._streams or self.nowait:
+                self.lock_stream(stream_id)
+                self.cur.execute(query, params)
+            else:
+                # The stream's lock, then the append in a statement of its own (whose
+                # snapshot, taken once the lock is held, sees every earlier append to the
+                # stream): two statements, one round trip.
+                with self.conn.pipeline():
+                    self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
+                    self.cur.execute(query, params)
+                self._streams.add(stream_id)
+            head, positions = self.cur.fetchone()  # type: ignore[misc]
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateEventError(
                 f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
             ) from None
         check_expected(stream_id, expected, head)
+        self.appended = True
         return head, positions
 
     def _insert_events(self, rows: list[EventRow]) -> list[int]:
-        # The NOTIFY rides on the insert (a wake-up for listeners; sent at commit, and
-        # PostgreSQL folds repeats of one payload in a transaction into one).
-        notify = ") SELECT global_position, pg_notify(%s, '') FROM ins"
+        insert = (
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
+            " data, metadata, recorded_at)"
+        )
         try:
             if len(rows) == 1:
                 self.cur.execute(
-                    "WITH ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type,"
-                    " schema_version, category, data, metadata, recorded_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING global_position"
-                    + notify,
-                    (*rows[0], self.store.channel),
+                    insert + " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING global_position",
+                    rows[0],
                 )
                 positions = [self.cur.fetchone()[0]]  # type: ignore[index]
             else:
                 cols = list(zip(*rows, strict=True))
                 self.cur.execute(
-                    "WITH ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type,"
-                    " schema_version, category, data, metadata, recorded_at)"
-                    " SELECT s, v, i, t, sv, c, d::jsonb, m::jsonb, r FROM unnest("
+                    insert + " SELECT s, v, i, t, sv, c, d::jsonb, m::jsonb, r FROM unnest("
                     "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],"
                     " %b::text[], %b::text[], %b::timestamptz[]) WITH ORDINALITY AS x(s, v, i, t, sv, c, d, m, r, o)"
-                    " ORDER BY o RETURNING global_position" + notify,
-                    [*(list(c) for c in cols), self.store.channel],
+                    " ORDER BY o RETURNING global_position",
+                    [list(c) for c in cols],
                 )
                 positions = sorted(r[0] for r in self.cur.fetchall())
+            self.appended = True
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateEventError(
                 f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
@@ -668,9 +728,18 @@ class PostgresStore(Store):
     ) -> None:
         self.url = url
         self.conninfo, self.schema = parse_postgres_url(url)
-        self.append_lock = _lock_key(f"cqrsctl.append.{self.schema}")
+        tag = (1 << 15) | (zlib.crc32(f"cqrsctl.appenders.{self.schema}".encode()) & 0x7FFF)
+        self.register_sql = f"SELECT pg_advisory_xact_lock_shared({tag << 47} | {_SEQUENCE_LAST})"
+        bound = _bound_sql(tag)
+        self.bound_sql = f"SELECT {bound}"
+        # The head a follower may read up to: in the statement that computes the bound, the
+        # highest position at most B that this statement's snapshot sees (maybe lower than
+        # what a later statement sees below B, never higher).
+        self.head_sql = f"(SELECT coalesce(max(global_position), 0) FROM events WHERE global_position <= {bound})"
+        self.stream_tag = _lock_key(f"cqrsctl.stream.{self.schema}")
         self.outbox_lock = _lock_key(f"cqrsctl.outbox.{self.schema}")
         self.channel = f"cqrsctl_{self.schema}"[:63]
+        self.notify_sql = f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
         self._check_connect(connect_timeout)
         self.pool = ConnectionPool(
             self.conninfo,
@@ -713,20 +782,30 @@ class PostgresStore(Store):
     def transaction(self, *, appending: bool = False, deferred: bool = False) -> Iterator[PostgresTransaction]:
         try:
             with self.pool.connection() as conn:
-                if not appending:
-                    with conn.transaction():
-                        yield PostgresTransaction(conn, self)
-                    return
-                # BEGIN and the append lock in one round trip (the simple query protocol,
+                # BEGIN and the registration in one round trip (the simple query protocol,
                 # used when there are no parameters, takes both statements).
-                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({self.append_lock})")
+                conn.execute(f"BEGIN; {self.register_sql}" if appending else "BEGIN")
                 try:
-                    yield PostgresTransaction(conn, self, locked=True)
+                    tx = PostgresTransaction(conn, self, registered=appending)
+                    yield tx
                 except BaseException:
                     if not conn.broken:
                         conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
+                if not tx.appended:
+                    conn.execute("COMMIT")
+                    return
+                # Why the NOTIFY is not in the appending transaction: PostgreSQL holds one
+                # database-wide lock from queueing a notification until the end of the commit,
+                # WAL flush included, so notifying transactions commit one at a time. In a
+                # transaction of its own, after the commit, with no flush to wait for (a lost
+                # wake-up costs a listener one poll interval, never an event), the lock is brief.
+                try:
+                    conn.execute(f"COMMIT; {self.notify_sql}")
+                except psycopg.Error:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                        raise  # the COMMIT failed
+                    conn.execute("ROLLBACK")  # only the wake-up did
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 
@@ -786,15 +865,19 @@ class PostgresStore(Store):
         if types:
             query += " AND event_type = ANY(%s)"
             params.append(list(types))
-        query += " ORDER BY global_position LIMIT %s"
-        params.append(limit)
+        query += " AND global_position <= %s ORDER BY global_position LIMIT %s"
         with self.reader() as tx:
-            tx.cur.execute(query, params)
+            # The bound first, the page in a later statement (see _bound_sql).
+            tx.cur.execute(self.bound_sql)
+            bound = tx.cur.fetchone()[0]  # type: ignore[index]
+            if bound is None or bound <= after:
+                return []
+            tx.cur.execute(query, [*params, bound, limit])
             return list(map(_event, tx.cur.fetchall()))
 
     def head(self) -> int:
         with self.reader() as tx:
-            tx.cur.execute("SELECT coalesce(max(global_position), 0) FROM events")
+            tx.cur.execute(f"SELECT {self.head_sql}")
             return tx.cur.fetchone()[0]  # type: ignore[index,no-any-return]
 
     def list_streams(self, category: str | None = None, limit: int | None = None) -> list[StreamInfo]:
@@ -861,8 +944,9 @@ def _rm_in(kind: str, value: Any) -> Any:
 
 
 class PostgresTracking(Tracking):
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], head_sql: str) -> None:
         self.cur = cur
+        self.head_sql = head_sql
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
         self.cur.execute(query, params)
@@ -872,7 +956,7 @@ class PostgresTracking(Tracking):
         return self._one("SELECT clock_timestamp()")  # type: ignore[no-any-return]
 
     def head(self) -> int:
-        return self._one("SELECT coalesce(max(global_position), 0) FROM events")  # type: ignore[no-any-return]
+        return self._one(f"SELECT {self.head_sql}")  # type: ignore[no-any-return]
 
     def scan(
         self,
@@ -920,8 +1004,7 @@ class PostgresTracking(Tracking):
     def begin_step(self, name: str) -> tuple[Checkpoint | None, int]:
         # The head is read in the same statement, before the page of events that follows.
         self.cur.execute(
-            _CP_SELECT.replace(" FROM checkpoints", ", (SELECT coalesce(max(global_position), 0) FROM events)"
-                               " FROM checkpoints") + " WHERE name = %s FOR UPDATE",
+            _CP_SELECT.replace(" FROM checkpoints", f", {self.head_sql} FROM checkpoints") + " WHERE name = %s FOR UPDATE",
             (name,),
         )  # fmt: skip
         row = self.cur.fetchone()

@@ -217,6 +217,19 @@ class SQLiteTransaction(Transaction):
         # Writers run under BEGIN IMMEDIATE: one at a time, so positions commit in order.
         pass
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT cqrsctl_sp")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO cqrsctl_sp")
+            self.conn.execute("RELEASE cqrsctl_sp")
+            # Versions read inside may have been of rows now gone.
+            self._known.clear()
+            raise
+        self.conn.execute("RELEASE cqrsctl_sp")
+
     def _stream_version(self, stream_id: str) -> int:
         known = self._known.get(stream_id)
         if known is not None:

@@ -121,7 +121,8 @@ class Tracking(ABC):
 
     @abstractmethod
     def head(self) -> int:
-        """The highest committed global position."""
+        """The highest committed global position a follower may read up to: no event will
+        commit at or below it later. Followers read it first, then `scan(..., until=head)`."""
 
     @abstractmethod
     def scan(
