@@ -140,6 +140,32 @@ def test_sigterm_stops_a_drain_stuck_in_a_send_and_a_second_signal_at_once(
     assert claimed(store) == []  # the abort still handed its claims back
 
 
+class Hanging(Sink):
+    """A client library that ignores every deadline: its send never returns."""
+
+    def __init__(self) -> None:
+        super().__init__("test://hanging", timeout=1)
+        self.release = threading.Event()
+
+    def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
+        self.release.wait()
+        return [None] * len(messages)
+
+
+def test_a_sink_call_that_ignores_its_deadline_is_abandoned(store: Store) -> None:
+    fill(store, accounts=2, deposits=3)
+    sink = Hanging()
+    began = time.monotonic()
+    report = outbox.drain(store, sink)
+    took = time.monotonic() - began
+    sink.release.set()
+    assert took < 1 + outbox.GRACE_SECONDS + 5, took
+    assert report.exit_code == 12 and "did not return within" in (report.error or "")
+    assert report.delivered == 0 and claimed(store) == []
+    first = outbox.list_messages(store, "pending", limit=1)[0]
+    assert first.attempts == 0 and "did not return" in (first.last_error or "")  # not the message's fault
+
+
 class Ticks(Worker):
     """Stands for the daemon's projections and sagas: counts the loop's turns."""
 

@@ -135,6 +135,13 @@ class SinkStuck(SinkUnavailable):
     """A sink call did not return by its deadline (it was abandoned)."""
 
 
+def call_sink(sink: Sink, call: Callable[[], Any], seconds: float, what: str) -> Any:
+    """`call()` directly when the sink keeps its own deadline, else through `bounded`."""
+    if sink.keeps_deadline:
+        return call()
+    return bounded(call, seconds, what)
+
+
 def bounded(call: Callable[[], Any], seconds: float, what: str) -> Any:
     """`call()` on a thread of its own, waited for at most `seconds`.
 
@@ -257,6 +264,9 @@ def drain(
     `clock` gives "now" for due times, leases and back-off (tests pass a fake one).
     The sink is opened on the first message and closed at the end, unless `keep_open`
     (a long-running caller reusing one connection; it is closed anyway when it failed).
+    Leases and delivery records are written with `Store.lazy_transaction` (no wait for
+    the disk): a power loss or a database crash may forget the last records, and those
+    messages are sent again.
     Returns a :class:`DrainReport`; never raises for delivery failures (see its exit_code).
     """
     if batch < 1 or max_attempts < 1 or lease <= 0:
@@ -285,7 +295,7 @@ def drain(
             now = clock()
             until = now + timedelta(seconds=lease)
             # One transaction records the last batch and claims the next.
-            with store.transaction() as tx:
+            with store.lazy_transaction() as tx:
                 run.record(tx, now)
                 if time.monotonic() >= next_dead_check:
                     free_crashed_leases(tx, now)
@@ -300,11 +310,11 @@ def drain(
             report.batches += 1
             if not sink.is_open:
                 try:
-                    bounded(sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
+                    call_sink(sink, sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
                     sink.is_open = True
                 except SinkUnavailable as exc:
                     report.error = str(exc)
-                    with store.transaction() as tx:
+                    with store.lazy_transaction() as tx:
                         tx.release_outbox(run.owner, [m.seq for m in claimed], str(exc))
                     break
             run.deliver(claimed)
@@ -314,7 +324,7 @@ def drain(
         # Whatever happened, record what was sent and leave no lease behind.
         try:
             now = clock()
-            with store.transaction() as tx:
+            with store.lazy_transaction() as tx:
                 run.record(tx, now)
                 report.released += tx.release_outbox(run.owner)
                 report.remaining = tx.count_due_outbox(now, topics)
@@ -382,7 +392,7 @@ class _Run:
         left = (self.until - now).total_seconds() - self.margin
         if left < min(self.sink.timeout, self.lease / 2):
             until = now + timedelta(seconds=self.lease)
-            with self.store.transaction() as tx:
+            with self.store.lazy_transaction() as tx:
                 self.record(tx, now)
                 kept = tx.renew_outbox(self.owner, [m.seq for m in held], until)
             if kept < len(held):
@@ -425,12 +435,14 @@ class _Run:
             chunk, held = held[:step], held[step:]
             sink.deadline = time.monotonic() + seconds
             try:
-                results = bounded(partial(sink.send, chunk), seconds + GRACE_SECONDS, f"sending to {sink.name}")
+                results = call_sink(
+                    sink, partial(sink.send, chunk), seconds + GRACE_SECONDS, f"sending to {sink.name}"
+                )
             except SinkUnavailable as exc:
                 self.stuck = isinstance(exc, SinkStuck)
                 report.error = str(exc)
                 self.handed_back += [m.seq for m in held]
-                with self.store.transaction() as tx:
+                with self.store.lazy_transaction() as tx:
                     self.record(tx, self.clock())
                     tx.release_outbox(self.owner, [m.seq for m in chunk], str(exc))
                 return
@@ -463,7 +475,7 @@ class _Run:
             if self.on_progress:
                 self.on_progress(len(chunk))
             if held and time.monotonic() - self.last_record >= RECORD_SECONDS:
-                with self.store.transaction() as tx:
+                with self.store.lazy_transaction() as tx:
                     self.record(tx, self.clock())
 
 

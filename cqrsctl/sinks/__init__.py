@@ -39,6 +39,9 @@ class Sink(ABC):
     #: return (the send timeout, or sooner when the lease ends sooner). Sinks bound their
     #: waits with :meth:`time_left`; the drain abandons a call that overruns it anyway.
     deadline: float | None = None
+    #: True when `open` and `send` themselves return by the deadline whatever the peer
+    #: does; the drain then calls them directly rather than on a thread it can abandon.
+    keeps_deadline: bool = False
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url

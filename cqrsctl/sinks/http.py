@@ -93,7 +93,9 @@ class HttpSink(Sink):
         self.httpx = httpx
         transport = httpx.HTTPTransport()
         pool = getattr(transport, "_pool", None)
-        if hasattr(pool, "_network_backend"):  # else the drain's own deadline still applies
+        # Without the clamp (another httpx), the drain's guarded thread keeps the deadline.
+        self.keeps_deadline = hasattr(pool, "_network_backend")
+        if self.keeps_deadline:
             pool._network_backend = _deadline_backend(self)  # type: ignore[union-attr]
         self.client = httpx.Client(timeout=self.timeout, follow_redirects=False, transport=transport)
 

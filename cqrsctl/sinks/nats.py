@@ -30,6 +30,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 class NatsSink(Sink):
+    keeps_deadline = True  # every wait is an asyncio.wait_for on the sink's own loop
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         super().__init__(url, timeout)
         parts = urlsplit(url)

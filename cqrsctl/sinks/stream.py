@@ -32,6 +32,7 @@ def _line(m: OutboxMessage) -> bytes:
 
 
 class StdoutSink(Sink):
+    keeps_deadline = True  # no peer: a local pipe
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         out = sys.stdout.buffer
         try:
@@ -43,6 +44,7 @@ class StdoutSink(Sink):
 
 
 class FileSink(Sink):
+    keeps_deadline = True  # no peer: a local file
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         super().__init__(url, timeout)
         path = url.split("?", 1)[0][len("file://") :]

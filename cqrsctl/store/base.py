@@ -670,6 +670,14 @@ class Store(ABC):
     def reader(self) -> AbstractContextManager[Transaction]:
         """A read-only view; cheaper than a write transaction, never blocks writers."""
 
+    def lazy_transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction whose commit does not wait for the disk: visible to everyone
+        at once and kept through a crash of this process, but a power loss or a crash of the
+        database server may forget the last ones. Only for bookkeeping that may be lost
+        that way (the outbox relay's leases and delivery records: a forgotten record sends
+        the message again, which at-least-once delivery allows)."""
+        return self.transaction()
+
     # -- schema ---------------------------------------------------------------------
 
     @abstractmethod

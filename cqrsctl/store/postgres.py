@@ -488,28 +488,27 @@ class PostgresTransaction(Transaction):
             (self.store.outbox_lock,),
         )
         query = (
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= %(now)s"
+            "SELECT o.seq AS picked FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= %(now)s"
             " AND (o.claimed_until IS NULL OR o.claimed_until < %(now)s)"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' AND p.topic = o.topic"
             # OFFSET 0 keeps this a per-row index probe; as an anti join it scans the table.
             " AND p.key = o.key AND p.seq < o.seq AND (p.next_attempt_at > %(now)s OR p.claimed_until >= %(now)s)"
             " OFFSET 0)"
         )
-        params: dict[str, Any] = {"now": now, "limit": limit}
+        params: dict[str, Any] = {"now": now, "limit": limit, "owner": owner, "until": until}
         if topics:
             query += " AND o.topic = ANY(%(topics)s)"
             params["topics"] = list(topics)
         query += " ORDER BY o.seq LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED"
-        self.cur.execute(query, params)
-        rows = [OutboxMessage(*r) for r in self.cur.fetchall()]
-        if rows:
-            self.cur.execute(
-                "UPDATE outbox SET claimed_by = %s, claimed_until = %s WHERE seq = ANY(%s)",
-                (owner, until, [m.seq for m in rows]),
-            )
-            for m in rows:
-                m.claimed_by, m.claimed_until = owner, until
-        return rows
+        # One statement picks and leases; RETURNING gives no order, so sort here.
+        self.cur.execute(
+            f"WITH c AS ({query}) UPDATE outbox SET claimed_by = %(owner)s, claimed_until = %(until)s"
+            f" FROM c WHERE outbox.seq = c.picked RETURNING {OUTBOX_COLUMNS}",
+            params,
+        )
+        rows = self.cur.fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [OutboxMessage(*r) for r in rows]
 
     def outbox_claimers(self, now: datetime) -> list[str]:
         self.cur.execute(
@@ -810,6 +809,21 @@ class PostgresStore(Store):
             raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 
     reader = transaction
+
+    @contextmanager
+    def lazy_transaction(self) -> Iterator[PostgresTransaction]:
+        try:
+            with self.pool.connection() as conn:
+                conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+                try:
+                    yield PostgresTransaction(conn, self)
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 
     def ddl(self) -> str:
         statements = [

@@ -159,6 +159,11 @@ def _opt_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+def _ints(seqs: Sequence[int]) -> str:
+    """Row numbers inlined into `IN (…)`: one statement for a whole batch, no injection (ints)."""
+    return ",".join(str(int(s)) for s in seqs)
+
+
 def _message(r: tuple[Any, ...]) -> OutboxMessage:
     return OutboxMessage(
         r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), orjson.loads(r[6]), r[7], r[8],
@@ -388,30 +393,27 @@ class SQLiteTransaction(Transaction):
         topics: Sequence[str] | None = None,
     ) -> list[OutboxMessage]:
         t = _ts(now)
-        sql = (
+        pick = (
             # INDEXED BY: left alone, the planner picks outbox_due and sorts every pending row.
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox o INDEXED BY outbox_pending"
+            "SELECT o.seq FROM outbox o INDEXED BY outbox_pending"
             " WHERE o.status = 'pending' AND o.next_attempt_at <= ?"
             " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' AND p.topic = o.topic"
             " AND p.key = o.key AND p.seq < o.seq AND (p.next_attempt_at > ? OR p.claimed_until >= ?))"
         )
-        params: list[Any] = [t, t, t, t]
+        params: list[Any] = [owner, _ts(until), t, t, t, t]
         if topics:
-            sql += f" AND o.topic IN ({','.join('?' * len(topics))})"
+            pick += f" AND o.topic IN ({','.join('?' * len(topics))})"
             params += topics
-        sql += " ORDER BY o.seq LIMIT ?"
+        pick += " ORDER BY o.seq LIMIT ?"
         params.append(limit)
-        rows = [_message(r) for r in self.conn.execute(sql, params)]
-        if rows:
-            u = _ts(until)
-            self.conn.executemany(
-                "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE seq = ?",
-                [(owner, u, m.seq) for m in rows],
-            )
-            for m in rows:
-                m.claimed_by, m.claimed_until = owner, until
-        return rows
+        # One statement picks and leases; RETURNING gives no order, so sort here.
+        rows = self.conn.execute(
+            f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE seq IN ({pick}) RETURNING {OUTBOX_COLUMNS}",
+            params,
+        ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [_message(r) for r in rows]
 
     def outbox_claimers(self, now: datetime) -> list[str]:
         rows = self.conn.execute(
@@ -421,10 +423,10 @@ class SQLiteTransaction(Transaction):
         return [r[0] for r in rows]
 
     def renew_outbox(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
-        u = _ts(until)
-        return self.conn.executemany(
-            "UPDATE outbox SET claimed_until = ? WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
-            [(u, seq, owner) for seq in seqs],
+        return self.conn.execute(
+            f"UPDATE outbox SET claimed_until = ? WHERE seq IN ({_ints(seqs)}) AND claimed_by = ?"
+            " AND status = 'pending'",
+            (_ts(until), owner),
         ).rowcount
 
     def release_outbox(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
@@ -434,17 +436,17 @@ class SQLiteTransaction(Transaction):
         )
         if seqs is None:
             return self.conn.execute(sql, (error, owner)).rowcount
-        return self.conn.executemany(sql + " AND seq = ?", [(error, owner, s) for s in seqs]).rowcount
+        return self.conn.execute(sql + f" AND seq IN ({_ints(seqs)})", (error, owner)).rowcount
 
     def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
         t = _ts(now)
         sql = (
             "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1,"
-            " claimed_by = NULL, claimed_until = NULL WHERE seq = ? AND status = 'pending'"
+            f" claimed_by = NULL, claimed_until = NULL WHERE seq IN ({_ints(seqs)}) AND status = 'pending'"
         )
         if owner is None:
-            return self.conn.executemany(sql, [(t, seq) for seq in seqs]).rowcount
-        return self.conn.executemany(sql + " AND claimed_by = ?", [(t, seq, owner) for seq in seqs]).rowcount
+            return self.conn.execute(sql, (t,)).rowcount
+        return self.conn.execute(sql + " AND claimed_by = ?", (t, owner)).rowcount
 
     def count_due_outbox(self, now: datetime, topics: Sequence[str] | None = None) -> int:
         sql = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
@@ -791,6 +793,20 @@ class SQLiteStore(Store):
 
     def transaction(self, *, appending: bool = False, deferred: bool = False) -> _WriteTransaction:
         return _WriteTransaction(self, deferred)
+
+    @contextmanager
+    def lazy_transaction(self) -> Iterator[SQLiteTransaction]:
+        # synchronous cannot change inside a transaction: around it, then. NORMAL in WAL
+        # mode skips the fsync at commit; the next FULL commit or checkpoint syncs it.
+        relax = self.synchronous in ("full", "extra") and not self.conn.in_transaction
+        if relax:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self.transaction() as tx:
+                yield tx
+        finally:
+            if relax:
+                self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     @contextmanager
     def reader(self) -> Iterator[SQLiteTransaction]:
