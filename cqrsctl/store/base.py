@@ -26,7 +26,7 @@ NO_STREAM: Literal["no-stream"] = "no-stream"
 EXISTS: Literal["exists"] = "exists"
 ExpectedVersion = int | Literal["any", "no-stream", "exists"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def category_of(stream_id: str) -> str:

@@ -133,6 +133,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE status = 'pending'",
         "CREATE INDEX IF NOT EXISTS outbox_pending_key ON outbox (topic, key, seq) WHERE status = 'pending'",
     ],
+    # Outbox claims without a per-key index: leased rows found by their lease, so a batch's
+    # claim and delivery touch a few index pages rather than one per key.
+    3: [
+        "DROP INDEX IF EXISTS outbox_pending_key",
+        "CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (claimed_until) WHERE claimed_until IS NOT NULL",
+    ],
 }
 
 _SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS cqrsctl_schema (
@@ -392,26 +398,32 @@ class SQLiteTransaction(Transaction):
         until: datetime,
         topics: Sequence[str] | None = None,
     ) -> list[OutboxMessage]:
-        t = _ts(now)
-        pick = (
-            # INDEXED BY: left alone, the planner picks outbox_due and sorts every pending row.
-            "SELECT o.seq FROM outbox o INDEXED BY outbox_pending"
-            " WHERE o.status = 'pending' AND o.next_attempt_at <= ?"
-            " AND (o.claimed_until IS NULL OR o.claimed_until < ?)"
-            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' AND p.topic = o.topic"
-            " AND p.key = o.key AND p.seq < o.seq AND (p.next_attempt_at > ? OR p.claimed_until >= ?))"
-        )
-        params: list[Any] = [owner, _ts(until), t, t, t, t]
+        # Order per key: a message waits while an earlier pending one of its key is leased
+        # or backing off. Those few rows are found first (by lease, by due time), then the
+        # candidates are read in seq order past them.
+        params: dict[str, Any] = {"owner": owner, "until": _ts(until), "now": _ts(now), "limit": limit}
+        only = ""
         if topics:
-            pick += f" AND o.topic IN ({','.join('?' * len(topics))})"
-            params += topics
-        pick += " ORDER BY o.seq LIMIT ?"
-        params.append(limit)
-        # One statement picks and leases; RETURNING gives no order, so sort here.
+            only = " AND o.topic IN (" + ",".join(f":t{i}" for i in range(len(topics))) + ")"
+            params.update({f"t{i}": t for i, t in enumerate(topics)})
         rows = self.conn.execute(
-            f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE seq IN ({pick}) RETURNING {OUTBOX_COLUMNS}",
+            "UPDATE outbox SET claimed_by = :owner, claimed_until = :until WHERE seq IN ("
+            " WITH blocked AS MATERIALIZED (SELECT topic, key, min(seq) AS first FROM ("
+            "  SELECT topic, key, seq FROM outbox INDEXED BY outbox_leased"
+            "   WHERE claimed_until >= :now AND status = 'pending'"
+            "  UNION ALL SELECT topic, key, seq FROM outbox INDEXED BY outbox_due"
+            "   WHERE status = 'pending' AND next_attempt_at > :now"
+            " ) GROUP BY topic, key)"
+            # INDEXED BY: left alone, the planner picks outbox_due and sorts every pending row.
+            " SELECT o.seq FROM outbox o INDEXED BY outbox_pending"
+            " WHERE o.status = 'pending' AND o.next_attempt_at <= :now"
+            " AND (o.claimed_until IS NULL OR o.claimed_until < :now)"
+            " AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND b.first < o.seq)"
+            f"{only} ORDER BY o.seq LIMIT :limit"
+            f") RETURNING {OUTBOX_COLUMNS}",
             params,
         ).fetchall()
+        # RETURNING gives no order.
         rows.sort(key=lambda r: r[0])
         return [_message(r) for r in rows]
 
