@@ -4,7 +4,9 @@ The subject is the topic. Every message carries the header `Nats-Msg-Id` = messa
 JetStream drops a re-delivery inside the stream's duplicate window (2 minutes by default).
 With `?stream=NAME` the stream is created when missing and its subjects grow to cover each
 topic published; without it, an existing stream must already capture the topics.
-A batch is published pipelined and then all acks are awaited.
+A batch is published pipelined and then all acks are awaited: each message's reply
+subject is a token under one inbox this sink subscribes to once, and an ack is read with
+orjson (the client's own `publish_async` costs about twice the CPU per message).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from ..store.base import OutboxMessage
 from . import Sink, require
@@ -40,6 +44,9 @@ class NatsSink(Sink):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.nc: Any = None
         self.js: Any = None
+        self.inbox = ""  # acks come to inbox.<n>, each resolving waiting[inbox.<n>]
+        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self.sent = 0
 
     def _run(self, coro: Any) -> Any:
         assert self.loop is not None
@@ -67,9 +74,21 @@ class NatsSink(Sink):
             self.js = self.nc.jetstream(timeout=self.timeout)
             if self.stream:
                 self.subjects = self._run(self._ensure_stream())
+            self._run(self._listen())
         except Exception as exc:
             self.close()
             raise self.unavailable(exc) from None
+
+    async def _listen(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self.waiting = {}
+
+        async def ack(msg: Any) -> None:
+            future = self.waiting.pop(msg.subject, None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+        await self.nc.subscribe(self.inbox + ".*", cb=ack)
 
     async def _ensure_stream(self) -> list[str]:
         try:
@@ -92,18 +111,33 @@ class NatsSink(Sink):
     async def _publish(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         if self.stream:
             await self._cover({m.topic for m in messages})
+        loop = asyncio.get_running_loop()
         futures = []
-        for m in messages:
-            headers = {**{k: str(v) for k, v in m.headers.items()}, "Nats-Msg-Id": m.message_id, "Key": m.key}
-            futures.append(await self.js.publish_async(m.topic, m.body(), headers=headers))
-        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.time_left())
-        results: list[str | None] = []
-        for d in done:
-            if isinstance(d, BaseException):
-                results.append(f"JetStream did not accept the message: {type(d).__name__}: {d}".rstrip(": "))
-            else:
-                results.append(None)
-        return results
+        publish = self.nc.publish
+        try:
+            for m in messages:
+                headers = {**{k: str(v) for k, v in m.headers.items()}, "Nats-Msg-Id": m.message_id, "Key": m.key}
+                self.sent += 1
+                reply = f"{self.inbox}.{self.sent}"
+                future = self.waiting[reply] = loop.create_future()
+                futures.append(future)
+                await publish(m.topic, m.body(), reply=reply, headers=headers)
+            acks = await asyncio.wait_for(asyncio.gather(*futures), self.time_left())
+        except BaseException:
+            self.waiting.clear()  # one batch at a time: nothing else waits
+            raise
+        return [self._refusal(a) for a in acks]
+
+    @staticmethod
+    def _refusal(ack: Any) -> str | None:
+        if not ack.data:  # a status message: 503 = no stream captures the subject
+            status = (ack.headers or {}).get("Status", "")
+            return f"JetStream did not accept the message: no stream answered (status {status})".rstrip()
+        answer = orjson.loads(ack.data)
+        if "error" in answer:
+            error = answer["error"]
+            return f"JetStream did not accept the message: {error.get('description', error)}"
+        return None
 
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         try:
