@@ -18,8 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from outbox_support import Receiver, app, check_order, deposit, fill
 
+from cqrsctl.errors import UsageError
 from cqrsctl.services import outbox
 from cqrsctl.services.daemon import Daemon, Worker
 from cqrsctl.services.outbox_relay import OutboxWorker
@@ -339,3 +341,35 @@ def test_max_bounds_deliveries_and_remaining_counts_what_is_still_due(store: Sto
         report = outbox.drain(store, open_sink(rx.url))
     assert report.stopped is None and report.exit_code == 0 and report.delivered > 0
     assert report.remaining >= held and report.remaining == outbox.status(store).due
+
+
+# -- HTTP: requests for different keys at once ------------------------------------------------
+
+
+def test_http_concurrency_sends_different_keys_at_once_and_keeps_order(store: Store) -> None:
+    total = fill(store, accounts=4, deposits=20)
+    busy = peak = 0
+    lock = threading.Lock()
+
+    def answer(n: int) -> int:
+        nonlocal busy, peak
+        with lock:
+            busy += 1
+            peak = max(peak, busy)
+        time.sleep(0.05)
+        with lock:
+            busy -= 1
+        return 500 if n == 5 else 200  # one refusal: its key's later messages must wait
+
+    with Receiver(answer) as rx:
+        report = outbox.drain(store, open_sink(rx.url + "?concurrency=4"), backoff=outbox.Backoff(0.01, 0.01))
+        assert (report.failed, report.exit_code) == (1, 12)
+        time.sleep(0.05)  # past the back-off
+        again = outbox.drain(store, open_sink(rx.url + "?concurrency=4"))
+        assert report.delivered + again.delivered == total and again.exit_code == 0
+        payloads = rx.payloads()
+    assert peak > 1  # requests overlapped
+    assert len({p["message_id"] for p in payloads}) == total
+    check_order(payloads)  # the refused message's key waited for it
+    with pytest.raises(UsageError):
+        open_sink(rx.url + "?concurrency=0")

@@ -432,7 +432,16 @@ class _Run:
             seconds = self.room(held)
             if seconds is None:
                 return
-            chunk, held = held[:step], held[step:]
+            size = step
+            if sink.parallel:  # sent at once: at most one message per key
+                keys: set[tuple[str, str]] = set()
+                size = 0
+                for m in held[:step]:
+                    if (m.topic, m.key) in keys:
+                        break
+                    keys.add((m.topic, m.key))
+                    size += 1
+            chunk, held = held[:size], held[size:]
             sink.deadline = time.monotonic() + seconds
             try:
                 results = call_sink(

@@ -42,6 +42,9 @@ class Sink(ABC):
     #: True when `open` and `send` themselves return by the deadline whatever the peer
     #: does; the drain then calls them directly rather than on a thread it can abandon.
     keeps_deadline: bool = False
+    #: True when `send` sends its messages all at once: the drain then gives it at most
+    #: one message per (topic, key), so order per key never depends on the sink.
+    parallel: bool = False
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url

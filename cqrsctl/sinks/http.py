@@ -17,15 +17,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import UsageError
 from ..store.base import OutboxMessage
 from . import Sink, require
 
-_OURS = {"secret", "header"}
+_OURS = {"secret", "header", "concurrency"}
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -86,12 +88,18 @@ class HttpSink(Sink):
         self.header = self.option("header", "X-Signature") or "X-Signature"
         if self.option("secret"):  # never print it
             self.name = self.name.replace(self.option("secret") or "", "***")
+        concurrency = self.option("concurrency", "1") or "1"
+        if not concurrency.isdigit() or not 1 <= int(concurrency) <= 64:
+            raise UsageError(f"concurrency must be a whole number from 1 to 64, not {concurrency!r}")
+        # ?concurrency=N: up to N requests at once, each for a different key.
+        self.batch_size = int(concurrency)
+        self.parallel = self.batch_size > 1
         self.client: Any = None
 
     def open(self) -> None:
         httpx = require("httpx", "http", "http")
         self.httpx = httpx
-        transport = httpx.HTTPTransport()
+        transport = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=max(20, self.batch_size or 1)))
         pool = getattr(transport, "_pool", None)
         # Without the clamp (another httpx), the drain's guarded thread keeps the deadline.
         self.keeps_deadline = hasattr(pool, "_network_backend")
@@ -99,43 +107,76 @@ class HttpSink(Sink):
             pool._network_backend = _deadline_backend(self)  # type: ignore[union-attr]
         self.client = httpx.Client(timeout=self.timeout, follow_redirects=False, transport=transport)
 
+    def _post(self, m: OutboxMessage) -> str | None:
+        """POST one message: None when delivered, else why not; raises _Unreached when the
+        connection itself failed."""
+        body = m.body()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Message-Id": m.message_id,
+            "Idempotency-Key": m.message_id,
+            "X-Topic": m.topic,
+            "X-Key": m.key,
+            "X-Event-Type": str(m.headers.get("event-type", "")),
+        }
+        if self.secret:
+            headers[self.header] = signature(self.secret, body)
+        started = time.monotonic()
+        try:
+            response = self.client.post(self.target, content=body, headers=headers, timeout=self.time_left())
+        except (self.httpx.ConnectError, self.httpx.ConnectTimeout) as exc:
+            raise _Unreached(exc) from None
+        except self.httpx.TimeoutException:
+            return f"no complete answer from {self.name} within {time.monotonic() - started:.1f}s"
+        except self.httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return None
+        text = " ".join(response.text.split())[:200]
+        return f"HTTP {response.status_code} from {self.name}: {text}".rstrip(": ")
+
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
+        if len(messages) > 1 and self.parallel:
+            return self._send_at_once(messages)
         results: list[str | None] = []
         for m in messages:
-            body = m.body()
-            headers = {
-                "Content-Type": "application/json",
-                "X-Message-Id": m.message_id,
-                "Idempotency-Key": m.message_id,
-                "X-Topic": m.topic,
-                "X-Key": m.key,
-                "X-Event-Type": str(m.headers.get("event-type", "")),
-            }
-            if self.secret:
-                headers[self.header] = signature(self.secret, body)
-            started = time.monotonic()
             try:
-                response = self.client.post(self.target, content=body, headers=headers, timeout=self.time_left())
-            except (self.httpx.ConnectError, self.httpx.ConnectTimeout) as exc:
+                results.append(self._post(m))
+            except _Unreached as exc:
                 if results:  # what went out is delivered; the rest waits for the sink
                     return results
-                raise self.unavailable(exc) from None
-            except self.httpx.TimeoutException:
-                waited = time.monotonic() - started
-                results.append(f"no complete answer from {self.name} within {waited:.1f}s")
-                return results
-            except self.httpx.HTTPError as exc:
-                results.append(f"{type(exc).__name__}: {exc}")
-                return results
-            if 200 <= response.status_code < 300:
-                results.append(None)
-            else:
-                text = " ".join(response.text.split())[:200]
-                results.append(f"HTTP {response.status_code} from {self.name}: {text}".rstrip(": "))
+                raise self.unavailable(exc.args[0]) from None
+            if results[-1] is not None:
                 return results  # later messages may share its key: they wait
         return results
+
+    def _send_at_once(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
+        # Daemon threads, not a pool: a second signal must not wait for requests at exit.
+        out: list[Any] = [_Unreached("no answer")] * len(messages)
+
+        def post(i: int, m: OutboxMessage) -> None:
+            try:
+                out[i] = self._post(m)
+            except _Unreached as exc:
+                out[i] = exc
+
+        threads = [threading.Thread(target=post, args=(i, m), daemon=True) for i, m in enumerate(messages)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.time_left() + 1)  # each request ends by the deadline already
+        unreached = [i for i, r in enumerate(out) if isinstance(r, _Unreached)]
+        if len(unreached) == len(messages):
+            raise self.unavailable(out[0].args[0])
+        # The contract is a prefix: stop at the first message that did not go out (those
+        # after it that did are sent again later; receivers dedupe on the message id).
+        return list(out[: unreached[0]] if unreached else out)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+class _Unreached(Exception):
+    """The connection to the receiver failed: nothing was delivered."""
