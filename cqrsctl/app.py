@@ -196,8 +196,17 @@ class Publication:
 class App:
     """Your domain: register commands, queries, upcasters (and, later, projections and sagas)."""
 
-    def __init__(self, name: str, *, snapshot_every: int | None = None, retries: int = 3) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        snapshot_every: int | None = None,
+        retries: int = 3,
+        outbox_format: str = "cqrsctl",
+    ) -> None:
         self.name = name
+        # Message format of every sink whose URL has no `?format=` (see cqrsctl.sinks.formats).
+        self.outbox_format = outbox_format
         self.commands: dict[str, CommandSpec] = {}
         self.aggregates: dict[str, type[Aggregate]] = {}
         self.events: dict[str, type[Event]] = {}

@@ -64,8 +64,9 @@ def daemon(
         workers.append(service.SagaWorker())
     if outbox_sink and not no_outbox:
         from ..services.outbox_relay import OutboxWorker
+        from ..sinks import open_sink
 
-        workers.append(OutboxWorker(outbox_sink))  # a bad sink URL fails here, before starting
+        workers.append(OutboxWorker(open_sink(outbox_sink, format=app.outbox_format)))  # a bad sink URL fails here, before starting
     if not workers:
         log("nothing to run: the app has no projections or sagas (or all were turned off)")
         return

@@ -183,7 +183,8 @@ def drain(
         ...,
         "--sink",
         envvar="CQRSCTL_OUTBOX_SINK",
-        help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E, kafka://….",
+        help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E, kafka://…,"
+        " bullmq://…/QUEUE; ?format=cqrsctl|nestjs|cloudevents|cloudevents-binary|eventbridge.",
     ),
     max_messages: int = typer.Option(None, "--max", min=1, help="Stop after this many messages."),
     timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds."),
@@ -209,7 +210,8 @@ def drain(
     """
     rt = runtime(ctx)
     store = rt.store()
-    sink = open_sink(sink_url, timeout=send_timeout)
+    app = rt.app(required=False)  # its `outbox_format` is the default message format
+    sink = open_sink(sink_url, timeout=send_timeout, format=app.outbox_format if app else None)
     policy = service.Backoff(
         service.parse_duration(backoff).total_seconds(), service.parse_duration(backoff_max).total_seconds()
     )

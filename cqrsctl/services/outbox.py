@@ -76,6 +76,7 @@ def outbox_messages(
             "recorded_at": iso(recorded),
             "correlation_id": meta.get("correlation_id"),
             "causation_id": meta.get("causation_id"),
+            "metadata": {k: v for k, v in meta.items() if k not in ("correlation_id", "causation_id")},
             "data": e.data,
         }
         headers = {"event-type": e.type}

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import DeliveryError, UsageError
 from ..store import redact
 from ..store.base import OutboxMessage
+from .formats import Encoded, Formatter
 
 __all__ = ["Sink", "SinkUnavailable", "open_sink"]
 
@@ -45,13 +46,22 @@ class Sink(ABC):
     #: True when `send` sends its messages all at once: the drain then gives it at most
     #: one message per (topic, key), so order per key never depends on the sink.
     parallel: bool = False
+    #: Header prefix for CloudEvents binary mode; None: this sink cannot carry it.
+    binary_prefix: str | None = None
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
         self.url = url
         self.name = redact(url)
         self.timeout = timeout
         parts = urlsplit(url)
         self.options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        name = self.option("format") or format or "cqrsctl"
+        self.formatter = Formatter(name, self.options, self.name, self.binary_prefix)
+        self.format = self.formatter.name
+
+    def encode(self, message: OutboxMessage) -> Encoded:
+        """`message` in this sink's format (see cqrsctl.sinks.formats)."""
+        return self.formatter.encode(message)
 
     def open(self) -> None:  # noqa: B027 - sinks without a connection need nothing here
         """Connect; raise SinkUnavailable naming the sink when that fails."""
@@ -103,21 +113,23 @@ _SCHEMES = {
     "amqp": "cqrsctl.sinks.amqp:AmqpSink",
     "amqps": "cqrsctl.sinks.amqp:AmqpSink",
     "kafka": "cqrsctl.sinks.kafka:KafkaSink",
+    "bullmq": "cqrsctl.sinks.bullmq:BullMQSink",
 }
 
 
-def open_sink(url: str, *, timeout: float = 10.0) -> Sink:
-    """The (not yet connected) sink for `url`: stdout, file:///x.jsonl, http(s), redis, nats, amqp, kafka."""
+def open_sink(url: str, *, timeout: float = 10.0, format: str | None = None) -> Sink:
+    """The (not yet connected) sink for `url`: stdout, file:///x.jsonl, http(s), redis, nats, amqp,
+    kafka, bullmq. `format` is the message format when the URL has no `?format=`."""
     scheme = "stdout" if url in ("stdout", "-") else urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:
         raise UsageError(
             f"unsupported sink {redact(url)!r}: use stdout, file:///path.jsonl, http(s)://…, redis://…,"
-            " nats://…, amqp://… or kafka://…"
+            " nats://…, amqp://…, kafka://… or bullmq://…"
         )
     module, cls = target.split(":")
     sink: Any = getattr(importlib.import_module(module), cls)
-    return sink(url, timeout=timeout)  # type: ignore[no-any-return]
+    return sink(url, timeout=timeout, format=format)  # type: ignore[no-any-return]
 
 
 def require(module: str, extra: str, sink: str) -> Any:

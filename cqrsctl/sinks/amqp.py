@@ -16,15 +16,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..store.base import OutboxMessage
 from . import Sink, require
+from .formats import OPTIONS
 
-_OURS = {"exchange", "mandatory", "exchange_type"}
+_OURS = {"exchange", "mandatory", "exchange_type"} | OPTIONS
 
 
 class AmqpSink(Sink):
     batch_size = 50
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OURS]
         self.target = urlunsplit(parts._replace(query=urlencode(query)))
@@ -55,16 +56,19 @@ class AmqpSink(Sink):
         pika = self.pika
         results: list[str | None] = []
         for m in messages:
+            encoded = self.encode(m)
             props = pika.BasicProperties(
-                content_type="application/json",
+                content_type=encoded.content_type,
                 delivery_mode=2,
                 message_id=m.message_id,
                 type=str(m.headers.get("event-type", "")) or None,
                 correlation_id=str(m.headers.get("correlation-id", "")) or None,
-                headers={**m.headers, "key": m.key, "topic": m.topic},
+                headers={**encoded.headers, "key": m.key, "topic": m.topic},
             )
             try:
-                self.channel.basic_publish(self.exchange, m.topic, m.body(), props, mandatory=self.mandatory)
+                self.channel.basic_publish(
+                    self.exchange, m.topic, encoded.body, props, mandatory=self.mandatory
+                )
                 results.append(None)
             except pika.exceptions.UnroutableError:
                 results.append(f"no queue is bound for routing key {m.topic!r} on exchange {self.exchange!r}")

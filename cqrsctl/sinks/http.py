@@ -26,8 +26,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import UsageError
 from ..store.base import OutboxMessage
 from . import Sink, require
+from .formats import OPTIONS
 
-_OURS = {"secret", "header", "concurrency"}
+_OURS = {"secret", "header", "concurrency"} | OPTIONS
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -77,10 +78,11 @@ def _deadline_backend(sink: HttpSink) -> Any:
 
 
 class HttpSink(Sink):
+    binary_prefix = "ce-"
     batch_size = 1  # one request per send: the drain checks its lease and a stop before each
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OURS]
         self.target = urlunsplit(parts._replace(query=urlencode(query)))
@@ -110,9 +112,12 @@ class HttpSink(Sink):
     def _post(self, m: OutboxMessage) -> str | None:
         """POST one message: None when delivered, else why not; raises _Unreached when the
         connection itself failed."""
-        body = m.body()
+        encoded = self.encode(m)
+        body = encoded.body
         headers = {
-            "Content-Type": "application/json",
+            # The cqrsctl format's own headers travel as X-* (below), as they always have.
+            **({} if self.format == "cqrsctl" else encoded.headers),
+            "Content-Type": encoded.content_type,
             "X-Message-Id": m.message_id,
             "Idempotency-Key": m.message_id,
             "X-Topic": m.topic,

@@ -45,8 +45,10 @@ def kafka_topic(topic: str) -> str:
 
 
 class KafkaSink(Sink):
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+    binary_prefix = "ce_"
+
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         parts = urlsplit(url)
         if "@" in parts.netloc:
             raise UsageError(f"kafka sink {self.name}: credentials in the URL are not supported")
@@ -104,13 +106,16 @@ class KafkaSink(Sink):
 
         self.last_error = None
         for i, m in enumerate(messages):
-            headers = [(k, str(v).encode()) for k, v in m.headers.items()]
+            encoded = self.encode(m)
+            headers = [(k, v.encode()) for k, v in encoded.headers.items()]
             headers += [("message_id", m.message_id.encode()), ("topic", m.topic.encode())]
+            if self.format == "cloudevents-binary":
+                headers.append(("content-type", encoded.content_type.encode()))
             results.append(None)
             try:
                 self.producer.produce(
                     self.topic or kafka_topic(m.topic),
-                    m.body(),
+                    encoded.body,
                     m.key.encode(),
                     headers=headers,
                     on_delivery=partial(on_delivery, i),

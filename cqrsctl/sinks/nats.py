@@ -35,8 +35,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 class NatsSink(Sink):
     keeps_deadline = True  # every wait is an asyncio.wait_for on the sink's own loop
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         parts = urlsplit(url)
         self.server = urlunsplit(parts._replace(query="", fragment=""))
         self.stream = self.option("stream")
@@ -116,12 +117,13 @@ class NatsSink(Sink):
         publish = self.nc.publish
         try:
             for m in messages:
-                headers = {**{k: str(v) for k, v in m.headers.items()}, "Nats-Msg-Id": m.message_id, "Key": m.key}
+                encoded = self.encode(m)
+                headers = {**encoded.headers, "Nats-Msg-Id": m.message_id, "Key": m.key}
                 self.sent += 1
                 reply = f"{self.inbox}.{self.sent}"
                 future = self.waiting[reply] = loop.create_future()
                 futures.append(future)
-                await publish(m.topic, m.body(), reply=reply, headers=headers)
+                await publish(m.topic, encoded.body, reply=reply, headers=headers)
             acks = await asyncio.wait_for(asyncio.gather(*futures), self.time_left())
         except BaseException:
             self.waiting.clear()  # one batch at a time: nothing else waits

@@ -16,13 +16,14 @@ import orjson
 from ..errors import UsageError
 from ..store.base import OutboxMessage
 from . import Sink, require
+from .formats import OPTIONS
 
-_OURS = {"stream", "maxlen"}
+_OURS = {"stream", "maxlen"} | OPTIONS
 
 
 class RedisSink(Sink):
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OURS]
         self.target = urlunsplit(parts._replace(query=urlencode(query)))
@@ -47,12 +48,13 @@ class RedisSink(Sink):
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)
         for m in messages:
+            encoded = self.encode(m)
             fields = {
                 "message_id": m.message_id,
                 "topic": m.topic,
                 "key": m.key,
-                "headers": orjson.dumps(m.headers),
-                "payload": m.body(),
+                "headers": orjson.dumps(encoded.headers),
+                "payload": encoded.body,
             }
             pipe.xadd(self.stream or m.topic, fields, maxlen=self.maxlen, approximate=True)
         try:

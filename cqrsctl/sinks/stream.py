@@ -1,6 +1,7 @@
 """`stdout` and `file:///path.jsonl`: one JSON document per line.
 
-Each line is `{"message_id", "topic", "key", "headers", "payload"}`. The file sink
+Each line is `{"message_id", "topic", "key", "headers", "payload"}` (with `?format=` other than
+`cqrsctl`: the formatted message alone, e.g. one EventBridge entry). The file sink
 appends and fsyncs once per batch, so a message is marked delivered only after it is
 on disk; a crash between the two re-appends that batch (consumers dedupe on message_id).
 """
@@ -19,7 +20,9 @@ from ..store.base import OutboxMessage
 from . import Sink
 
 
-def _line(m: OutboxMessage) -> bytes:
+def _line(sink: Sink, m: OutboxMessage) -> bytes:
+    if sink.format != "cqrsctl":  # the formatted message alone: a NestJS value, a CloudEvent, …
+        return sink.encode(m).body
     return orjson.dumps(
         {
             "message_id": m.message_id,
@@ -36,7 +39,7 @@ class StdoutSink(Sink):
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         out = sys.stdout.buffer
         try:
-            out.write(b"".join(_line(m) + b"\n" for m in messages))
+            out.write(b"".join(_line(self, m) + b"\n" for m in messages))
             out.flush()
         except OSError as exc:  # a closed pipe: nothing more can be delivered
             raise self.unavailable(exc) from None
@@ -45,8 +48,9 @@ class StdoutSink(Sink):
 
 class FileSink(Sink):
     keeps_deadline = True  # no peer: a local file
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        super().__init__(url, timeout)
+
+    def __init__(self, url: str, timeout: float = 10.0, format: str | None = None) -> None:
+        super().__init__(url, timeout, format)
         path = url.split("?", 1)[0][len("file://") :]
         if not path:
             raise UsageError(f"file sink has no path: {url} (use file:///abs/path.jsonl)")
@@ -70,7 +74,7 @@ class FileSink(Sink):
             self.open()
         assert self.file is not None
         try:
-            self.file.write(b"".join(_line(m) + b"\n" for m in messages))
+            self.file.write(b"".join(_line(self, m) + b"\n" for m in messages))
             self.file.flush()
             os.fsync(self.file.fileno())
         except OSError as exc:
