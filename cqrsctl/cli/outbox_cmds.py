@@ -237,7 +237,7 @@ def drain(
         )
     if rt.output.json:
         # With the stdout sink the messages own stdout; the summary goes to stderr.
-        stream = sys.stderr.buffer if sink_url in ("stdout", "-") else sys.stdout.buffer
+        stream = sys.stderr.buffer if sink_url.split("?", 1)[0] in ("stdout", "-") else sys.stdout.buffer
         stream.write(to_json(report) + b"\n")
         stream.flush()
     else:

@@ -91,7 +91,7 @@ class Output:
     def say(self, message: str) -> None:
         """A line for people (stderr), silenced by --quiet and --json."""
         if not self.quiet and not self.json:
-            self.err.print(message, highlight=False, markup=False)
+            self.err.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def debug(self, message: str) -> None:
         if self.verbose:

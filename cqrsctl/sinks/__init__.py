@@ -120,7 +120,7 @@ _SCHEMES = {
 def open_sink(url: str, *, timeout: float = 10.0, format: str | None = None) -> Sink:
     """The (not yet connected) sink for `url`: stdout, file:///x.jsonl, http(s), redis, nats, amqp,
     kafka, bullmq. `format` is the message format when the URL has no `?format=`."""
-    scheme = "stdout" if url in ("stdout", "-") else urlsplit(url).scheme
+    scheme = "stdout" if url.split("?", 1)[0] in ("stdout", "-") else urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:
         raise UsageError(
