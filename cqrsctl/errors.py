@@ -113,3 +113,15 @@ class FileAccessError(CqrsError):
     """A file could not be read or written."""
 
     exit_code = 15
+
+
+class HistoryGapError(CqrsError):
+    """The history being imported skips stream versions."""
+
+    exit_code = 19
+
+
+class SourceError(CqrsError):
+    """The import source could not be reached or read."""
+
+    exit_code = 20

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import typer
 
-from ..errors import FileAccessError, NotFoundError, UnhealthyError, ValidationError
+from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
 from ..services import doctor as doctor_service
-from ..services import transfer
+from ..services import sources, transfer
 from ..services.events import follow, parse_append_lines
 from ..store import NewEvent, parse_expected
 from .runtime import parse_json_object, runtime
@@ -238,21 +238,63 @@ def export(
 
 def import_(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="A JSONL file written by `cqrsctl export`."),
+    file: Path = typer.Argument(
+        None, help="A JSONL file written by `cqrsctl export`, or a DynamoDB export with --input-format."
+    ),
+    source: str = typer.Option(
+        None, "--from", help="Read a NestJS Kafka event store instead: kafka://host:port?topics=PATTERN (globs, comma-separated)."
+    ),
+    input_format: str = typer.Option(
+        "cqrsctl", "--input-format", help="What FILE is: cqrsctl (an export) or dynamodb-export (plain or .gz)."
+    ),
+    on_gap: str = typer.Option(
+        "stop",
+        "--on-gap",
+        help="With --from or dynamodb-export, a stream that skips versions: stop (import nothing, exit 19)"
+        " or report (import each stream up to its first gap).",
+    ),
 ) -> None:
-    """Import an export file, keeping event ids, stream versions and order; re-importing is a no-op.
+    """Import events keeping event ids, stream versions and order; re-importing is a no-op.
+
+    Sources: a `cqrsctl export` file; a NestJS Kafka event store (--from kafka://…, read from
+    the beginning); a DynamoDB export (--input-format dynamodb-export). The whole input is
+    checked before anything is written.
 
     Example: cqrsctl --db postgresql://postgres@localhost/prod import bank.jsonl
     """
     rt = runtime(ctx)
-    total = transfer.count_export(file)
-    store = rt.store()
-    with rt.output.progress("importing", total) as advance:
-        imported, skipped = transfer.import_file(store, file, on_progress=advance)
+    if input_format not in ("cqrsctl", "dynamodb-export"):
+        raise UsageError(f"--input-format must be cqrsctl or dynamodb-export, not {input_format!r}")
+    if (source is None) == (file is None):
+        raise UsageError("give either FILE or --from URL")
+    if source is None and input_format == "cqrsctl":
+        assert file is not None
+        total = transfer.count_export(file)
+        store = rt.store()
+        with rt.output.progress("importing", total) as advance:
+            imported, skipped = transfer.import_file(store, file, on_progress=advance)
+        if rt.output.json:
+            rt.output.data({"imported": imported, "skipped": skipped})
+        else:
+            rt.output.say(f"imported {imported} events, skipped {skipped} already present")
+        return
+    events = sources.open_source(source, file, input_format)
+    with rt.output.progress("reading", None) as advance:
+        staged = sources.stage(events, on_gap=on_gap, on_read=advance)
+    with staged, rt.output.progress("importing", staged.report.to_import) as advance:
+        report = staged.import_into(rt.store(), on_progress=advance)
     if rt.output.json:
-        rt.output.data({"imported": imported, "skipped": skipped})
-    else:
-        rt.output.say(f"imported {imported} events, skipped {skipped} already present")
+        rt.output.data(report.to_dict())
+        return
+    for d in report.duplicates[:10]:
+        what = "re-delivered" if d["same_event"] else f"another event ({d['event_id']}) at that version"
+        rt.output.say(f"duplicate: {d['stream_id']} version {d['version']} at {d['at']}: {what}; kept {d['first_at']}")
+    for g in report.gaps[:10]:
+        rt.output.say(
+            f"gap: {g['stream_id']} skips from version {g['after_version']} to {g['next_version']} at {g['at']};"
+            " imported up to the gap"
+        )
+    rt.output.say(report.summary())
 
 
 def doctor(
