@@ -143,8 +143,9 @@ def test_kafka_bad_value_is_one_line_exit_3_and_writes_nothing(
     assert stored(store) == []
 
 
-def test_kafka_source_errors(store_url: str, kafka_url: str) -> None:
+def test_kafka_source_errors(tmp_path: Path, kafka_url: str) -> None:
     pytest.importorskip("confluent_kafka")
+    store_url = f"sqlite:///{tmp_path}/x.db"  # nothing reaches the store
     run = cli("--db", store_url, "import", "--from", "kafka://127.0.0.1:9?topics=x")
     assert run.code == 20 and "could not be reached" in run.stderr, run
     run = cli("--db", store_url, "import", "--from", f"{kafka_url}?topics=no-such-topic-{uuid.uuid4().hex}")

@@ -165,6 +165,13 @@ def read_kafka(url: str, *, timeout: float = 30.0) -> Iterator[SourceEvent]:
     servers, patterns = parse_kafka_url(url)
     ck = require("confluent_kafka", "kafka", "kafka import")
     errors: list[str] = []
+    down: list[str] = []
+
+    def on_error(err: Any) -> None:
+        errors.append(err.str())
+        if err.code() == ck.KafkaError._ALL_BROKERS_DOWN:
+            down.append(err.str())
+
     consumer = ck.Consumer(
         {
             "bootstrap.servers": servers,
@@ -173,16 +180,21 @@ def read_kafka(url: str, *, timeout: float = 30.0) -> Iterator[SourceEvent]:
             # End of partition from the fetch itself: some brokers' ListOffsets lag behind.
             "enable.partition.eof": True,
             "socket.connection.setup.timeout.ms": int(timeout * 1000),
-            "error_cb": lambda err: errors.append(err.str()),
+            "error_cb": on_error,
             "log_level": 0,
         }
     )
     try:
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-        except ck.KafkaException as exc:
-            reason = errors[-1] if errors else exc.args[0].str()
-            raise SourceError(f"kafka import: {servers} could not be reached: {reason}") from None
+        deadline = time.monotonic() + timeout
+        while True:  # a refused connection ends this at once, a silent one at the deadline
+            try:
+                metadata = consumer.list_topics(timeout=1.0)
+                break
+            except ck.KafkaException as exc:
+                consumer.poll(0)  # serves error_cb
+                if down or time.monotonic() > deadline:
+                    reason = errors[0] if errors else exc.args[0].str()
+                    raise SourceError(f"kafka import: {servers} could not be reached: {reason}") from None
         topics = sorted(
             t for t in metadata.topics
             if not t.startswith("__") and any(fnmatch.fnmatchcase(t, p) for p in patterns)
