@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
-from outbox_support import Receiver, fill, read_jsonl
-from test_sinks import _kafka_read
+from outbox_support import Receiver, app_with_topic, fill, read_jsonl
+from test_sinks import _kafka_read, _nats_delete, _nats_read
 from typer.testing import CliRunner
 
 from cqrsctl.cli import app as cli
@@ -253,3 +253,55 @@ def test_app_outbox_format_is_the_default_and_the_url_wins(store: Store, store_u
     assert r.exit_code == 0, r.output
     first, second = read_jsonl(path)
     assert "eventId" in first and "DetailType" in second
+
+
+def test_formats_on_redis_nats_and_amqp(store: Store, redis_url: str, nats_url: str, amqp_url: str) -> None:
+    """The other sinks carry the formatted body (and, where they have headers, its headers)."""
+    redis = pytest.importorskip("redis")
+    pytest.importorskip("nats")
+    pika = pytest.importorskip("pika")
+    topic = unique("cqrsctl.fmt.")
+    fill(store, accounts=2, deposits=2, using=app_with_topic(topic))
+    # Redis: the payload field holds a CloudEvent.
+    stream = unique("cqrsctl-fmt-")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert outbox.drain(store, open_sink(f"{redis_url}?stream={stream}&format=cloudevents&source=urn:x")).exit_code == 0
+        events = [orjson.loads(f[b"payload"]) for _, f in client.xrange(stream)]
+    finally:
+        client.delete(stream)
+        client.close()
+    want = published(store)
+    assert [decode("cloudevents", e) for e in events] == want and {e["source"] for e in events} == {"urn:x"}
+    # NATS: NestJS values with the NestJS headers next to Nats-Msg-Id.
+    nstream = unique("CQRSCTL_FMT_")
+    try:
+        sink = open_sink(f"{nats_url}?stream={nstream}&format=nestjs")
+        with sink:
+            assert sink.send(outbox.list_messages(store, "delivered", limit=None)) == [None] * len(want)
+        msgs, _ = asyncio.run(_nats_read(nats_url, nstream, topic, len(want)))
+    finally:
+        asyncio.run(_nats_delete(nats_url, nstream))
+    values = [orjson.loads(m.data) for m in msgs]
+    assert [decode("nestjs", v) for v in values] == want
+    assert [m.headers["eventType"] for m in msgs] == [v["eventType"] for v in values]
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [v["eventId"] for v in values]
+    # AMQP: EventBridge entries, with the format's content type.
+    exchange, queue = unique("cqrsctl-fmt-x-"), unique("cqrsctl-fmt-q-")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    try:
+        ch.exchange_declare(exchange, "topic", durable=True)
+        ch.queue_declare(queue)
+        ch.queue_bind(queue, exchange, routing_key=topic)
+        with open_sink(f"{amqp_url}?exchange={exchange}&format=cloudevents") as sink:
+            assert sink.send(outbox.list_messages(store, "delivered", limit=None)) == [None] * len(want)
+        got = []
+        while (message := ch.basic_get(queue, auto_ack=True))[0] is not None:
+            got.append(message)
+    finally:
+        ch.queue_delete(queue)
+        ch.exchange_delete(exchange)
+        conn.close()
+    assert [p.content_type for _, p, _ in got] == ["application/cloudevents+json"] * len(want)
+    assert [decode("cloudevents", orjson.loads(b)) for _, _, b in got] == want
