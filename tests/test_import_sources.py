@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from helpers import ROOT, cli
 from test_sinks import _kafka_read
 
+from cqrsctl.errors import HistoryGapError
+from cqrsctl.services import sources
 from cqrsctl.store import Store
 
 SAMPLE = ROOT / "samples" / "nestjs-migration"
@@ -154,6 +157,21 @@ def test_kafka_source_errors(tmp_path: Path, kafka_url: str) -> None:
     assert run.code == 2 and "name the topics" in run.stderr, run
     run = cli("--db", store_url, "import", "--from", f"{kafka_url}?topics=x", "--on-gap", "ignore")
     assert run.code == 2 and "--on-gap" in run.stderr, run
+
+
+def test_a_stream_that_does_not_start_at_1_is_a_gap(store: Store) -> None:
+    """From Python, with any source: a topic whose retention removed a stream's first records."""
+    now = datetime.now(UTC)
+    events = [
+        sources.SourceEvent("Account-X", 2, str(uuid.uuid4()), "MoneyDeposited", now, {}, {}, "t[0]@0"),
+        sources.SourceEvent("Account-Y", 1, y := str(uuid.uuid4()), "AccountOpened", now, {}, {}, "t[0]@1"),
+    ]
+    with pytest.raises(HistoryGapError, match="stream Account-X skips from the start to version 2 at t"):
+        sources.stage(events)
+    assert stored(store) == []
+    report = sources.import_source(store, events, on_gap="report")
+    assert (report.imported, report.cut, report.gap_count) == (1, 1, 1)
+    assert stored(store) == [("Account-Y", 1, y, "AccountOpened")]
 
 
 # -- DynamoDB export ----------------------------------------------------------------------------

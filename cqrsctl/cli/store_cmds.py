@@ -290,8 +290,9 @@ def import_(
         what = "re-delivered" if d["same_event"] else f"another event ({d['event_id']}) at that version"
         rt.output.say(f"duplicate: {d['stream_id']} version {d['version']} at {d['at']}: {what}; kept {d['first_at']}")
     for g in report.gaps[:10]:
+        after = f"version {g['after_version']}" if g["after_version"] else "the start"
         rt.output.say(
-            f"gap: {g['stream_id']} skips from version {g['after_version']} to {g['next_version']} at {g['at']};"
+            f"gap: {g['stream_id']} skips from {after} to version {g['next_version']} at {g['at']};"
             " imported up to the gap"
         )
     rt.output.say(report.summary())
