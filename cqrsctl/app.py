@@ -13,9 +13,10 @@ from typing import Any, ClassVar, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter
 
-from .errors import DecodeError, DomainError, NotFoundError, UsageError, ValidationError
+from .errors import AppError, DecodeError, DomainError, NotFoundError, UsageError, ValidationError
 from .projection import Projection, Table
 from .store import StoredEvent, category_of
+from .store.tracking import is_core
 
 __all__ = ["Aggregate", "App", "Command", "DomainError", "Event", "Projection", "Query", "Table"]
 
@@ -306,6 +307,18 @@ class App:
         cls.check()
         if cls.name in self.projections and self.projections[cls.name] is not cls:
             raise UsageError(f"two projections are named {cls.name!r}")
+        for table in cls.tables:
+            if is_core(table):
+                raise AppError(
+                    f"projection {cls.name!r} declares table {table!r}, a table of the store itself:"
+                    " rename the read-model table"
+                )
+            for other in self.projections.values():
+                if other is not cls and table in other.tables:
+                    raise AppError(
+                        f"projections {other.name!r} and {cls.name!r} both declare table {table!r}:"
+                        " each read-model table belongs to one projection"
+                    )
         self.projections[cls.name] = cls
         return cls
 

@@ -125,3 +125,9 @@ class SourceError(CqrsError):
     """The import source could not be reached or read."""
 
     exit_code = 20
+
+
+class NotConfirmedError(CqrsError):
+    """The operation was not confirmed at the prompt: nothing changed."""
+
+    exit_code = 16

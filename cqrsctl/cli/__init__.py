@@ -12,8 +12,9 @@ from typer.core import TyperGroup
 
 from ..config import resolve
 from ..errors import CqrsError
-from ..store import redact
-from .runtime import Output, Runtime
+from ..redaction import redact
+from ..store.base import default_actor
+from .runtime import Output, Runtime, scrub_urls
 
 
 class _Group(TyperGroup):
@@ -26,9 +27,8 @@ class _Group(TyperGroup):
             rt = ctx.obj if isinstance(ctx.obj, Runtime) else None
             if rt is not None and rt.debug:
                 raise
-            message = str(exc)
+            message = _scrub(str(exc), rt)
             if rt is not None:
-                message = message.replace(rt.settings.db, redact(rt.settings.db))
                 rt.output.error(message)
             else:
                 typer.echo(f"error: {message}", err=True)
@@ -47,9 +47,7 @@ class _Group(TyperGroup):
             rt = ctx.obj if isinstance(ctx.obj, Runtime) else None
             if rt is not None and rt.debug:
                 raise
-            message = f"{type(exc).__name__}: {exc}"
-            if rt is not None:
-                message = message.replace(rt.settings.db, redact(rt.settings.db))
+            message = _scrub(f"{type(exc).__name__}: {exc}", rt)
             typer.echo(f"error: internal error: {message} (run with --debug for a traceback)", err=True)
             raise typer.Exit(1) from None
 
@@ -61,6 +59,10 @@ class _Group(TyperGroup):
             if _is_parser_error(exc):
                 _parser_error(exc)
             raise
+
+
+def _scrub(message: str, rt: Runtime | None) -> str:
+    return rt.scrub(message) if rt is not None else scrub_urls(message)
 
 
 def _quiet_stdout() -> None:
@@ -111,9 +113,13 @@ def _global(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only data and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say more about what happens."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    actor: str = typer.Option(
+        None, "--actor", help="Who runs this, for the operations journal (env CQRSCTL_ACTOR; default user@host)."
+    ),
 ) -> None:
     settings = resolve(db, app_ref, Path.cwd())
     rt = Runtime(settings, Output(json=json, quiet=quiet, verbose=verbose), debug)
+    rt.actor = actor or os.environ.get("CQRSCTL_ACTOR") or default_actor()
     ctx.obj = rt
     ctx.call_on_close(rt.close)
     rt.output.debug(f"database {redact(settings.db)} ({settings.source['db']})")

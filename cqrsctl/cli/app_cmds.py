@@ -15,7 +15,7 @@ from ..errors import BatchError, FileAccessError, UsageError
 from ..services import replay as replay_service
 from ..services.dispatch import Dispatcher, parse_batch
 from ..services.query import run_query
-from .runtime import parse_json_object, runtime
+from .runtime import confirm, parse_json_object, runtime
 
 snapshots_app = typer.Typer(no_args_is_help=True, help="Inspect, take and delete aggregate snapshots.")
 
@@ -223,6 +223,7 @@ def snapshots_delete(
     ctx: typer.Context,
     stream: str = typer.Argument(None, help="Stream id (omit with --all)."),
     all_: bool = typer.Option(False, "--all", help="Delete every snapshot."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (with --all)."),
 ) -> None:
     """Delete snapshots (they are only a cache: state is always rebuilt from events).
 
@@ -231,7 +232,9 @@ def snapshots_delete(
     rt = runtime(ctx)
     if bool(stream) == all_:
         raise UsageError("give a STREAM or --all")
-    n = replay_service.delete_snapshots(rt.store(), None if all_ else stream)
+    if all_:
+        confirm(rt, "Delete every snapshot (aggregates are then folded from all their events)?", yes)
+    n = replay_service.delete_snapshots(rt.store(), None if all_ else stream, actor=rt.actor)
     if rt.output.json:
         rt.output.data({"deleted": n})
     else:

@@ -16,7 +16,7 @@ def _logger(rt: Runtime) -> service.Log:
     def log(message: str) -> None:
         if not rt.output.quiet:
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-            sys.stderr.write(f"{stamp} {message}\n")
+            sys.stderr.write(f"{stamp} {rt.scrub(message)}\n")
             sys.stderr.flush()
 
     return log

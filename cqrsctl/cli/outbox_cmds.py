@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..services import outbox as service
 from ..sinks import open_sink
 from ..store.base import utcnow
-from .runtime import runtime, to_json
+from .runtime import confirm, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
 
@@ -117,7 +117,7 @@ def retry(
     Example: cqrsctl outbox retry --dead
     """
     rt = runtime(ctx)
-    n = service.retry(rt.store(), ident, dead=dead)
+    n = service.retry(rt.store(), ident, dead=dead, actor=rt.actor)
     if rt.output.json:
         rt.output.data({"requeued": n})
     else:
@@ -132,6 +132,8 @@ def purge(
     older_than: str = typer.Option(
         ..., "--older-than", help="Only those delivered (dead: created) longer ago than this: 7d, 12h, 30m."
     ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete old delivered and/or dead messages (pending ones are never purged).
 
@@ -139,9 +141,17 @@ def purge(
     """
     rt = runtime(ctx)
     statuses = [s for s, on in (("delivered", delivered), ("dead", dead)) if on]
-    n = service.purge(rt.store(), statuses, service.parse_duration(older_than))
+    age, store = service.parse_duration(older_than), rt.store()
+    n = service.purge(store, statuses, age, dry_run=True)
+    if not dry_run:
+        if n:
+            plural = "s" if n != 1 else ""
+            confirm(rt, f"Delete {n} {' and '.join(statuses)} message{plural} older than {older_than}?", yes)
+        n = service.purge(store, statuses, age, actor=rt.actor)
     if rt.output.json:
-        rt.output.data({"purged": n})
+        rt.output.data({"purged": n, "dry_run": True} if dry_run else {"purged": n})
+    elif dry_run:
+        rt.output.say(f"would purge {n} message{'s' if n != 1 else ''}; nothing changed (--dry-run)")
     else:
         rt.output.say(f"purged {n} message{'s' if n != 1 else ''}")
 

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from ..services import projections as service
-from .runtime import runtime
+from .runtime import MAX_INT, confirm, runtime
 
 projections_app = typer.Typer(no_args_is_help=True, help="Inspect, rebuild and run the app's projections.")
 
@@ -79,7 +79,13 @@ def status(
         if s.rebuild_position is not None:
             fields.append(("rebuild", f"shadow tables built to position {s.rebuild_position}"))
         for skipped in s.skipped:
-            fields.append(("skipped", f"position {skipped['position']} at {skipped['at']}" + (f": {skipped['error']}" if skipped.get("error") else "")))
+            why = "; ".join(
+                f"{k} {skipped[k]}" for k in ("reason", "error") if skipped.get(k)
+            )
+            fields.append(("skipped", f"position {skipped['position']} at {skipped['at']}" + (f": {why}" if why else "")))
+        if s.last_retry:
+            r = s.last_retry
+            fields.append(("last retry", f"{r['at']} by {r['actor']}: cleared {r['result'].get('error') or 'no error'}"))
         rt.output.fields(fields, title=s.name)
 
 
@@ -124,7 +130,9 @@ def rebuild(
                 advance(done - seen[0])
                 seen[0] = done
 
-            result = service.rebuild(store, app, name, batch=batch, on_progress=progress, log=rt.output.debug)
+            result = service.rebuild(
+                store, app, name, batch=batch, on_progress=progress, log=rt.output.debug, actor=rt.actor
+            )
         results.append(result)
         if not rt.output.json:
             rt.output.say(
@@ -140,17 +148,27 @@ def rebuild(
 def reset(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The projection to reset."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be dropped; change nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Drop a projection's tables and checkpoint; the next catch-up or daemon rebuilds it from the start.
 
     Example: cqrsctl --app samples/bank/app.py projections reset daily_totals
     """
     rt = runtime(ctx)
-    service.reset(rt.store(), rt.app(), name)
+    store, app = rt.store(), rt.app()
+    plan = service.reset(store, app, name, dry_run=True)
+    what = ", ".join(f"{t} ({n} rows)" for t, n in plan["tables"].items()) or "no tables"
+    at = "" if plan["position"] is None else f", forget its position {plan['position']}"
+    if not dry_run:
+        confirm(rt, f"Reset {name}: drop {what}{at}?", yes)
+        plan = service.reset(store, app, name, actor=rt.actor)
     if rt.output.json:
-        rt.output.data({"name": name, "reset": True})
+        rt.output.data({**plan, "reset": not dry_run})
+    elif dry_run:
+        rt.output.say(f"{name}: would drop {what}{at}; nothing changed (--dry-run)")
     else:
-        rt.output.say(f"{name}: tables dropped and checkpoint removed")
+        rt.output.say(f"{name}: dropped {what}{at}")
 
 
 @projections_app.command("catch-up")
@@ -190,19 +208,51 @@ def catch_up(
 def skip(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The projection."),
-    position: int = typer.Option(..., "--position", "-p", min=1, help="Global position of the event to skip."),
-    reason: str = typer.Option(None, "--reason", help="Why (recorded with the skip)."),
+    position: int = typer.Option(
+        None, "--position", "-p", min=1, max=MAX_INT, help="Global position of the event to skip (default: the failed one)."
+    ),
+    reason: str = typer.Option(None, "--reason", help="Why (recorded with the skip and in the journal)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Never apply the event at POSITION to this projection; a projection failed on it resumes.
+    """Never apply one event to this projection: the one it failed on, or the one at --position.
 
-    Example: cqrsctl --app samples/bank/app.py projections skip balances --position 1042
+    The event must exist and not be processed yet; a projection failed on it resumes.
+    `projections unskip` undoes it.
+
+    Example: cqrsctl --app samples/bank/app.py projections skip balances --reason "bad import, see TICKET-12"
     """
     rt = runtime(ctx)
-    cp = service.skip(rt.store(), rt.app(), name, position, reason)
+    store, app = rt.store(), rt.app()
+    confirm(rt, f"Skip {'the failed event' if position is None else f'position {position}'} in {name}?", yes)
+    cp = service.skip(store, app, name, position, reason, actor=rt.actor)
     if rt.output.json:
         rt.output.data(cp)
     else:
-        rt.output.say(f"{name}: position {position} will be skipped (status {cp.status})")
+        done = cp.skipped[-1]["position"] if position is None else position
+        rt.output.say(f"{name}: position {done} will be skipped (status {cp.status})")
+
+
+@projections_app.command("unskip")
+def unskip(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The projection."),
+    position: int = typer.Option(..., "--position", "-p", min=1, max=MAX_INT, help="The skipped position."),
+) -> None:
+    """Undo a skip: the event is applied at the next catch-up, or at the next rebuild if the projection passed it.
+
+    Example: cqrsctl --app samples/bank/app.py projections unskip balances --position 1042
+    """
+    rt = runtime(ctx)
+    result = service.unskip(rt.store(), rt.app(), name, position, actor=rt.actor)
+    if rt.output.json:
+        rt.output.data(result)
+    elif result["applies"] == "catch-up":
+        rt.output.say(f"{name}: position {position} is no longer skipped; the next catch-up applies it")
+    else:
+        rt.output.say(
+            f"{name}: position {position} is no longer skipped; the projection is past it, so the next"
+            f" `cqrsctl projections rebuild {name}` applies it"
+        )
 
 
 @projections_app.command("retry")
@@ -215,7 +265,7 @@ def retry(
     Example: cqrsctl --app samples/bank/app.py projections retry balances
     """
     rt = runtime(ctx)
-    cp = service.retry(rt.store(), rt.app(), name)
+    cp = service.retry(rt.store(), rt.app(), name, actor=rt.actor)
     if rt.output.json:
         rt.output.data(cp)
     else:

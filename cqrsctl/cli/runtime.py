@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Settings
-from ..errors import UsageError, ValidationError
+from ..errors import NotConfirmedError, UsageError, ValidationError
+from ..redaction import scrub
 from ..store import Store, iso, open_store
 
 
@@ -124,6 +126,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, output: Output, debug: bool) -> None:
         self.settings, self.output, self.debug = settings, output, debug
+        self.actor = ""  # for the operations journal; set from --actor
         self._store: Store | None = None
         self._app: Any = None
 
@@ -141,10 +144,33 @@ class Runtime:
             self._app = load_app(self.settings.app)
         return self._app
 
+    def scrub(self, message: str) -> str:
+        return scrub_urls(message, self.settings.db)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def scrub_urls(message: str, *urls: str | None) -> str:
+    """`message` without the secrets of `urls`, of any URL among the arguments, or of the
+    sink URL in the environment."""
+    argv = [a for a in sys.argv[1:] if "://" in a]
+    return scrub(message, *urls, *argv, os.environ.get("CQRSCTL_OUTBOX_SINK"))
+
+
+# The largest integer the stores hold (64-bit signed): the bound of every count and position option.
+MAX_INT = 2**63 - 1
+
+
+def confirm(rt: Runtime, question: str, yes: bool) -> None:
+    """Ask before a destructive operation when a person is at the terminal; `--yes` skips
+    the question, and without a terminal (cron, scripts) nobody is asked."""
+    if yes or not sys.stdin.isatty() or not rt.output.err.is_terminal:
+        return
+    if not typer.confirm(question, default=False, err=True):
+        raise NotConfirmedError("not confirmed: nothing changed")
 
 
 def runtime(ctx: typer.Context) -> Runtime:

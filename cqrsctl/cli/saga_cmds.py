@@ -155,7 +155,7 @@ def sagas_retry(ctx: typer.Context, saga_id: str = typer.Argument(..., help="Id 
     Example: cqrsctl --app samples/bank/app.py sagas retry TransferSaga-Transfer-T9
     """
     rt = runtime(ctx)
-    record = saga_service.SagaRunner(rt.app(), rt.store()).retry(saga_id)
+    record = saga_service.SagaRunner(rt.app(), rt.store()).retry(saga_id, actor=rt.actor)
     if rt.output.json:
         rt.output.data(saga_service.saga_view(record, None, []))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ import typer
 
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
 from ..services import doctor as doctor_service
-from ..services import sources, transfer
+from ..services import journal, sources, transfer
 from ..services.events import follow, parse_append_lines
+from ..services.outbox import parse_duration
 from ..store import NewEvent, parse_expected
-from .runtime import parse_json_object, runtime
+from ..store.base import utcnow
+from .runtime import MAX_INT, parse_json_object, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
 
@@ -31,11 +34,14 @@ def init(
         store = rt.store(migrate=False)
         sys.stdout.write(store.ddl())
         return
-    version = rt.store().migrate()
+    store = rt.store(migrate=False)
+    result = store.initialise(rt.actor)
     if rt.output.json:
-        rt.output.data({"schema_version": version, "backend": rt.store().backend})
-    else:
-        rt.output.say(f"store ready: schema version {version} ({rt.store().backend})")
+        rt.output.data({"schema_version": result["to_version"], "backend": store.backend, "repaired": result["repaired"]})
+        return
+    for problem in result["repaired"]:
+        rt.output.say(f"repaired: {problem}")
+    rt.output.say(f"store ready: schema version {result['to_version']} ({store.backend})")
 
 
 def append(
@@ -325,6 +331,42 @@ def doctor(
         raise UnhealthyError("unhealthy: " + "; ".join(c.detail for c in report.checks if not c.ok))
 
 
+def audit(
+    ctx: typer.Context,
+    since: str = typer.Option(None, "--since", help="Only entries this recent (7d, 12h) or since this ISO 8601 time."),
+    kind: list[str] = typer.Option(
+        None, "--kind", "-k", help="Only this kind of operation, e.g. 'outbox purge' or 'projections' (repeatable)."
+    ),
+    limit: int = typer.Option(None, "--limit", "-n", min=1, max=MAX_INT, help="Only the last N entries."),
+) -> None:
+    """List the operations journal: every administrative operation, who ran it, when, and what it changed.
+
+    Example: cqrsctl audit --since 7d --kind projections
+    """
+    rt = runtime(ctx)
+    entries = journal.entries(rt.store(migrate=False), _since(since), kind or None, limit)
+    if rt.output.json:
+        rt.output.lines(entries)
+        return
+    rt.output.table(
+        ("id", "at", "actor", "operation", "arguments", "result"),
+        (
+            (e.id, e.at, e.actor, e.kind, orjson.dumps(e.args).decode(), orjson.dumps(e.result).decode())
+            for e in entries
+        ),
+    )
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return utcnow() - parse_duration(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(append)
@@ -333,3 +375,4 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command("import")(import_)
     app.command()(doctor)
+    app.command()(audit)

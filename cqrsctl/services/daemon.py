@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..app import App
+from ..redaction import scrub
 from ..store import Store
 from ..store.tracking import Checkpoint
 from . import projections as proj
@@ -390,7 +391,7 @@ class Daemon:
                     backoff = 0.0
                 except Exception as exc:  # the database went away, most likely: back off, go on
                     self.errors += 1
-                    self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                    self.last_error = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)[:500]
                     backoff = min(max(backoff * 2, 0.1), 5.0)
                     self.log(f"error: {self.last_error} (retrying in {backoff:.1f}s)")
                     self._sleep(backoff)
@@ -505,7 +506,8 @@ class Daemon:
                         checked = time.monotonic()
             except Exception as exc:
                 if not self._stop.is_set():
-                    self.log(f"listener: {type(exc).__name__}: {' '.join(str(exc).split())} (reconnecting)")
+                    reason = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)
+                    self.log(f"listener: {reason} (reconnecting)")
                     self._stop.wait(delay)
                     delay = min(delay * 2, 5.0)
             finally:

@@ -65,8 +65,14 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
             "schema", version == SCHEMA_VERSION, f"version {version} (this cqrsctl expects {SCHEMA_VERSION})"
         )
     )
+    problems = store.schema_problems()
+    report.checks.append(
+        Check("core tables", not problems, "; ".join(problems) + " (run `cqrsctl init`)" if problems else "all present, events append-only")
+    )
     report.counts = store.counts()
     report.checks.append(Check("durability", True, durability(store)))
+    if problems:
+        return report  # the checks below read those tables
     from .projections import doctor_checks
 
     doctor_checks(store, app, report, max_lag)

@@ -14,6 +14,7 @@ of its key is leased or backing off. A dead message no longer holds its key back
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -27,6 +28,7 @@ from ..errors import DeliveryError, IncompleteError, NotFoundError, UsageError
 from ..sinks import Sink, SinkUnavailable
 from ..store import AppendResult, NewEvent, Store, StoredEvent, iso
 from ..store.base import OUTBOX_STATUSES, NewMessage, OutboxFailure, OutboxMessage, Transaction, utcnow
+from . import journal
 from .owners import dead_here, owner_id
 
 if TYPE_CHECKING:
@@ -314,9 +316,9 @@ def drain(
                     call_sink(sink, sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
                     sink.is_open = True
                 except SinkUnavailable as exc:
-                    report.error = str(exc)
+                    report.error = sink.scrub(str(exc))
                     with store.lazy_transaction() as tx:
-                        tx.release_outbox(run.owner, [m.seq for m in claimed], str(exc))
+                        tx.release_outbox(run.owner, [m.seq for m in claimed], report.error)
                     break
             run.deliver(claimed)
             if report.error or report.stopped:
@@ -450,11 +452,11 @@ class _Run:
                 )
             except SinkUnavailable as exc:
                 self.stuck = isinstance(exc, SinkStuck)
-                report.error = str(exc)
+                report.error = sink.scrub(str(exc))
                 self.handed_back += [m.seq for m in held]
                 with self.store.lazy_transaction() as tx:
                     self.record(tx, self.clock())
-                    tx.release_outbox(self.owner, [m.seq for m in chunk], str(exc))
+                    tx.release_outbox(self.owner, [m.seq for m in chunk], report.error)
                 return
             finally:
                 sink.deadline = None
@@ -468,6 +470,7 @@ class _Run:
                     self.delivered.append(m.seq)
                     report.delivered += 1
                     continue
+                r = sink.scrub(r)  # stored in last_error and reported: no secret of the URL
                 attempts = m.attempts + 1
                 dead = attempts >= self.max_attempts
                 retry_at = now + timedelta(seconds=self.backoff.delay(attempts))
@@ -557,14 +560,18 @@ def show(store: Store, ident: str) -> OutboxMessage:
     return message
 
 
-def retry(store: Store, ident: str | None = None, *, dead: bool = False, now: datetime | None = None) -> int:
-    """Make one message (pending or dead) or every dead message due now with fresh attempts."""
+def retry(
+    store: Store, ident: str | None = None, *, dead: bool = False, now: datetime | None = None, actor: str | None = None
+) -> int:
+    """Make one message (pending or dead) or every dead message due now with fresh attempts; journaled."""
     if (ident is None) == (not dead):
         raise UsageError("give a message id or --dead (not both)")
     now = now or utcnow()
     with store.transaction() as tx:
         if ident is None:
-            return tx.requeue_outbox(now, dead=True)
+            n = tx.requeue_outbox(now, dead=True)
+            journal.record(tx, "outbox retry", {"dead": True}, {"requeued": n}, actor)
+            return n
         message = tx.get_outbox(ident)
         if message is None:
             raise NotFoundError(f"no outbox message {ident!r}")
@@ -574,29 +581,71 @@ def retry(store: Store, ident: str | None = None, *, dead: bool = False, now: da
                 + (f" at {iso(message.delivered_at)}" if message.delivered_at else "")
                 + "; nothing to retry"
             )
-        return tx.requeue_outbox(now, seq=message.seq)
+        n = tx.requeue_outbox(now, seq=message.seq)
+        journal.record(
+            tx, "outbox retry", {"message": ident},
+            {"requeued": n, "message_id": message.message_id, "error": message.last_error}, actor,
+        )  # fmt: skip
+        return n
 
 
-def purge(store: Store, statuses: Sequence[str], older_than: timedelta, now: datetime | None = None) -> int:
-    """Delete delivered (and/or dead) messages older than `older_than`; pending ones are never purged."""
+def purge(
+    store: Store,
+    statuses: Sequence[str],
+    older_than: timedelta,
+    now: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
+) -> int:
+    """Delete delivered (and/or dead) messages older than `older_than`; pending ones are
+    never purged. Journaled. With `dry_run`, counts what it would delete and changes nothing."""
     if not statuses:
         raise UsageError("say what to purge: --delivered and/or --dead")
     bad = set(statuses) - {"delivered", "dead"}
     if bad:
         raise UsageError(f"only delivered and dead messages can be purged, not {sorted(bad)[0]}")
-    with store.transaction() as tx:
-        return tx.purge_outbox(list(statuses), (now or utcnow()) - older_than)
+    if older_than <= timedelta(0):
+        raise UsageError("the age must be positive: only messages older than it are purged")
+    before = (now or utcnow()) - older_than
+    try:
+        with store.transaction() as tx:
+            n = tx.purge_outbox(list(statuses), before)
+            if dry_run:
+                raise _Preview(n)  # the exact count, by the same statement, rolled back
+            journal.record(
+                tx, "outbox purge", {"statuses": list(statuses), "older_than_seconds": older_than.total_seconds()},
+                {"purged": n, "before": iso(before)}, actor,
+            )  # fmt: skip
+            return n
+    except _Preview as preview:
+        return preview.count
+
+
+class _Preview(Exception):
+    def __init__(self, count: int) -> None:
+        self.count = count
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_MAX_DURATION = timedelta(days=36_500)
+
+
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as a timedelta."""
+    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as a timedelta: positive, finite,
+    at most 100 years."""
     t = text.strip().lower()
+    number, unit = (t[:-1], _UNITS[t[-1]]) if t and t[-1] in _UNITS else (t, 1)
     try:
-        if t and t[-1] in _UNITS:
-            return timedelta(seconds=float(t[:-1]) * _UNITS[t[-1]])
-        return timedelta(seconds=float(t))
+        seconds = float(number) * unit if number.isascii() else float("nan")
     except ValueError:
-        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 7d") from None
+        seconds = float("nan")
+    if not math.isfinite(seconds):
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 7d")
+    if seconds <= 0:
+        raise UsageError(f"invalid duration {text!r}: it must be positive")
+    if seconds > _MAX_DURATION.total_seconds():
+        raise UsageError(f"invalid duration {text!r}: at most 100 years")
+    return timedelta(seconds=seconds)

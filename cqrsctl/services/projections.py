@@ -27,6 +27,7 @@ from ..errors import BatchError, IncompleteError, LockedError, NotFoundError, Us
 from ..projection import EventPage, EventView, Projection, ReadModel
 from ..store import Store, iso
 from ..store.tracking import Checkpoint, EventTuple, Tracking
+from . import journal
 from .owners import dead_here, owner_id
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
@@ -505,6 +506,7 @@ def rebuild(
     batch: int = REBUILD_BATCH,
     on_progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    actor: str | None = None,
 ) -> RebuildResult:
     """Replay every event into shadow tables, then swap them in atomically.
 
@@ -618,10 +620,15 @@ def rebuild(
                 tr.create_indexes(table, spec)
             if live is None:
                 live = Checkpoint(name)
+            cleared = live.error
             live.position, live.version, live.status = position, version, "idle"
             live.error = live.error_position = None
             tr.put(live)
             tr.delete(rb_name)
+            journal.record(
+                tx, "projections rebuild", {"name": name, "version": cls.version},
+                {"position": position, "events": events, "resumed_from": resumed_from, "error": cleared}, actor,
+            )  # fmt: skip
     except BaseException:
         # Give the build back at once (its progress is kept) so a rerun need not wait.
         try:
@@ -638,46 +645,109 @@ def rebuild(
 # -- reset, skip, retry -----------------------------------------------------------------------------
 
 
-def reset(store: Store, app: App, name: str) -> None:
+def _count(tr: Tracking, table: str) -> int:
+    if not tr.table_exists(table):
+        return 0
+    return int(tr.execute(f'SELECT count(*) AS n FROM "{table}"')[0]["n"])
+
+
+def reset(store: Store, app: App, name: str, *, dry_run: bool = False, actor: str | None = None) -> dict[str, Any]:
     """Drop the projection's tables (live and shadow) and forget its checkpoint; the next
-    catch-up or daemon run builds it again from the first event."""
+    catch-up or daemon run builds it again from the first event. Journaled. With
+    `dry_run`, only says what it would drop. Returns {tables: {table: rows}, position}."""
     cls = projection_class(app, name)
-    with store.transaction() as tx:
+    with store.reader() if dry_run else store.transaction() as tx:
         tr = tx.tracking
-        rb = tr.get(REBUILD_PREFIX + name, lock=True)
+        rb = tr.get(REBUILD_PREFIX + name, lock=not dry_run)
         if rb is not None and rb.owner and rb.lease_valid and not dead_here(rb.owner):
             raise LockedError(f"a rebuild of {name} is running ({rb.owner}); stop it first")
-        tr.get(name, lock=True)
-        for table in cls.tables:
+        cp = tr.get(name, lock=not dry_run)
+        tables = [t for table in cls.tables for t in (table, table + SHADOW_SUFFIX) if tr.table_exists(t)]
+        result: dict[str, Any] = {
+            "name": name,
+            "tables": {t: _count(tr, t) for t in tables},
+            "position": None if cp is None else cp.position,
+            "dry_run": dry_run,
+        }
+        if dry_run:
+            return result
+        for table in tables:
             tr.drop_table(table)
-            tr.drop_table(table + SHADOW_SUFFIX)
         tr.delete(name)
         tr.delete(REBUILD_PREFIX + name)
+        journal.record(tx, "projections reset", {"name": name}, result, actor)
+        return result
 
 
-def skip(store: Store, app: App, name: str, position: int, reason: str | None = None) -> Checkpoint:
-    """Never apply the event at `position` to this projection (recorded in its checkpoint).
-    A projection failed on that event goes back to work."""
+def _event_at(tr: Tracking, position: int) -> EventTuple | None:
+    rows = tr.scan(position - 1, 1, until=position, lean=True)
+    return rows[0] if rows and rows[0][0] == position else None
+
+
+def skip(
+    store: Store,
+    app: App,
+    name: str,
+    position: int | None = None,
+    reason: str | None = None,
+    *,
+    actor: str | None = None,
+) -> Checkpoint:
+    """Never apply one event to this projection: the failed one (`position` None), or the
+    event at `position`, which must exist and not be processed yet. The skip keeps the
+    reason beside the error it cleared, and is journaled; :func:`unskip` undoes it."""
     projection_class(app, name)
     with store.transaction() as tx:
         tr = tx.tracking
         cp = tr.get(name, lock=True)
         if cp is None:
             raise NotFoundError(f"projection {name} has not run yet: nothing to skip")
+        if position is None:
+            if cp.status != "failed" or cp.error_position is None:
+                raise UsageError(f"projection {name} is not failed: name the event with --position")
+            position = cp.error_position
         if position <= cp.position:
             raise UsageError(f"position {position} is already processed by {name} (at {cp.position})")
+        head = tr.head()
+        if position > head or _event_at(tr, position) is None:
+            raise NotFoundError(f"no event at position {position} (the head is {head}): nothing to skip")
         if any(s["position"] == position for s in cp.skipped):
             return cp
-        error = cp.error if cp.error_position == position else reason
-        cp.skipped.append({"position": position, "at": iso(tr.now()), "error": error})
-        if cp.status == "failed" and cp.error_position == position:
+        failed_here = cp.status == "failed" and cp.error_position == position
+        error = cp.error if failed_here else None
+        cp.skipped.append({"position": position, "at": iso(tr.now()), "error": error, "reason": reason})
+        if failed_here:
             cp.status, cp.error, cp.error_position = "idle", None, None
         tr.put(cp)
+        journal.record(
+            tx, "projections skip", {"name": name, "position": position, "reason": reason},
+            {"error": error, "status": cp.status}, actor,
+        )  # fmt: skip
         return cp
 
 
-def retry(store: Store, app: App, name: str) -> Checkpoint:
-    """Put a failed projection back to work (after fixing the handler or the data)."""
+def unskip(store: Store, app: App, name: str, position: int, *, actor: str | None = None) -> dict[str, Any]:
+    """Undo a skip. The event is applied at the next catch-up when the projection has not
+    passed it yet, else at its next rebuild (applying it late, out of order, could
+    corrupt the read model). Journaled; returns {position, applies: catch-up|rebuild}."""
+    projection_class(app, name)
+    with store.transaction() as tx:
+        tr = tx.tracking
+        cp = tr.get(name, lock=True)
+        if cp is None or not any(s["position"] == position for s in cp.skipped):
+            raise NotFoundError(f"projection {name} does not skip position {position}")
+        undone = next(s for s in cp.skipped if s["position"] == position)
+        cp.skipped = [s for s in cp.skipped if s["position"] != position]
+        tr.put(cp)
+        applies = "catch-up" if position > cp.position else "rebuild"
+        result = {"name": name, "position": position, "applies": applies, "skip": undone}
+        journal.record(tx, "projections unskip", {"name": name, "position": position}, result, actor)
+        return result
+
+
+def retry(store: Store, app: App, name: str, *, actor: str | None = None) -> Checkpoint:
+    """Put a failed projection back to work (after fixing the handler or the data); journaled
+    with the error it cleared."""
     projection_class(app, name)
     with store.transaction() as tx:
         tr = tx.tracking
@@ -686,8 +756,10 @@ def retry(store: Store, app: App, name: str) -> Checkpoint:
             raise NotFoundError(f"projection {name} has not run yet")
         if cp.status != "failed":
             raise UsageError(f"projection {name} is not failed (status {cp.status})")
+        cleared = {"error": cp.error, "error_position": cp.error_position, "position": cp.position}
         cp.status, cp.error, cp.error_position = "idle", None, None
         tr.put(cp)
+        journal.record(tx, "projections retry", {"name": name}, cleared, actor)
         return cp
 
 
@@ -711,6 +783,7 @@ class ProjectionStatus:
     rebuild_position: int | None = None
     tables: list[str] = field(default_factory=list)
     handles: list[str] = field(default_factory=list)
+    last_retry: dict[str, Any] | None = None  # the journal's last `projections retry` of it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -729,6 +802,7 @@ class ProjectionStatus:
             "rebuild_position": self.rebuild_position,
             "tables": self.tables,
             "handles": self.handles,
+            "last_retry": self.last_retry,
         }
 
 
@@ -739,6 +813,7 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
         head = tr.head()
         now = tr.now()
         rows = {cp.name: cp for cp in tr.checkpoints()}
+        retries = {e.args.get("name"): e.to_dict() for e in tx.list_journal(kinds=["projections retry"])}
         for cls in select(app, names):
             cp = rows.get(cls.name)
             rb = rows.get(REBUILD_PREFIX + cls.name)
@@ -765,7 +840,7 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
                     cls.name, cls.version, stored_version, position, head, max(head - position, 0), lag_seconds,
                     state, cp.owner if cp and cp.lease_valid else None, cp.error if cp else None,
                     cp.error_position if cp else None, cp.skipped if cp else [],
-                    rb.position if rb else None, list(cls.tables), list(cls.handles),
+                    rb.position if rb else None, list(cls.tables), list(cls.handles), retries.get(cls.name),
                 )  # fmt: skip
             )
     return out

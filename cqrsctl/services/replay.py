@@ -142,6 +142,11 @@ def list_snapshots(store: Store, limit: int | None = None) -> list[Snapshot]:
         return tx.list_snapshots(limit)
 
 
-def delete_snapshots(store: Store, stream_id: str | None = None) -> int:
+def delete_snapshots(store: Store, stream_id: str | None = None, *, actor: str | None = None) -> int:
+    """Delete one stream's snapshot, or all (None); journaled. Returns how many."""
+    from .journal import record
+
     with store.transaction() as tx:
-        return tx.delete_snapshots(stream_id)
+        n = tx.delete_snapshots(stream_id)
+        record(tx, "snapshots delete", {"stream": stream_id, "all": stream_id is None}, {"deleted": n}, actor)
+        return n

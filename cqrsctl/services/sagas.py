@@ -24,6 +24,7 @@ from ..errors import CqrsError, DomainError, NotFoundError, UsageError
 from ..saga import Saga, SagaSpec, Step
 from ..store import Store, StoredEvent, Transaction, iso
 from ..store.base import Deadline, SagaRecord, utcnow
+from . import journal
 from .dispatch import Dispatcher
 
 LOCK = "sagas"
@@ -307,8 +308,8 @@ class SagaRunner:
 
     # -- operator actions ---------------------------------------------------------------------
 
-    def retry(self, saga_id: str) -> SagaRecord:
-        """Re-run a failed saga's compensation (or, if it failed before compensating, its current step)."""
+    def retry(self, saga_id: str, *, actor: str | None = None) -> SagaRecord:
+        """Re-run a failed saga's compensation (or, if it failed before compensating, its current step); journaled."""
         with self.store.transaction() as tx:
             record = tx.get_saga(saga_id)
             if record is None:
@@ -321,8 +322,12 @@ class SagaRunner:
             run = _Run(tx, self.clock(), RunReport())
             state = spec.cls.model_validate(record.state)
             record.compensations = [c for c in record.compensations if c.get("status") == "completed"]
+            cleared = record.error_message
             self._compensate(run, spec, record, state, record.error_message or "retried")
             tx.save_saga(record)
+            journal.record(
+                tx, "sagas retry", {"saga_id": saga_id}, {"error": cleared, "status": record.status}, actor
+            )
             return record
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DeliveryError, UsageError
-from ..store import redact
+from ..redaction import redact, scrub
 from ..store.base import OutboxMessage
 from .formats import Encoded, Formatter
 
@@ -84,10 +84,11 @@ class Sink(ABC):
 
     def unavailable(self, exc: BaseException | str) -> SinkUnavailable:
         reason = exc if isinstance(exc, str) else (" ".join(str(exc).split()) or type(exc).__name__)
-        password = urlsplit(self.url).password
-        if password:
-            reason = reason.replace(password, "***")
-        return SinkUnavailable(f"sink {self.name} is unavailable: {reason}")
+        return SinkUnavailable(f"sink {self.name} is unavailable: {self.scrub(reason)}")
+
+    def scrub(self, text: str) -> str:
+        """`text` without this sink's secrets (for messages, logs and stored errors)."""
+        return scrub(text, self.url)
 
     def option(self, name: str, default: str | None = None) -> str | None:
         return self.options.get(name, default)

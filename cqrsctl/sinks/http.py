@@ -88,8 +88,6 @@ class HttpSink(Sink):
         self.target = urlunsplit(parts._replace(query=urlencode(query)))
         self.secret = self.option("secret") or os.environ.get("CQRSCTL_SINK_SECRET")
         self.header = self.option("header", "X-Signature") or "X-Signature"
-        if self.option("secret"):  # never print it
-            self.name = self.name.replace(self.option("secret") or "", "***")
         concurrency = self.option("concurrency", "1") or "1"
         if not concurrency.isdigit() or not 1 <= int(concurrency) <= 64:
             raise UsageError(f"concurrency must be a whole number from 1 to 64, not {concurrency!r}")

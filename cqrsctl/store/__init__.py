@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..errors import DatabaseError
+from ..redaction import redact
 from .base import (
     ANY,
     EXISTS,
@@ -40,14 +41,6 @@ __all__ = [
     "parse_expected",
     "redact",
 ]
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by `***`, safe to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:

@@ -26,7 +26,49 @@ NO_STREAM: Literal["no-stream"] = "no-stream"
 EXISTS: Literal["exists"] = "exists"
 ExpectedVersion = int | Literal["any", "no-stream", "exists"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+
+def _cols(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+# The columns of every core table (both backends): what `doctor` and `init` check.
+CORE_COLUMNS: dict[str, frozenset[str]] = {
+    "events": _cols(
+        "global_position stream_id stream_version event_id event_type schema_version category data "
+        "metadata recorded_at"
+    ),
+    "snapshots": _cols("stream_id aggregate_type version schema_version state taken_at"),
+    "checkpoints": _cols(
+        "name position version status error error_position skipped owner lease_until created_at "
+        "updated_at"
+    ),
+    "outbox": _cols(
+        "seq message_id event_position topic key payload headers status attempts next_attempt_at "
+        "last_error claimed_by claimed_until created_at delivered_at"
+    ),
+    "sagas": _cols(
+        "saga_id saga_type status current_step steps results compensations state correlation_id "
+        "error_message created_at updated_at version"
+    ),
+    "deadlines": _cols("deadline_id saga_id name due_at payload status fired_at"),
+    "processed_commands": _cols("command_id stream_id result processed_at"),
+    "cqrsctl_journal": _cols("id at actor kind args result"),
+    "cqrsctl_schema": _cols("version applied_at"),
+}
+
+
+def default_actor() -> str:
+    """Who runs this process, for the journal: user@host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name (a container without one): the uid says enough
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def category_of(stream_id: str) -> str:
@@ -203,6 +245,28 @@ class Snapshot:
             "schema_version": self.schema_version,
             "state": self.state,
             "taken_at": iso(self.taken_at),
+        }
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    """One administrative operation, recorded in the transaction of its effect."""
+
+    kind: str  # the command: "projections reset", "outbox purge", …
+    args: dict[str, Any]  # what it was asked (secrets redacted)
+    result: dict[str, Any]  # what it changed: counts, positions, the error it cleared
+    actor: str = ""
+    at: datetime | None = None
+    id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": None if self.at is None else iso(self.at),
+            "actor": self.actor,
+            "kind": self.kind,
+            "args": self.args,
+            "result": self.result,
         }
 
 
@@ -642,6 +706,18 @@ class Transaction(ABC):
     def purge_outbox(self, statuses: Sequence[str], before: datetime) -> int:
         """Delete rows in `statuses` delivered (or, for dead ones, created) before `before`."""
 
+    # -- the operations journal ------------------------------------------------------------
+
+    @abstractmethod
+    def add_journal(self, entry: JournalEntry) -> int:
+        """Insert `entry` (its `at` is now, its actor the process's when empty); returns its id."""
+
+    @abstractmethod
+    def list_journal(
+        self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[JournalEntry]:
+        """Entries in the order they were written, optionally since a time and of some kinds."""
+
     # -- projections and the daemon (see tracking.py) -------------------------------------
 
     @property
@@ -685,12 +761,60 @@ class Store(ABC):
         """The DDL `migrate` runs, as SQL text."""
 
     @abstractmethod
-    def migrate(self) -> int:
-        """Bring the schema forward to the current version; returns that version."""
-
-    @abstractmethod
     def schema_version(self) -> int:
         """0 when the store has not been initialised."""
+
+    @abstractmethod
+    def core_columns(self) -> dict[str, set[str]]:
+        """The core tables (see CORE_COLUMNS) that exist, with the columns each has."""
+
+    @abstractmethod
+    def guards(self) -> dict[str, bool]:
+        """The append-only triggers this backend installs: name -> present and enabled."""
+
+    def migrate(self) -> int:
+        """Bring the schema forward to the current version (journaled when it changes
+        anything); returns that version."""
+        if self.schema_version() < SCHEMA_VERSION:
+            self._apply_ddl(JournalEntry("migrate", {}, {}), everything=False)
+        return self.schema_version()
+
+    def initialise(self, actor: str | None = None) -> dict[str, Any]:
+        """`cqrsctl init`: migrate, put back missing core tables and triggers, and journal it.
+        Raises UnhealthyError naming what it cannot repair (an altered core table)."""
+        from ..errors import UnhealthyError
+
+        before = self.schema_version()
+        problems = self.schema_problems() if before else []
+        result: dict[str, Any] = {"from_version": before, "to_version": SCHEMA_VERSION, "repaired": problems}
+        self._apply_ddl(JournalEntry("init", {}, result, actor or ""), everything=True)
+        left = self.schema_problems()
+        if left:
+            raise UnhealthyError(
+                "init cannot repair this store: " + "; ".join(left) + " (restore it from a backup or an export)"
+            )
+        result["repaired"] = [p for p in problems if p not in left]
+        return result
+
+    @abstractmethod
+    def _apply_ddl(self, entry: JournalEntry, everything: bool) -> None:
+        """In one transaction: the migrations not applied yet (all of them when
+        `everything`: each statement is idempotent, so missing objects come back), and
+        `entry` in the journal when that did anything (always, when `everything`)."""
+
+    def schema_problems(self) -> list[str]:
+        """What is wrong with the core tables: missing, altered, or unguarded (empty: fine)."""
+        found = self.core_columns()
+        problems = []
+        for table, columns in CORE_COLUMNS.items():
+            if table not in found:
+                problems.append(f"core table {table} is missing")
+            elif columns - found[table]:
+                problems.append(f"core table {table} lacks column(s) {', '.join(sorted(columns - found[table]))}")
+        for name, on in self.guards().items():
+            if not on:
+                problems.append(f"append-only trigger {name} is missing or disabled")
+        return problems
 
     @abstractmethod
     def close(self) -> None: ...

@@ -20,10 +20,12 @@ import orjson
 
 from ..errors import CommandRaceError, DatabaseError, DuplicateEventError, NotFoundError, UsageError
 from .base import (
+    CORE_COLUMNS,
     OUTBOX_COLUMNS,
     SCHEMA_VERSION,
     Deadline,
     EventRow,
+    JournalEntry,
     NewMessage,
     OutboxFailure,
     OutboxMessage,
@@ -33,11 +35,12 @@ from .base import (
     StoredEvent,
     StreamInfo,
     Transaction,
+    default_actor,
     dumps,
     stored_event,
     utcnow,
 )
-from .tracking import Checkpoint, EventTuple, Table, Tracking
+from .tracking import Checkpoint, EventTuple, Table, Tracking, check_user_table
 
 # Forward-only migrations: version -> statements. Never edit a released entry; add one.
 MIGRATIONS: dict[int, list[str]] = {
@@ -138,6 +141,25 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [
         "DROP INDEX IF EXISTS outbox_pending_key",
         "CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (claimed_until) WHERE claimed_until IS NOT NULL",
+    ],
+    # The operations journal, and append-only events and journal in the database itself
+    # (README, "Guard rails", says how an administrator lifts it on purpose).
+    4: [
+        """CREATE TABLE IF NOT EXISTS cqrsctl_journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL,
+    result TEXT NOT NULL
+)""",
+        "CREATE INDEX IF NOT EXISTS cqrsctl_journal_kind ON cqrsctl_journal (kind, id)",
+        *(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{op.lower()} BEFORE {op} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{table} is append-only: {op} refused'); END"
+            for table in ("events", "cqrsctl_journal")
+            for op in ("UPDATE", "DELETE")
+        ),
     ],
 }
 
@@ -531,6 +553,36 @@ class SQLiteTransaction(Transaction):
         ).rowcount
 
 
+    # -- the operations journal ----------------------------------------------------------
+
+    def add_journal(self, entry: JournalEntry) -> int:
+        entry.at = entry.at or utcnow()
+        entry.actor = entry.actor or default_actor()
+        cur = self.conn.execute(
+            "INSERT INTO cqrsctl_journal (at, actor, kind, args, result) VALUES (?, ?, ?, ?, ?)",
+            (_ts(entry.at), entry.actor, entry.kind, dumps(entry.args), dumps(entry.result)),
+        )
+        entry.id = cur.lastrowid or 0
+        return entry.id
+
+    def list_journal(
+        self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[JournalEntry]:
+        sql = "SELECT id, at, actor, kind, args, result FROM cqrsctl_journal WHERE 1 = 1"
+        params: list[Any] = []
+        if since is not None:
+            sql += " AND at >= ?"
+            params.append(_ts(since))
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        sql += " ORDER BY id LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return [
+            JournalEntry(r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], datetime.fromisoformat(r[1]), r[0])
+            for r in self.conn.execute(sql, params)
+        ]
+
     # -- sagas ----------------------------------------------------------------------------
 
     def try_lock(self, name: str) -> bool:
@@ -852,19 +904,39 @@ class SQLiteStore(Store):
             return 0
         return row[0] or 0
 
-    def migrate(self) -> int:
-        if self.schema_version() >= SCHEMA_VERSION:
-            return self.schema_version()
+    def _apply_ddl(self, entry: JournalEntry, everything: bool) -> None:
         with self.transaction() as tx:
             tx.conn.execute(_SCHEMA_TABLE)
             current = tx.conn.execute("SELECT coalesce(max(version), 0) FROM cqrsctl_schema").fetchone()[0]
-            for version in sorted(v for v in MIGRATIONS if v > current):
+            for version in sorted(MIGRATIONS):
+                if version <= current and not everything:
+                    continue
                 for statement in MIGRATIONS[version]:
                     tx.conn.execute(statement)
-                tx.conn.execute(
-                    "INSERT INTO cqrsctl_schema (version, applied_at) VALUES (?, ?)", (version, _ts(utcnow()))
-                )
-        return self.schema_version()
+                if version > current:
+                    tx.conn.execute(
+                        "INSERT INTO cqrsctl_schema (version, applied_at) VALUES (?, ?)",
+                        (version, _ts(utcnow())),
+                    )
+            if everything or current < SCHEMA_VERSION:
+                entry.result.setdefault("from_version", current)
+                entry.result.setdefault("to_version", SCHEMA_VERSION)
+                tx.add_journal(entry)
+
+    def core_columns(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table in CORE_COLUMNS:
+            columns = {r[1] for r in self.conn.execute(f"PRAGMA table_info({_q(table)})")}
+            if columns:
+                found[table] = columns
+        return found
+
+    def guards(self) -> dict[str, bool]:
+        names = [
+            f"{table}_append_only_{op}" for table in ("events", "cqrsctl_journal") for op in ("update", "delete")
+        ]
+        present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        return {name: name in present for name in names}
 
     def close(self) -> None:
         with self._all_lock:
@@ -918,7 +990,8 @@ class SQLiteStore(Store):
     def counts(self) -> dict[str, int]:
         if self.schema_version() == 0:
             raise NotFoundError(f"store {self.path} is not initialised: run `cqrsctl init`")
-        tables = ["events", "snapshots", "checkpoints", "outbox", "sagas", "deadlines", "processed_commands"]
+        present = self.core_columns()
+        tables = [t for t in CORE_COLUMNS if t in present and t != "cqrsctl_schema"]
         return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
 
@@ -1110,6 +1183,7 @@ class SQLiteTracking(Tracking):
         return row.fetchone() is not None
 
     def create_table(self, name: str, table: Table) -> None:
+        check_user_table(name)
         cols = ", ".join(f"{_q(c)} {_RM_TYPES[k]}" for c, k in table.columns.items())
         key = ", ".join(_q(c) for c in table.key)
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(name)} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID")
@@ -1122,9 +1196,11 @@ class SQLiteTracking(Tracking):
             )
 
     def drop_table(self, name: str) -> None:
+        check_user_table(name)
         self.conn.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
     def rename_table(self, old: str, new: str) -> None:
+        check_user_table(old), check_user_table(new)
         # The primary key index is named after the table and follows it.
         self.conn.execute(f"ALTER TABLE {_q(old)} RENAME TO {_q(new)}")
 

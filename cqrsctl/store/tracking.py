@@ -30,6 +30,36 @@ FENCE_IDLE = 2.0
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
+# The store's own tables. User code (read-model tables) may never name one of them, nor
+# anything else the store creates in the same namespace (indexes, sequences, constraints).
+CORE_TABLES = (
+    "events", "snapshots", "checkpoints", "outbox", "sagas", "deadlines", "processed_commands",
+    "cqrsctl_schema", "cqrsctl_journal",
+)  # fmt: skip
+_CORE_RELATIONS = frozenset(
+    [
+        *CORE_TABLES,
+        *(f"{t}_pkey" for t in CORE_TABLES),
+        "events_category", "events_event_id_key", "events_stream_id_stream_version_key",
+        "events_global_position_seq", "outbox_due", "outbox_pending", "outbox_pending_key",
+        "outbox_message_id_key", "outbox_seq_seq", "outbox_leased", "sagas_status", "deadlines_due",
+        "events_append_only_update", "events_append_only_delete",
+    ]
+)  # fmt: skip
+
+
+def is_core(name: str) -> bool:
+    """A name the store keeps for itself (its tables, their indexes, anything `cqrsctl_…`)."""
+    return name in _CORE_RELATIONS or name.startswith("cqrsctl_")
+
+
+def check_user_table(name: str) -> str:
+    """The last line of defence: a read-model operation never touches a core table."""
+    if is_core(name.removesuffix("__rebuild")):
+        raise UsageError(f"{name!r} is a table of the store itself, not of a read model")
+    return name
+
+
 def check_name(name: str, what: str) -> str:
     """Table, column and projection names become SQL identifiers: keep them plain."""
     if not _NAME.match(name):
