@@ -170,7 +170,7 @@ def test_every_administrative_command_leaves_one_journal_row_without_secrets(
 # -- confirmations, dry runs, durations ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("age", ["-7d", "0", "inf", "1e30d", "nan", "7x", "²d", ""])
+@pytest.mark.parametrize("age", ["-7d", "-0.5s", "inf", "1e30d", "nan", "7x", "²d", ""])
 def test_purge_refuses_durations_that_are_not_positive_and_finite(store_url: str, age: str) -> None:
     result = cli("--db", store_url, "outbox", "purge", "--delivered", "--older-than", age)
     assert_error(result, 2, "duration")

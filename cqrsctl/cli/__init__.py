@@ -123,6 +123,8 @@ def _global(
     ctx.obj = rt
     ctx.call_on_close(rt.close)
     rt.output.debug(f"database {redact(settings.db)} ({settings.source['db']})")
+    if settings.app:
+        rt.output.debug(f"app {settings.app} ({settings.source['app']})")
 
 
 def _register() -> None:

@@ -15,7 +15,7 @@ from ..errors import BatchError, FileAccessError, UsageError
 from ..services import replay as replay_service
 from ..services.dispatch import Dispatcher, parse_batch
 from ..services.query import run_query
-from .runtime import confirm, parse_json_object, runtime
+from .runtime import MAX_INT, confirm, parse_json_object, runtime
 
 snapshots_app = typer.Typer(no_args_is_help=True, help="Inspect, take and delete aggregate snapshots.")
 
@@ -35,7 +35,7 @@ def dispatch(
     ),
     actor: str = typer.Option(None, "--actor", help="Who dispatches (recorded in event metadata)."),
     retries: int = typer.Option(
-        None, "--retries", min=0, help="Re-runs on a concurrency conflict (default: the app's, 3)."
+        None, "--retries", min=0, max=MAX_INT, help="Re-runs on a concurrency conflict (default: the app's, 3)."
     ),
     continue_on_error: bool = typer.Option(
         False, "--continue-on-error", help="In a batch, go on past failed lines."
@@ -114,13 +114,17 @@ def _timestamp(text: str) -> datetime:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"--as-of is not an ISO 8601 timestamp: {text!r}") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(f"--as-of is out of range in UTC: {text!r}") from None
 
 
 def replay(
     ctx: typer.Context,
     aggregate: str = typer.Option(..., "--aggregate", "-a", help="Stream id, e.g. Account-A-1."),
-    at_version: int = typer.Option(None, "--at-version", min=1, help="State at this version."),
+    at_version: int = typer.Option(None, "--at-version", min=1, max=MAX_INT, help="State at this version."),
     as_of: str = typer.Option(None, "--as-of", help="State as of this UTC time (ISO 8601)."),
     events: bool = typer.Option(False, "--events", help="Show each event and the state after it."),
     diff: str = typer.Option(None, "--diff", help="What changed between two versions, e.g. 3..7."),
@@ -134,7 +138,7 @@ def replay(
     """
     rt = runtime(ctx)
     app = rt.app(required=False)
-    store = rt.store()
+    store = rt.reading()
     when = _timestamp(as_of) if as_of else None
     if app is None or app.aggregate_for(aggregate) is None:
         rt.output.say("note: no app aggregate for this stream; showing a generic fold (merge of event data)")
@@ -187,14 +191,14 @@ def _show(value: Any) -> str:
 
 @snapshots_app.command("list")
 def snapshots_list(
-    ctx: typer.Context, limit: int = typer.Option(100, "--limit", "-n", min=1, help="At most this many.")
+    ctx: typer.Context, limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many.")
 ) -> None:
     """List stored snapshots.
 
     Example: cqrsctl snapshots list --json
     """
     rt = runtime(ctx)
-    snaps = replay_service.list_snapshots(rt.store(), limit)
+    snaps = replay_service.list_snapshots(rt.reading(), limit)
     if rt.output.json:
         rt.output.lines(snaps)
     else:

@@ -9,7 +9,7 @@ import typer
 
 from ..services import daemon as service
 from ..services import projections as projection_service
-from .runtime import Runtime, runtime
+from .runtime import MAX_INT, Runtime, runtime
 
 
 def _logger(rt: Runtime) -> service.Log:
@@ -43,7 +43,7 @@ def daemon(
     retry_delay: float = typer.Option(
         0.2, "--retry-delay", min=0, help="First back-off after a handler fails (×5 per attempt)."
     ),
-    retries: int = typer.Option(3, "--retries", min=0, help="Retries of a failing handler before `failed`."),
+    retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
 ) -> None:
     """Run the app's projections, sagas and outbox relay continuously; stop with Ctrl-C or SIGTERM.
 

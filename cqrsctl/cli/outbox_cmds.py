@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..services import outbox as service
 from ..sinks import open_sink
 from ..store.base import utcnow
-from .runtime import confirm, runtime, to_json
+from .runtime import MAX_INT, confirm, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
 
@@ -37,7 +37,7 @@ def status(ctx: typer.Context) -> None:
     Example: cqrsctl outbox status --json
     """
     rt = runtime(ctx)
-    st = service.status(rt.store())
+    st = service.status(rt.reading())
     if rt.output.json:
         rt.output.data(st)
         return
@@ -57,14 +57,14 @@ def list_(
     ctx: typer.Context,
     status: str = typer.Option(None, "--status", "-s", help="pending, delivered or dead."),
     topic: str = typer.Option(None, "--topic", "-t", help="Only this topic."),
-    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many messages."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=MAX_INT, help="At most this many messages."),
 ) -> None:
     """List outbox messages, oldest first.
 
     Example: cqrsctl outbox list --status dead --limit 20
     """
     rt = runtime(ctx)
-    messages = service.list_messages(rt.store(), status, topic, limit)
+    messages = service.list_messages(rt.reading(), status, topic, limit)
     if rt.output.json:
         rt.output.lines(m.to_dict(payload=False) for m in messages)
         return
@@ -95,7 +95,7 @@ def show(
     Example: cqrsctl outbox show 3f0c2a9e-0b1d-4b7e-9a55-2f8e1f0c7d11
     """
     rt = runtime(ctx)
-    message = service.show(rt.store(), ident)
+    message = service.show(rt.reading(), ident)
     if rt.output.json:
         rt.output.data(message)
         return
@@ -141,7 +141,7 @@ def purge(
     """
     rt = runtime(ctx)
     statuses = [s for s, on in (("delivered", delivered), ("dead", dead)) if on]
-    age, store = service.parse_duration(older_than), rt.store()
+    age, store = service.parse_duration(older_than, zero=True), rt.store()
     n = service.purge(store, statuses, age, dry_run=True)
     if not dry_run:
         if n:
@@ -196,11 +196,11 @@ def drain(
         help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E, kafka://…,"
         " bullmq://…/QUEUE; ?format=cqrsctl|nestjs|cloudevents|cloudevents-binary|eventbridge.",
     ),
-    max_messages: int = typer.Option(None, "--max", min=1, help="Stop after this many messages."),
+    max_messages: int = typer.Option(None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."),
     timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds."),
-    batch: int = typer.Option(100, "--batch", min=1, help="Messages claimed (and sent) at a time."),
+    batch: int = typer.Option(100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."),
     topic: list[str] = typer.Option(None, "--topic", "-t", help="Only these topics (repeatable)."),
-    max_attempts: int = typer.Option(10, "--max-attempts", min=1, help="Attempts before a message is dead."),
+    max_attempts: int = typer.Option(10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."),
     backoff: str = typer.Option("5s", "--backoff", help="First retry delay; doubles per failure."),
     backoff_max: str = typer.Option("1h", "--backoff-max", help="Longest retry delay."),
     lease: str = typer.Option(

@@ -28,7 +28,7 @@ def list_(ctx: typer.Context) -> None:
     Example: cqrsctl --app samples/bank/app.py projections list
     """
     rt = runtime(ctx)
-    rows = service.status(rt.store(), rt.app())
+    rows = service.status(rt.reading(), rt.app())
     if rt.output.json:
         rt.output.data(rows)
         return
@@ -59,7 +59,7 @@ def status(
     Example: cqrsctl --app samples/bank/app.py projections status balances --json
     """
     rt = runtime(ctx)
-    rows = service.status(rt.store(), rt.app(), names)
+    rows = service.status(rt.reading(), rt.app(), names)
     if rt.output.json:
         rt.output.data(rows)
         return
@@ -95,7 +95,7 @@ def rebuild(
     names: list[str] = typer.Argument(None, help="Projections to rebuild."),
     all_: bool = typer.Option(False, "--all", help="Rebuild every projection."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would happen; change nothing."),
-    batch: int = typer.Option(service.REBUILD_BATCH, "--batch", min=1, help="Events per transaction."),
+    batch: int = typer.Option(service.REBUILD_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
 ) -> None:
     """Replay all events into shadow tables, then swap them in atomically.
 
@@ -176,8 +176,8 @@ def catch_up(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Projections to run (default: all)."),
     timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds (exit 13)."),
-    batch: int = typer.Option(service.STEP_BATCH, "--batch", min=1, help="Events per transaction."),
-    retries: int = typer.Option(3, "--retries", min=0, help="Retries of a failing handler before `failed`."),
+    batch: int = typer.Option(service.STEP_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
+    retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
     retry_delay: float = typer.Option(
         0.2, "--retry-delay", min=0, help="First back-off after a handler fails (×5 per attempt)."
     ),

@@ -26,8 +26,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Settings
-from ..errors import NotConfirmedError, UsageError, ValidationError
-from ..redaction import scrub
+from ..errors import DatabaseError, NotConfirmedError, UsageError, ValidationError
+from ..redaction import redact, scrub
 from ..store import Store, iso, open_store
 
 
@@ -54,12 +54,31 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")
 
 
+# Control characters (C0, DEL, C1) and the invisible ones that reorder text: data must
+# never move the cursor, retitle the window or clear the screen.
+_UNSAFE = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))
+} | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def safe(text: str) -> str:
+    """`text` with control characters shown escaped (`\\x1b`), for a terminal or a log."""
+    return text.translate(_UNSAFE)
+
+
+# Off a terminal (cron logs, pipes) tables are as wide as their content: nothing is
+# wrapped or cut, whatever the width of the terminal that is not there.
+_UNBOUNDED = 1_000_000
+
+
 class Output:
     """Data to stdout (a table for people, JSON for scripts); talk and errors to stderr."""
 
     def __init__(self, json: bool = False, quiet: bool = False, verbose: bool = False) -> None:
         self.json, self.quiet, self.verbose = json, quiet, verbose
         self.out = Console(soft_wrap=False)
+        if not self.out.is_terminal:
+            self.out = Console(soft_wrap=False, width=_UNBOUNDED)
         self.err = Console(stderr=True)
 
     @property
@@ -80,10 +99,10 @@ class Output:
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
         # Cells and titles are Text, never markup: stored data may hold "[...]".
-        table = Table(*columns, title=None if title is None else Text(title), header_style="bold")
+        table = Table(*columns, title=None if title is None else Text(safe(title)), header_style="bold")
         for row in rows:
             table.add_row(
-                *(Text("" if v is None else (iso(v) if isinstance(v, datetime) else str(v))) for v in row)
+                *(Text("" if v is None else (iso(v) if isinstance(v, datetime) else safe(str(v)))) for v in row)
             )
         self.out.print(table)
 
@@ -93,14 +112,14 @@ class Output:
     def say(self, message: str) -> None:
         """A line for people (stderr), silenced by --quiet and --json."""
         if not self.quiet and not self.json:
-            self.err.print(message, highlight=False, markup=False, soft_wrap=True)
+            self.err.print(safe(message), highlight=False, markup=False, soft_wrap=True)
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            self.err.print(Text(message, style="dim"), highlight=False)
+            self.err.print(Text(safe(message), style="dim"), highlight=False, soft_wrap=True)
 
     def error(self, message: str) -> None:
-        self.err.print(Text("error:", style="bold red"), Text(message), highlight=False, soft_wrap=True)
+        self.err.print(Text("error:", style="bold red"), Text(safe(message)), highlight=False, soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Any]:
@@ -130,10 +149,18 @@ class Runtime:
         self._store: Store | None = None
         self._app: Any = None
 
-    def store(self, migrate: bool = True) -> Store:
+    def store(self, migrate: bool = True, *, read_only: bool = False) -> Store:
+        """The store; `read_only` neither creates a missing SQLite file nor migrates."""
         if self._store is None:
-            self._store = open_store(self.settings.db, migrate=migrate)
+            self._store = open_store(self.settings.db, migrate=migrate and not read_only, create=not read_only)
         return self._store
+
+    def reading(self) -> Store:
+        """The store for a command that only reads: it must exist, and is not migrated."""
+        store = self.store(read_only=True)
+        if store.schema_version() == 0:
+            raise DatabaseError(f"no store at {redact(self.settings.db)}; run `cqrsctl init`")
+        return store
 
     def app(self, required: bool = True) -> Any:
         if self._app is None and (self.settings.app or required):

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..services import sagas as saga_service
-from .runtime import runtime
+from .runtime import MAX_INT, runtime
 
 sagas_app = typer.Typer(no_args_is_help=True, help="Inspect, run and retry sagas (process managers).")
 
@@ -31,14 +31,14 @@ def sagas_list(
         None, "--status", "-s", help="in_progress, completed, compensating, compensated, failed, timed_out."
     ),
     saga_type: str = typer.Option(None, "--type", "-t", help="Only sagas of this type."),
-    limit: int = typer.Option(100, "--limit", "-n", min=1, help="At most this many."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many."),
 ) -> None:
     """List saga instances.
 
     Example: cqrsctl sagas list --status failed --json
     """
     rt = runtime(ctx)
-    records = saga_service.list_sagas(rt.store(), status, saga_type, limit)
+    records = saga_service.list_sagas(rt.reading(), status, saga_type, limit)
     if rt.output.json:
         rt.output.lines(saga_service.saga_view(r, None, []) for r in records)
         return
@@ -67,7 +67,7 @@ def sagas_show(
     Example: cqrsctl sagas show TransferSaga-Transfer-T1 --json
     """
     rt = runtime(ctx)
-    view = saga_service.show_saga(rt.store(), rt.app(required=False), saga_id)
+    view = saga_service.show_saga(rt.reading(), rt.app(required=False), saga_id)
     if rt.output.json:
         rt.output.data(view)
         return
@@ -124,7 +124,7 @@ def sagas_run(
     now: str = typer.Option(
         None, "--now", help="Take this UTC time as now for deadlines (testing, back-fills)."
     ),
-    batch: int = typer.Option(saga_service.BATCH, "--batch", min=1, help="Events per transaction."),
+    batch: int = typer.Option(saga_service.BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
 ) -> None:
     """Advance sagas: handle new events, fire due deadlines, dispatch their commands.
 

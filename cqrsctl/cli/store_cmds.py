@@ -17,7 +17,7 @@ from ..services.events import follow, parse_append_lines
 from ..services.outbox import parse_duration
 from ..store import NewEvent, parse_expected
 from ..store.base import utcnow
-from .runtime import MAX_INT, parse_json_object, runtime
+from .runtime import MAX_INT, confirm, parse_json_object, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
 
@@ -57,7 +57,7 @@ def append(
         None, "--event-id", help="Event UUID (appending the same id again is a no-op)."
     ),
     schema_version: int = typer.Option(
-        1, "--schema-version", min=1, help="Schema version of the event's data."
+        1, "--schema-version", min=1, max=2**31 - 1, help="Schema version of the event's data."
     ),
     file: str = typer.Option(
         None,
@@ -135,14 +135,14 @@ def _read_input(name: str) -> bytes:
 def streams_list(
     ctx: typer.Context,
     category: str = typer.Option(None, "--category", "-c", help="Only streams of this category."),
-    limit: int = typer.Option(100, "--limit", "-n", min=1, help="At most this many streams."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many streams."),
 ) -> None:
     """List streams with their version and first/last positions.
 
     Example: cqrsctl streams list --category Account --limit 20
     """
     rt = runtime(ctx)
-    streams = rt.store().list_streams(category, limit)
+    streams = rt.reading().list_streams(category, limit)
     if rt.output.json:
         rt.output.lines(streams)
         return
@@ -159,15 +159,15 @@ def streams_list(
 def streams_show(
     ctx: typer.Context,
     stream: str = typer.Argument(..., help="Stream id."),
-    from_version: int = typer.Option(1, "--from-version", min=1, help="First version to show."),
-    limit: int = typer.Option(None, "--limit", "-n", min=1, help="At most this many events."),
+    from_version: int = typer.Option(1, "--from-version", min=1, max=MAX_INT, help="First version to show."),
+    limit: int = typer.Option(None, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events."),
 ) -> None:
     """Show the events of one stream.
 
     Example: cqrsctl streams show Account-A-1 --from-version 3
     """
     rt = runtime(ctx)
-    store = rt.store()
+    store = rt.reading()
     events = store.read_stream(stream, from_version, limit=limit)
     if not events and store.stream_version(stream) == 0:
         raise NotFoundError(f"stream {stream!r} not found")
@@ -196,11 +196,11 @@ def _render_events(rt: Any, events: list[Any]) -> None:
 
 def events(
     ctx: typer.Context,
-    from_position: int = typer.Option(0, "--from-position", min=0, help="Start after this global position."),
+    from_position: int = typer.Option(0, "--from-position", min=0, max=MAX_INT, help="Start after this global position."),
     category: list[str] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
     event_type: list[str] = typer.Option(None, "--type", "-t", help="Only these event types (repeatable)."),
     limit: int = typer.Option(
-        100, "--limit", "-n", min=1, help="At most this many events (without --follow)."
+        100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events (without --follow)."
     ),
     follow_: bool = typer.Option(
         False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines)."
@@ -211,7 +211,7 @@ def events(
     Example: cqrsctl events --category Account --from-position 100 --json
     """
     rt = runtime(ctx)
-    store = rt.store()
+    store = rt.reading()
     if follow_:
         rt.output.lines(follow(store, from_position, category or None, event_type or None))
         return
@@ -229,7 +229,7 @@ def export(
     Example: cqrsctl --db sqlite:///bank.db export -o bank.jsonl
     """
     rt = runtime(ctx)
-    store = rt.store()
+    store = rt.reading()
     if output is None:
         n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category)
     else:
@@ -237,8 +237,11 @@ def export(
             f = output.open("wb")
         except OSError as exc:
             raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
-        with f:
-            n = transfer.export_events(store, f, stream=stream, category=category)
+        try:
+            with f:
+                n = transfer.export_events(store, f, stream=stream, category=category)
+        except OSError as exc:
+            raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
     rt.output.say(f"exported {n} events")
 
 
@@ -259,6 +262,8 @@ def import_(
         help="With --from or dynamodb-export, a stream that skips versions: stop (import nothing, exit 19)"
         " or report (import each stream up to its first gap).",
     ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and say what would be imported; write nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before importing into a store that has events."),
 ) -> None:
     """Import events keeping event ids, stream versions and order; re-importing is a no-op.
 
@@ -275,15 +280,24 @@ def import_(
         raise UsageError("give either FILE or --from URL")
     if source is None and input_format == "cqrsctl":
         assert file is not None
-        total = transfer.count_export(file)
+        total = transfer.check_export(file)
         store = rt.store()
+        if not dry_run and store.head() > 0:
+            confirm(rt, f"The store already holds events (head {store.head()}): import {total} more into it?", yes)
         with rt.output.progress("importing", total) as advance:
-            imported, skipped = transfer.import_file(store, file, on_progress=advance)
+            result = transfer.import_file(store, file, dry_run=dry_run, actor=rt.actor, on_progress=advance)
         if rt.output.json:
-            rt.output.data({"imported": imported, "skipped": skipped})
+            rt.output.data(result)
+        elif dry_run:
+            rt.output.say(
+                f"would import {result.imported} events and skip {result.skipped} already present;"
+                " nothing changed (--dry-run)"
+            )
         else:
-            rt.output.say(f"imported {imported} events, skipped {skipped} already present")
+            rt.output.say(f"imported {result.imported} events, skipped {result.skipped} already present")
         return
+    if dry_run:
+        raise UsageError("--dry-run is available for cqrsctl export files only")
     events = sources.open_source(source, file, input_format)
     with rt.output.progress("reading", None) as advance:
         staged = sources.stage(events, on_gap=on_gap, on_read=advance)
@@ -307,7 +321,7 @@ def import_(
 def doctor(
     ctx: typer.Context,
     max_lag: int = typer.Option(
-        None, "--max-lag", min=0, help="Unhealthy when a projection is more than N events behind."
+        None, "--max-lag", min=0, max=MAX_INT, help="Unhealthy when a projection is more than N events behind."
     ),
 ) -> None:
     """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
@@ -315,7 +329,7 @@ def doctor(
     Example: cqrsctl --db postgresql://postgres@localhost/prod doctor --json
     """
     rt = runtime(ctx)
-    report = doctor_service.diagnose(rt.store(migrate=False), rt.app(required=False), max_lag)
+    report = doctor_service.diagnose(rt.store(read_only=True), rt.app(required=False), max_lag)
     if rt.output.json:
         rt.output.data(report)
     else:
@@ -344,7 +358,7 @@ def audit(
     Example: cqrsctl audit --since 7d --kind projections
     """
     rt = runtime(ctx)
-    entries = journal.entries(rt.store(migrate=False), _since(since), kind or None, limit)
+    entries = journal.entries(rt.reading(), _since(since), kind or None, limit)
     if rt.output.json:
         rt.output.lines(entries)
         return

@@ -11,7 +11,7 @@ from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new, fold, 
 from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
 from ..store import NewEvent, Snapshot, Store, Transaction
 from ..store.base import new_id, utcnow
-from .jsonl import json_objects
+from .jsonl import Identifier, Line, validated
 from .outbox import write_outbox
 
 
@@ -311,15 +311,19 @@ def load(
     return fold(app, agg, events)
 
 
+class DispatchLine(Line):
+    """One line of `dispatch --file`."""
+
+    command: Identifier | None = None
+    data: dict[str, Any] = {}
+    id: Identifier | None = None
+    metadata: dict[str, Any] = {}
+
+
 def parse_batch(lines: Iterable[bytes], default_command: str | None = None) -> Iterator[BatchItem]:
     """JSONL of {"command", "data", "id", "metadata"}; a bad line fails before anything is dispatched."""
-    for number, d in json_objects(lines):
-        name = d.get("command") or default_command
-        if not isinstance(name, str) or not name:
+    for number, line in validated(DispatchLine, lines):
+        name = line.command or default_command
+        if not name:
             raise ValidationError(f'line {number}: missing "command"')
-        data = d.get("data", {})
-        metadata = d.get("metadata") or {}
-        if not isinstance(data, dict) or not isinstance(metadata, dict):
-            raise ValidationError(f'line {number}: "data" and "metadata" must be JSON objects')
-        command_id = d.get("id")
-        yield BatchItem(number, name, data, None if command_id is None else str(command_id), metadata)
+        yield BatchItem(number, name, line.data, line.id, line.metadata)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from ..errors import ValidationError
-from ..store import ExpectedVersion, NewEvent, Store, StoredEvent, parse_expected
-from .jsonl import json_objects
+from ..store import ExpectedVersion, NewEvent, Store, StoredEvent
+from .jsonl import EventType, Identifier, Line, SchemaVersion, StreamId, validated
 
 FOLLOW_PAGE = 500
 
@@ -32,24 +35,25 @@ def follow(
 AppendItem = tuple[int, str, list[NewEvent], ExpectedVersion]
 
 
+class AppendLine(Line):
+    """One line of `append --file`."""
+
+    stream: StreamId
+    type: EventType
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    event_id: Identifier | None = None
+    expected_version: Annotated[int, Field(ge=0, le=2**63 - 1)] | Literal["any", "no-stream", "exists"] = "any"
+    schema_version: SchemaVersion = 1
+
+
 def parse_append_lines(raw: bytes) -> list[AppendItem]:
     """Parse a JSONL append batch completely (so a bad line writes nothing)."""
-    items: list[AppendItem] = []
-    for number, d in json_objects(raw.splitlines()):
-        stream, event_type, data = d.get("stream"), d.get("type"), d.get("data", {})
-        if not isinstance(stream, str) or not stream:
-            raise ValidationError(f'line {number}: missing "stream"')
-        if not isinstance(event_type, str) or not event_type:
-            raise ValidationError(f'line {number}: missing "type"')
-        metadata = d.get("metadata") or {}
-        if not isinstance(data, dict) or not isinstance(metadata, dict):
-            raise ValidationError(f'line {number}: "data" and "metadata" must be JSON objects')
-        try:
-            expected = parse_expected(d.get("expected_version"))
-        except Exception as exc:
-            raise ValidationError(f"line {number}: {exc}") from None
-        event = NewEvent(event_type, data, metadata, d.get("event_id"), int(d.get("schema_version", 1)))
-        items.append((number, stream, [event], expected))
+    items: list[AppendItem] = [
+        (number, line.stream, [NewEvent(line.type, line.data, line.metadata, line.event_id, line.schema_version)],
+         line.expected_version)
+        for number, line in validated(AppendLine, raw.splitlines())
+    ]  # fmt: skip
     if not items:
         raise ValidationError("the batch has no events")
     return items

@@ -605,8 +605,8 @@ def purge(
     bad = set(statuses) - {"delivered", "dead"}
     if bad:
         raise UsageError(f"only delivered and dead messages can be purged, not {sorted(bad)[0]}")
-    if older_than <= timedelta(0):
-        raise UsageError("the age must be positive: only messages older than it are purged")
+    if older_than < timedelta(0):
+        raise UsageError("the age must not be negative: only messages older than it are purged")
     before = (now or utcnow()) - older_than
     try:
         with store.transaction() as tx:
@@ -633,9 +633,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MAX_DURATION = timedelta(days=36_500)
 
 
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as a timedelta: positive, finite,
-    at most 100 years."""
+def parse_duration(text: str, *, zero: bool = False) -> timedelta:
+    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as a timedelta: positive (or zero
+    when `zero`), finite, at most 100 years."""
     t = text.strip().lower()
     number, unit = (t[:-1], _UNITS[t[-1]]) if t and t[-1] in _UNITS else (t, 1)
     try:
@@ -644,7 +644,7 @@ def parse_duration(text: str) -> timedelta:
         seconds = float("nan")
     if not math.isfinite(seconds):
         raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 7d")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not zero):
         raise UsageError(f"invalid duration {text!r}: it must be positive")
     if seconds > _MAX_DURATION.total_seconds():
         raise UsageError(f"invalid duration {text!r}: at most 100 years")

@@ -473,7 +473,8 @@ class Staged:
 
     def import_into(self, store: Store, *, on_progress: Callable[[int], None] | None = None) -> SourceReport:
         """Import the checked events: ids and versions kept, ids already in `store` skipped."""
-        imported, present = transfer.import_events(store, self._staging.events(), on_progress=on_progress)
+        result = transfer.import_events(store, enumerate(self._staging.events(), 1), on_progress=on_progress)
+        imported, present = result.imported, result.skipped
         self.report.imported, self.report.already_present = imported, present
         return self.report
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import orjson
+from pydantic import Field, field_validator
 
-from ..errors import FileAccessError, ValidationError
+from ..errors import FileAccessError
 from ..store import Store, StoredEvent
-from .jsonl import json_objects
+from . import journal
+from .jsonl import EventType, Identifier, Line, Position, SchemaVersion, StreamId, validated
 
 IMPORT_BATCH = 1000
 
@@ -31,64 +34,113 @@ def export_events(
     return n
 
 
-def _decode(number: int, d: dict[str, Any]) -> StoredEvent:
-    try:
+class ImportLine(Line):
+    """One line of an export (what `cqrsctl export` writes); `global_position` is the
+    event's position in the source store, kept only for reading: the target gives its own."""
+
+    global_position: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    stream_id: StreamId
+    stream_version: Position
+    event_id: Identifier
+    event_type: EventType
+    schema_version: SchemaVersion = 1
+    data: dict[str, Any]
+    metadata: dict[str, Any] = {}
+    recorded_at: str
+
+    @field_validator("recorded_at")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            at.astimezone(UTC)
+        except (ValueError, OverflowError):
+            at = None
+        if at is None or at.tzinfo is None:
+            raise ValueError("not an ISO 8601 timestamp with a time zone (Z or +hh:mm)")
+        return value
+
+    def event(self) -> StoredEvent:
+        at = datetime.fromisoformat(self.recorded_at.replace("Z", "+00:00")).astimezone(UTC)
         return StoredEvent(
-            global_position=int(d.get("global_position") or 0),
-            stream_id=str(d["stream_id"]),
-            stream_version=int(d["stream_version"]),
-            event_id=str(d["event_id"]),
-            event_type=str(d["event_type"]),
-            schema_version=int(d.get("schema_version", 1)),
-            data=dict(d["data"]),
-            metadata=dict(d.get("metadata") or {}),
-            recorded_at=datetime.fromisoformat(str(d["recorded_at"]).replace("Z", "+00:00")),
-        )
-    except KeyError as exc:
-        raise ValidationError(f"line {number}: missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"line {number}: {exc}") from None
+            self.global_position, self.stream_id, self.stream_version, self.event_id, self.event_type,
+            self.schema_version, self.data, self.metadata, at,
+        )  # fmt: skip
 
 
-def read_export(lines: Iterable[bytes]) -> Iterator[StoredEvent]:
-    for number, d in json_objects(lines):
-        yield _decode(number, d)
+def read_export(lines: Iterable[bytes]) -> Iterator[tuple[int, StoredEvent]]:
+    """(line number, event) for each line of an export; the first bad line raises
+    ValidationError naming its number and field."""
+    for number, line in validated(ImportLine, lines):
+        yield number, line.event()
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    skipped: int = 0  # already in the store with the same content
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"imported": self.imported, "skipped": self.skipped}
+        return {**out, "dry_run": True} if self.dry_run else out
+
+
+class _Preview(Exception):
+    def __init__(self, result: ImportResult) -> None:
+        self.result = result
 
 
 def import_events(
     store: Store,
-    events: Iterable[StoredEvent],
+    events: Iterable[tuple[int, StoredEvent]],
     *,
+    source: str = "",
+    dry_run: bool = False,
+    actor: str | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Import exported events in order, keeping ids and stream versions.
+) -> ImportResult:
+    """Import validated events, `(line number, event)` in order, keeping ids and stream
+    versions: all of them or none, in one transaction (journaled, with `source`).
 
-    Events whose id is already in the store are skipped, so importing the same file
-    twice is a no-op. Returns (imported, skipped). Each batch commits on its own; a
-    failed batch leaves the earlier ones in place and can be resumed by re-running.
+    Events whose id is already in the store with the same content are skipped, so
+    importing the same file twice imports nothing; an id there with other content, or a
+    stream version that does not follow the store's, fails naming the line (exit 4) and
+    leaves the store as it was. Memory stays flat: events are inserted in batches. With
+    `dry_run`, everything is checked and inserted, then rolled back: the result says
+    exactly what an import would do.
     """
-    imported = seen = 0
+    result = ImportResult(dry_run=dry_run)
     batch: list[StoredEvent] = []
+    lines: list[int] = []
+    try:
+        with store.transaction(appending=True) as tx:
 
-    def flush() -> None:
-        nonlocal imported, seen
-        with store.transaction() as tx:
-            imported += tx.import_events(batch)
-        seen += len(batch)
-        if on_progress:
-            on_progress(len(batch))
-        batch.clear()
+            def flush() -> None:
+                n = tx.import_events(batch, lines)
+                result.imported += n
+                result.skipped += len(batch) - n
+                if on_progress:
+                    on_progress(len(batch))
+                batch.clear()
+                lines.clear()
 
-    for event in events:
-        batch.append(event)
-        if len(batch) >= IMPORT_BATCH:
-            flush()
-    if batch:
-        flush()
-    return imported, seen - imported
+            for number, event in events:
+                batch.append(event)
+                lines.append(number)
+                if len(batch) >= IMPORT_BATCH:
+                    flush()
+            if batch:
+                flush()
+            if dry_run:
+                raise _Preview(result)
+            journal.record(tx, "import", {"source": source}, result.to_dict(), actor)
+    except _Preview as preview:
+        return preview.result
+    return result
 
 
-def count_export(path: Path) -> int:
+def check_export(path: Path) -> int:
     """Validate a whole export file before anything is written; returns its event count."""
     try:
         with path.open("rb") as f:
@@ -98,9 +150,20 @@ def count_export(path: Path) -> int:
 
 
 def import_file(
-    store: Store, path: Path, *, on_progress: Callable[[int], None] | None = None
-) -> tuple[int, int]:
-    """Validate `path`, then import it; see :func:`import_events`."""
-    count_export(path)
-    with path.open("rb") as f:
-        return import_events(store, read_export(f), on_progress=on_progress)
+    store: Store,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Validate all of `path` (nothing is written if a line is bad), then import it in one
+    transaction; see :func:`import_events`."""
+    check_export(path)
+    try:
+        with path.open("rb") as f:
+            return import_events(
+                store, read_export(f), source=str(path), dry_run=dry_run, actor=actor, on_progress=on_progress
+            )
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {path}: {exc.strerror}") from None

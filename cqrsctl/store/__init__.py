@@ -43,13 +43,14 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
-    """Open the store at `url` (`sqlite:///file.db` or `postgresql://…`), migrating it forward."""
+def open_store(url: str, *, migrate: bool = True, create: bool = True) -> Store:
+    """Open the store at `url` (`sqlite:///file.db` or `postgresql://…`), migrating it forward.
+    Without `create`, a missing SQLite file is an error rather than a new, empty store."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url, migrate=migrate)
+        return SQLiteStore(url, migrate=migrate, create=create)
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 

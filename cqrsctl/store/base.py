@@ -101,7 +101,7 @@ def parse_expected(value: str | int | None) -> ExpectedVersion:
     text = str(value).strip().lower()
     if text in (ANY, NO_STREAM, EXISTS):
         return text  # type: ignore[return-value]
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": int() refuses what isdigit() accepts
         return int(text)
     raise UsageError(f"invalid expected version {value!r}: use any, no-stream, exists or a number")
 
@@ -126,6 +126,15 @@ def validate_stream_id(stream_id: str) -> None:
         raise ValidationError("stream id is longer than 500 characters")
     if "\x00" in stream_id:
         raise ValidationError("stream id contains a NUL character")
+
+
+def validate_event_type(event_type: str) -> None:
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise ValidationError("event type must be a non-empty string")
+    if len(event_type) > 200:
+        raise ValidationError("event type is longer than 200 characters")
+    if "\x00" in event_type:
+        raise ValidationError("event type contains a NUL character")
 
 
 @dataclass(slots=True)
@@ -405,7 +414,11 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def dumps(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:
+        # Nested deeper than 254 levels, an integer beyond 64 bits, a value JSON lacks.
+        raise ValidationError(f"the data cannot be stored as JSON: {exc}") from None
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise ValidationError("JSON data contains a NUL character (\\u0000), which the store cannot hold")
     return text
@@ -446,8 +459,8 @@ class Transaction(ABC):
         validate_stream_id(stream_id)
         if not events:
             raise ValidationError("nothing to append: no events given")
-        if any("\x00" in e.type for e in events):
-            raise ValidationError("event type contains a NUL character")
+        for e in events:
+            validate_event_type(e.type)
         self._lock_for_append()
         given = [e.event_id for e in events if e.event_id]
         if given:
@@ -496,21 +509,27 @@ class Transaction(ABC):
             duplicate=True,
         )
 
-    def import_events(self, events: Sequence[StoredEvent]) -> int:
-        """Insert exported events keeping ids and stream versions; known ids are skipped."""
+    def import_events(self, events: Sequence[StoredEvent], lines: Sequence[int] | None = None) -> int:
+        """Insert exported events keeping ids and stream versions; ids already stored with
+        the same content are skipped. `lines` (one per event) name the failing line in errors."""
         if not events:
             return 0
         self._lock_for_append()
         existing = {e.event_id: e for e in self._events_by_id([e.event_id for e in events])}
         versions: dict[str, int] = {}
         rows: list[EventRow] = []
-        for e in events:
+        for i, e in enumerate(events):
+            at = f"line {lines[i]}: " if lines is not None else ""
+            validate_stream_id(e.stream_id)
+            validate_event_type(e.event_type)
             old = existing.get(e.event_id)
             if old is not None:
-                if old.stream_id != e.stream_id or old.stream_version != e.stream_version:
+                if (old.stream_id, old.stream_version, old.event_type, old.data) != (
+                    e.stream_id, e.stream_version, e.event_type, orjson.loads(dumps(e.data))
+                ):  # fmt: skip
                     raise DuplicateEventError(
-                        f"event id {e.event_id} exists in the target as "
-                        f"{old.stream_id}@{old.stream_version}, not {e.stream_id}@{e.stream_version}"
+                        f"{at}event id {e.event_id} exists in the store with other content "
+                        f"(as {old.stream_id}@{old.stream_version}, {old.event_type})"
                     )
                 continue
             if e.stream_id not in versions:
@@ -518,7 +537,9 @@ class Transaction(ABC):
                 versions[e.stream_id] = self._stream_version(e.stream_id)
             expected_next = versions[e.stream_id] + 1
             if e.stream_version != expected_next:
-                raise ConcurrencyError(e.stream_id, e.stream_version - 1, versions[e.stream_id])
+                error = ConcurrencyError(e.stream_id, e.stream_version - 1, versions[e.stream_id])
+                error.args = (f"{at}{error}",)
+                raise error
             versions[e.stream_id] = expected_next
             rows.append(
                 (

@@ -788,6 +788,8 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
             rest.append((key, value))
     if not _IDENT.match(schema):
         raise UsageError(f"invalid schema name {schema!r}: letters, digits and _ only")
+    if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+        raise UsageError(f"schema {schema!r} belongs to PostgreSQL itself: name a schema of your own")
     conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
     return conninfo, schema
 
@@ -1285,6 +1287,8 @@ class PostgresTracking(Tracking):
                 f"{_q(c[1:])} DESC" if c.startswith("-") else _q(c) for c in order_by
             )
         if limit is not None:
+            if int(limit) < 0:
+                raise UsageError(f"limit must not be negative, got {limit}")
             query += f" LIMIT {int(limit)}"
         self.cur.execute(query, params)
         return [dict(zip(names, r, strict=True)) for r in self.cur.fetchall()]

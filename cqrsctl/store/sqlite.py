@@ -784,7 +784,7 @@ class SQLiteStore(Store):
 
     backend = "sqlite"
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, create: bool = True) -> None:
         self.url = url
         self.path, options = parse_sqlite_url(url)
         unknown = set(options) - {"synchronous", "busy_timeout"}
@@ -803,6 +803,8 @@ class SQLiteStore(Store):
                 raise DatabaseError(
                     f"cannot open sqlite database {self.path}: directory {parent} does not exist"
                 )
+            if not create and not Path(self.path).exists():
+                raise DatabaseError(f"no store at {self.path}; run `cqrsctl init`")
         self.turns = _turns(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -1283,6 +1285,8 @@ class SQLiteTracking(Tracking):
                 f"{_q(c[1:])} DESC" if c.startswith("-") else _q(c) for c in order_by
             )
         if limit is not None:
+            if int(limit) < 0:
+                raise UsageError(f"limit must not be negative, got {limit}")
             sql += f" LIMIT {int(limit)}"
         return self._rows_out(table, self.conn.execute(sql, params))
 
