@@ -13,6 +13,9 @@ import pytest
 from helpers import BANK_APP, all_events, assert_error, cli, jsonl
 from psycopg import sql
 
+from cqrsctl.loader import load_app
+from cqrsctl.services import projections
+from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.store import NewEvent, open_store
 from cqrsctl.store.postgres import parse_postgres_url
 from cqrsctl.store.sqlite import parse_sqlite_url
@@ -40,14 +43,18 @@ def every_row(url: str) -> dict[str, list[tuple[Any, ...]]]:
         }  # type: ignore[misc]
 
 
+BANK = load_app(BANK_APP)
+
+
 @pytest.fixture
 def seeded(store_url: str) -> str:
     """A store with an account, a rebuilt projection and a journal: something to damage."""
-    base = ("--db", store_url, "--app", BANK_APP)
-    cli(*base, "init").ok()
-    cli(*base, "dispatch", "OpenAccount", "--data", '{"account_id": "A-1", "owner": "Ada"}').ok()
-    cli(*base, "dispatch", "Deposit", "--data", '{"account_id": "A-1", "amount": "10"}', "--id", "dep-1").ok()
-    cli(*base, "projections", "rebuild", "balances").ok()
+    with open_store(store_url, migrate=False) as store:
+        store.initialise()
+        dispatcher = Dispatcher(BANK, store)
+        dispatcher.dispatch("OpenAccount", {"account_id": "A-1", "owner": "Ada"})
+        dispatcher.dispatch("Deposit", {"account_id": "A-1", "amount": "10"}, command_id="dep-1")
+        projections.rebuild(store, BANK, "balances")
     return store_url
 
 
@@ -78,7 +85,7 @@ BAD_INPUTS: list[tuple[str, list[str], str | None, str | None, int, tuple[str, .
      '{"command": "Deposit", "id": "d3", "id": "d4", "data": {"account_id": "A-1", "amount": "5"}}\n', 3,
      ("duplicate key 'id'",)),
     ("dispatch: numeric id", ["dispatch", "--file", "{file}"], None,
-     '{"command": "Deposit", "id": 7, "data": {"account_id": "A-1", "amount": "5"}}\n', 3, ("'id'",)),
+     '{"command": "Deposit", "id": 7, "data": {"account_id": "A-1", "amount": "5"}}\n', 3, ('"id"',)),
     ("append: misspelt expected_version", ["append", "--file", "{file}"], None,
      '{"stream": "A-1", "type": "X", "data": {}, "expected_versoin": 0}\n', 3, ('unknown key "expected_versoin"',)),
     ("append: schema_version abc", ["append", "--file", "{file}"], None,

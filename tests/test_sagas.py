@@ -110,6 +110,7 @@ def test_transfer_saga_happy_and_compensation_paths_through_the_cli(store_url: s
 
 
 def test_saga_cli_errors(store_url: str) -> None:
+    ok(run_cli(store_url, BANK, "init"))  # reading commands never create the store
     result = run_cli(store_url, BANK, "sagas", "show", "nope")
     assert result.exit_code == 6 and "not found" in result.stderr
     result = run_cli(store_url, BANK, "sagas", "list", "--status", "bogus")

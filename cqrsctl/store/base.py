@@ -417,8 +417,11 @@ def dumps(value: Any) -> str:
     try:
         text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError as exc:
-        # Nested deeper than 254 levels, an integer beyond 64 bits, a value JSON lacks.
-        raise ValidationError(f"the data cannot be stored as JSON: {exc}") from None
+        # Input that parsed as JSON but cannot be stored (nested deeper than 254 levels, an
+        # integer beyond 64 bits) is bad input; a Python value JSON lacks (a set) is a bug.
+        if "Recursion limit" in str(exc) or "Integer exceeds" in str(exc):
+            raise ValidationError(f"the data cannot be stored as JSON: {exc}") from None
+        raise
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise ValidationError("JSON data contains a NUL character (\\u0000), which the store cannot hold")
     return text
