@@ -3,6 +3,7 @@ import, and a comparison of every table's rows before and after each bad input."
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,20 @@ def test_an_export_of_one_backend_imports_into_the_other(store_url_factory: Any,
         e.to_dict() | {"global_position": 0} for e in all_events(source)
     ]
     assert orjson.loads(path.read_bytes().splitlines()[0])["data"]["n"] == 2**63 - 1
+
+
+@pytest.mark.skipif(os.environ.get("CQRSCTL_STRESS") != "1", reason="200,000 streams: set CQRSCTL_STRESS=1")
+def test_an_import_of_more_streams_than_the_server_has_locks_is_one_transaction(
+    store_url: str, tmp_path: Path
+) -> None:
+    # PostgreSQL's shared lock table (max_locks_per_transaction × max_connections, with
+    # some slack) is out of memory long before 200,000 advisory locks, one per stream.
+    n = 200_000
+    path = tmp_path / "wide.jsonl"
+    path.write_text(
+        jsonl(
+            export_line(stream_id=f"W-{i}", event_id=f"00000000-0000-4000-8000-{i:012d}")
+            for i in range(n)  # type: ignore[arg-type]
+        )
+    )
+    assert cli("--db", store_url, "--json", "import", str(path)).ok().json() == {"imported": n, "skipped": 0}

@@ -115,6 +115,7 @@ def import_events(
     lines: list[int] = []
     try:
         with store.transaction(appending=True) as tx:
+            tx.lock_all_streams()
 
             def flush() -> None:
                 n = tx.import_events(batch, lines)

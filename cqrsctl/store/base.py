@@ -573,6 +573,11 @@ class Transaction(ABC):
         so its head read now stays true (SQLite: every writer already holds the database)."""
         self._lock_for_append()
 
+    def lock_all_streams(self) -> None:
+        """Hold every stream until this transaction ends (an import of any number of
+        streams in one transaction: one lock, not one per stream)."""
+        self._lock_for_append()
+
     @abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
         """A nested block: an exception in it undoes what it wrote, and only that."""

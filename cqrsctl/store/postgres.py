@@ -286,6 +286,7 @@ class PostgresTransaction(Transaction):
         # Streams this transaction holds (their lock is until commit, or until the
         # savepoint it was taken in rolls back).
         self._streams: set[str] = set()
+        self._all_streams = False  # lock_all_streams() was called
         self.nowait = False
         self.appended = False  # listeners get a NOTIFY after the commit
 
@@ -301,7 +302,7 @@ class PostgresTransaction(Transaction):
 
     def lock_stream(self, stream_id: str) -> None:
         self._lock_for_append()
-        if stream_id in self._streams:
+        if stream_id in self._streams or self._all_streams:
             return
         if self.nowait:
             self.cur.execute(_TRY_STREAM_LOCK, (self.store.stream_tag, stream_id))
@@ -310,6 +311,14 @@ class PostgresTransaction(Transaction):
         else:
             self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
         self._streams.add(stream_id)
+
+    def lock_all_streams(self) -> None:
+        # Advisory locks per stream would fill the server's lock table on a large import;
+        # this one lock makes every other appender wait for the commit instead.
+        self._lock_for_append()
+        if not self._all_streams:
+            self.cur.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+            self._all_streams = True
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
