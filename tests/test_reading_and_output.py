@@ -102,6 +102,7 @@ INTERNAL_ERRORS = [
     (("events", "--limit", "²"), 2, "--limit"),
     (("replay", "--aggregate", "A-1", "--as-of", "9999-12-31T23:59:59-23:59"), 2, "--as-of"),
     (("export", "-o", "/dev/full"), 15, "/dev/full"),
+    (("outbox", "drain", "--sink", "stdout", "--timeout", "inf"), 2, "finite"),
     (("append", "A-1", "X", "--data", '{"a": ' + "[" * 300 + "]" * 300 + "}"), 3, "JSON"),
 ]
 

@@ -9,7 +9,7 @@ import typer
 
 from ..services import daemon as service
 from ..services import projections as projection_service
-from .runtime import MAX_INT, Runtime, runtime
+from .runtime import MAX_INT, Runtime, finite, runtime
 
 
 def _logger(rt: Runtime) -> service.Log:
@@ -35,13 +35,13 @@ def daemon(
     no_outbox: bool = typer.Option(False, "--no-outbox", help="Do not drain the outbox (overrides the env)."),
     once: bool = typer.Option(False, "--once", help="Process what is there, then exit."),
     poll_interval: float = typer.Option(
-        None, "--poll-interval", min=0.01, help="Seconds between looks at the store (default 0.15 SQLite, 1 PostgreSQL)."
+        None, "--poll-interval", min=0.01, callback=finite, help="Seconds between looks at the store (default 0.15 SQLite, 1 PostgreSQL)."
     ),
     lease: float = typer.Option(
-        projection_service.LEASE_SECONDS, "--lease", min=1, help="Seconds a dead daemon's work stays locked."
+        projection_service.LEASE_SECONDS, "--lease", min=1, callback=finite, help="Seconds a dead daemon's work stays locked."
     ),
     retry_delay: float = typer.Option(
-        0.2, "--retry-delay", min=0, help="First back-off after a handler fails (×5 per attempt)."
+        0.2, "--retry-delay", min=0, callback=finite, help="First back-off after a handler fails (×5 per attempt)."
     ),
     retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
 ) -> None:

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..services import outbox as service
 from ..sinks import open_sink
 from ..store.base import utcnow
-from .runtime import MAX_INT, confirm, runtime, to_json
+from .runtime import MAX_INT, confirm, finite, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
 
@@ -197,7 +197,7 @@ def drain(
         " bullmq://…/QUEUE; ?format=cqrsctl|nestjs|cloudevents|cloudevents-binary|eventbridge.",
     ),
     max_messages: int = typer.Option(None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."),
-    timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds."),
+    timeout: float = typer.Option(None, "--timeout", min=0, callback=finite, help="Stop after this many seconds."),
     batch: int = typer.Option(100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."),
     topic: list[str] = typer.Option(None, "--topic", "-t", help="Only these topics (repeatable)."),
     max_attempts: int = typer.Option(10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."),
@@ -207,7 +207,7 @@ def drain(
         "60s", "--lease", help="How long a claim holds messages (renewed while sending)."
     ),
     send_timeout: float = typer.Option(
-        10.0, "--send-timeout", min=0.1, help="Seconds a sink may take per send."
+        10.0, "--send-timeout", min=0.1, callback=finite, help="Seconds a sink may take per send."
     ),
     now: str = typer.Option(None, "--now", hidden=True, help="Pretend the clock starts here (tests)."),
 ) -> None:

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from ..services import projections as service
-from .runtime import MAX_INT, confirm, runtime
+from .runtime import MAX_INT, confirm, finite, runtime
 
 projections_app = typer.Typer(no_args_is_help=True, help="Inspect, rebuild and run the app's projections.")
 
@@ -175,11 +175,11 @@ def reset(
 def catch_up(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Projections to run (default: all)."),
-    timeout: float = typer.Option(None, "--timeout", min=0, help="Stop after this many seconds (exit 13)."),
+    timeout: float = typer.Option(None, "--timeout", min=0, callback=finite, help="Stop after this many seconds (exit 13)."),
     batch: int = typer.Option(service.STEP_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
     retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
     retry_delay: float = typer.Option(
-        0.2, "--retry-delay", min=0, help="First back-off after a handler fails (×5 per attempt)."
+        0.2, "--retry-delay", min=0, callback=finite, help="First back-off after a handler fails (×5 per attempt)."
     ),
 ) -> None:
     """Process what is new and exit (for cron). Exit 14 when a projection is failed or stale,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -189,6 +190,13 @@ def scrub_urls(message: str, *urls: str | None) -> str:
 
 # The largest integer the stores hold (64-bit signed): the bound of every count and position option.
 MAX_INT = 2**63 - 1
+
+
+def finite(value: float | None) -> float | None:
+    """A callback for options in seconds: `inf` and `nan` are not durations."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number of seconds")
+    return value
 
 
 def confirm(rt: Runtime, question: str, yes: bool) -> None:
