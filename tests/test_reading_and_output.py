@@ -51,14 +51,14 @@ def test_reading_a_postgres_schema_that_is_not_there_creates_nothing(pg_dsn: str
 
 def test_read_commands_do_not_migrate(store_url: str) -> None:
     with open_store(store_url) as store, store.transaction() as tx:
-        tx.tracking.execute("DELETE FROM cqrsctl_schema WHERE version = 3")
+        tx.tracking.execute("DELETE FROM cqrsctl_schema WHERE version = 4")
     for command in (("streams", "list"), ("events",), ("outbox", "status")):
         cli("--db", store_url, *command).ok()
     with open_store(store_url, migrate=False) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
     cli("--db", store_url, "init").ok()
     with open_store(store_url, migrate=False) as store:
-        assert store.schema_version() == 3
+        assert store.schema_version() == 4
 
 
 def test_verbose_says_where_each_setting_came_from(store_url: str, tmp_path: Path) -> None:

@@ -907,7 +907,7 @@ class PostgresStore(Store):
                     raise
                 conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
     def ddl(self) -> str:
         statements = [
