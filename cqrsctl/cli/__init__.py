@@ -136,6 +136,9 @@ def _register() -> None:
     from . import daemon_cmds
 
     daemon_cmds.register(app)
+    from . import contract_cmds
+
+    contract_cmds.register(app)
 
 
 _register()

@@ -127,6 +127,9 @@ def replay(
     no_snapshot: bool = typer.Option(
         False, "--no-snapshot", help="Fold from the first event, ignoring snapshots."
     ),
+    raw: bool = typer.Option(
+        False, "--raw", help="With --events: show the events as stored, not as upcast by the app."
+    ),
 ) -> None:
     """Fold a stream into its aggregate and print the state.
 
@@ -148,7 +151,7 @@ def replay(
             rt.output.table(("field", f"v{lo}", f"v{hi}"), rows, title=f"{aggregate} {lo}..{hi}")
         return
     if events:
-        steps = replay_service.history(store, app, aggregate, at_version=at_version, as_of=when)
+        steps = replay_service.history(store, app, aggregate, at_version=at_version, as_of=when, raw=raw)
         if rt.output.json:
             rt.output.lines(steps)
         else:

@@ -12,7 +12,7 @@ import typer
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
 from ..services import doctor as doctor_service
 from ..services import sources, transfer
-from ..services.events import follow, parse_append_lines
+from ..services.events import follow, parse_append_lines, upcast_all
 from ..store import NewEvent, parse_expected
 from .runtime import parse_json_object, runtime
 
@@ -155,8 +155,11 @@ def streams_show(
     stream: str = typer.Argument(..., help="Stream id."),
     from_version: int = typer.Option(1, "--from-version", min=1, help="First version to show."),
     limit: int = typer.Option(None, "--limit", "-n", min=1, help="At most this many events."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Show events as stored, without the app's upcasters."
+    ),
 ) -> None:
-    """Show the events of one stream.
+    """Show the events of one stream (upcast to the app's current versions when an app is set).
 
     Example: cqrsctl streams show Account-A-1 --from-version 3
     """
@@ -165,7 +168,7 @@ def streams_show(
     events = store.read_stream(stream, from_version, limit=limit)
     if not events and store.stream_version(stream) == 0:
         raise NotFoundError(f"stream {stream!r} not found")
-    _render_events(rt, events)
+    _render_events(rt, events if raw else list(upcast_all(rt.app(required=False), events)))
 
 
 def _render_events(rt: Any, events: list[Any]) -> None:
@@ -199,17 +202,22 @@ def events(
     follow_: bool = typer.Option(
         False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines)."
     ),
+    raw: bool = typer.Option(
+        False, "--raw", help="Show events as stored, without the app's upcasters."
+    ),
 ) -> None:
-    """Read events across all streams in global order.
+    """Read events across all streams in global order (upcast when an app is set).
 
     Example: cqrsctl events --category Account --from-position 100 --json
     """
     rt = runtime(ctx)
     store = rt.store()
+    app = None if raw else rt.app(required=False)
     if follow_:
-        rt.output.lines(follow(store, from_position, category or None, event_type or None))
+        rt.output.lines(upcast_all(app, follow(store, from_position, category or None, event_type or None)))
         return
-    _render_events(rt, store.read_all(from_position, limit, category or None, event_type or None))
+    events = store.read_all(from_position, limit, category or None, event_type or None)
+    _render_events(rt, list(upcast_all(app, events)))
 
 
 def export(
@@ -217,22 +225,26 @@ def export(
     stream: str = typer.Option(None, "--stream", help="Only this stream."),
     category: str = typer.Option(None, "--category", help="Only this category."),
     output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    upcast: bool = typer.Option(
+        False, "--upcast", help="Write events as the app's current versions (through its upcasters)."
+    ),
 ) -> None:
     """Export events as JSON Lines in global order (for `import` into any backend).
 
     Example: cqrsctl --db sqlite:///bank.db export -o bank.jsonl
     """
     rt = runtime(ctx)
+    app = rt.app() if upcast else None
     store = rt.store()
     if output is None:
-        n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category)
+        n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category, app=app)
     else:
         try:
             f = output.open("wb")
         except OSError as exc:
             raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
         with f:
-            n = transfer.export_events(store, f, stream=stream, category=category)
+            n = transfer.export_events(store, f, stream=stream, category=category, app=app)
     rt.output.say(f"exported {n} events")
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import ValidationError
 from ..store import ExpectedVersion, NewEvent, Store, StoredEvent, parse_expected
 from .jsonl import json_objects
+
+if TYPE_CHECKING:
+    from ..app import App
 
 FOLLOW_PAGE = 500
 
@@ -27,6 +31,18 @@ def follow(
             after = batch[-1].global_position
         if len(batch) < FOLLOW_PAGE:
             time.sleep(poll_interval)
+
+
+def upcast_all(app: App | None, events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+    """`events` as the app's current code reads them: data and schema version after its
+    upcasters (see App.upcast_stored). Without an app, or an app with no upcasters, the
+    events pass through untouched."""
+    if app is None or not app.upcasters:
+        yield from events
+        return
+    upcast = app.upcast_stored
+    for event in events:
+        yield upcast(event)
 
 
 AppendItem = tuple[int, str, list[NewEvent], ExpectedVersion]

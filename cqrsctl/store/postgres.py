@@ -972,6 +972,17 @@ def _rm_in(kind: str, value: Any) -> Any:
     return dumps(value) if kind == "json" and value is not None else value
 
 
+# The window runs over three narrow columns; only the chosen rows are joined back for data.
+_SAMPLE = (
+    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data::text, s.n"
+    " FROM (SELECT global_position,"
+    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
+    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
+    " JOIN events e ON e.global_position = s.global_position"
+    " WHERE s.rn <= %s OR s.rn > s.n - %s ORDER BY e.global_position"
+)
+
+
 class PostgresTracking(Tracking):
     def __init__(self, cur: psycopg.Cursor[Any], head_sql: str) -> None:
         self.cur = cur
@@ -1012,6 +1023,12 @@ class PostgresTracking(Tracking):
         params.append(limit)
         self.cur.execute(query, params)
         return self.cur.fetchall()
+
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        self.cur.execute(_SAMPLE, (first, last))
+        rows = self.cur.fetchall()
+        counts = {(r[3], r[4]): r[6] for r in rows}
+        return [r[:6] for r in rows], counts
 
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:
         self.cur.execute(_CP_SELECT + " WHERE name = %s" + (" FOR UPDATE" if lock else ""), (name,))

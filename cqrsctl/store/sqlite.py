@@ -980,6 +980,17 @@ def _checkpoint(row: tuple[Any, ...], now: str) -> Checkpoint:
     )  # fmt: skip
 
 
+# The window runs over three narrow columns; only the chosen rows are joined back for data.
+_SAMPLE = (
+    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data, s.n"
+    " FROM (SELECT global_position,"
+    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
+    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
+    " JOIN events e ON e.global_position = s.global_position"
+    " WHERE s.rn <= ? OR s.rn > s.n - ? ORDER BY e.global_position"
+)
+
+
 class SQLiteTracking(Tracking):
     # Every write transaction is BEGIN IMMEDIATE, so holding one already excludes every
     # other writer: `lock=True` needs no row lock here.
@@ -1030,6 +1041,11 @@ class SQLiteTracking(Tracking):
         sql += " ORDER BY global_position LIMIT ?"
         params.append(limit)
         return self.conn.execute(sql, params).fetchall()
+
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        rows = self.conn.execute(_SAMPLE, (first, last)).fetchall()
+        counts = {(r[3], r[4]): r[6] for r in rows}
+        return [r[:6] for r in rows], counts
 
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:
         row = self.conn.execute(f"SELECT {_CP_COLUMNS} FROM checkpoints WHERE name = ?", (name,)).fetchone()

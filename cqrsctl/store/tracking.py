@@ -138,6 +138,11 @@ class Tracking(ABC):
         the planner believes about the table (fresh statistics or none). `lean` rows stop
         after `data` (no metadata, recorded_at, event_id): cheaper to fetch."""
 
+    @abstractmethod
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        """For each (event type, schema version) stored, its `first` oldest and `last` newest
+        events as lean rows (in position order), and how many events each pair has."""
+
     # -- checkpoints and leases --------------------------------------------------------
 
     @abstractmethod
