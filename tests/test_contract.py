@@ -9,7 +9,7 @@ import orjson
 import pytest
 from helpers import BANK_APP, Run, all_events, assert_error, cli
 
-from cqrsctl.errors import DecodeError
+from cqrsctl.errors import DecodeError, ValidationError
 from cqrsctl.loader import load_app
 from cqrsctl.services import contract
 from cqrsctl.services.replay import replay
@@ -323,3 +323,77 @@ def test_contract_check_on_an_empty_store_and_usage(store_url: str, prices_app: 
     assert data["events"] == 0 and data["types"] == [] and data["never_stored"] == ["Discontinued", "PriceChanged"]
     assert_error(cli("--db", store_url, "contract", "check"), 2, "no app given")
     assert cli("--db", store_url, "--app", prices_app, "contract", "check", "--sample", "0").code == 2
+
+
+# -- checked appends ------------------------------------------------------------------------------
+
+
+def test_append_with_an_app_checks_the_data(store_url: str, prices_app: str, tmp_path: Path) -> None:
+    app = ("--db", store_url, "--app", prices_app)
+    ok = cli(*app, "--json", "append", "Product-1", "PriceChanged", "-d", '{"cents": 5, "currency": "EUR"}').ok()
+    assert ok.json()["version"] == 1
+    assert all_events(store_url)[0].schema_version == 3  # the class's current version by default
+    # Old-version data is checked through the upcasters (and stored as given).
+    cli(*app, "append", "Product-1", "PriceChanged", "-d", '{"euros": "2.50"}', "--schema-version", "1").ok()
+    assert all_events(store_url)[1].data == {"euros": "2.50"}
+
+    refused = [
+        (('{"cents": "five", "currency": "EUR"}',), "PriceChanged v3 does not match PriceChanged: cents"),
+        (('{"cents": 5}',), "currency: Field required"),
+        (('{"price": 1}', "--schema-version", "1"), "PriceChanged v1: the upcaster cannot read this data: KeyError"),
+        (('{"cents": 5, "currency": "EUR"}', "--schema-version", "4"), "PriceChanged v4 is newer than"),
+    ]
+    for args, needle in refused:
+        assert_error(cli(*app, "append", "Product-1", "PriceChanged", "-d", *args), 3, needle)
+    assert_error(cli(*app, "append", "Product-1", "PriceChangd", "-d", "{}"), 3, "'PriceChangd' is not an event type", "--unchecked")
+    assert len(all_events(store_url)) == 2  # nothing written
+
+    batch = tmp_path / "batch.jsonl"
+    lines = [
+        {"stream": "Product-2", "type": "PriceChanged", "data": {"cents": 1, "currency": "EUR"}, "schema_version": 3},
+        {"stream": "Product-2", "type": "PriceChanged", "data": {"cents": []}, "schema_version": 3},
+    ]
+    batch.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in lines))
+    assert_error(cli(*app, "append", "--file", str(batch)), 3, "line 2", "cents")
+    assert len(all_events(store_url)) == 2
+
+    # --unchecked skips the check.
+    cli(*app, "append", "Product-3", "PriceChanged", "-d", '{"cents": "lots"}', "--unchecked").ok()
+    cli(*app, "append", "--file", str(batch), "--unchecked").ok()
+    assert len(all_events(store_url)) == 5
+
+    # From Python.
+    with open_store(store_url) as store:
+        with pytest.raises(ValidationError, match="cents"):
+            contract.append_checked(store, load_app(prices_app), "Product-4", [NewEvent("PriceChanged", {"cents": "x"}, schema_version=3)])
+        result = contract.append_checked(
+            store, load_app(prices_app), "Product-4", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)]
+        )
+        assert result.version == 1
+
+
+def test_repairing_a_stream_with_an_undecodable_event(store_url: str, prices_app: str, tmp_path: Path) -> None:
+    """The documented repair: an event that does not decode at the current version is made
+    readable by a new version whose upcaster fixes the malformed shape; a correcting event
+    then puts the state right."""
+    app = ("--db", store_url, "--app", prices_app)
+    cli(*app, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 100}').ok()
+    bad = cli(*app, "--json", "append", "Product-p1", "PriceChanged", "-d", '{"cents": "1OO", "currency": "EUR"}', "--unchecked")
+    position = bad.ok().json()["positions"][0]
+    assert_error(cli(*app, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 120}'), 9, f"position {position}")
+    error_line(cli(*app, "contract", "check"), 17, f"PriceChanged v3 at position {position}")
+
+    fixed = tmp_path / "prices_fixed.py"
+    fixed.write_text(
+        PRICES_APP.replace("schema_version=3", "schema_version=4")
+        + "\n\n@app.upcaster('PriceChanged', from_version=3)\n"
+        "def _repair(data: dict) -> dict:  # the one malformed event of 2026: cents written with letter O\n"
+        "    cents = data['cents']\n"
+        "    return {**data, 'cents': int(cents.replace('O', '0')) if isinstance(cents, str) else cents}\n"
+    )
+    repaired = ("--db", store_url, "--app", str(fixed))
+    assert cli(*repaired, "contract", "check").code == 0
+    cli(*repaired, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 120}').ok()
+    state = cli(*repaired, "--json", "replay", "-a", "Product-p1").ok().json()["state"]
+    assert state["cents"] == 120
+    assert [e.schema_version for e in all_events(store_url)] == [3, 3, 4]

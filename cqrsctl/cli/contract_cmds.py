@@ -3,6 +3,7 @@ stored events still fit it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -128,6 +129,52 @@ def contract_check(
                 rt.output.error(line)
         raise ContractError(failures[0] if len(failures) == 1 else f"{failures[0]} (and {len(failures) - 1} more types)")
     rt.output.say(f"ok: every checked event decodes with {app.name}")
+
+
+_FILE_HELP = "The contract file, kept in your repository."
+
+
+@contract_app.command("lock")
+def contract_lock(
+    ctx: typer.Context,
+    file: Path = typer.Option(Path(contract.LOCK_FILE), "--file", "-f", help=_FILE_HELP),
+) -> None:
+    """Write the app's event contract (each type's JSON schema per version) to a file.
+
+    Example: cqrsctl --app samples/bank/app.py contract lock --file samples/bank/cqrsctl-contract.json
+    """
+    rt = runtime(ctx)
+    doc, changes = contract.write_lock(rt.app(), file)
+    if rt.output.json:
+        rt.output.data({"file": str(file), "event_types": len(doc["events"]), "changes": changes})
+        return
+    for change in changes:
+        rt.output.say(f"{'breaking' if change.breaking else 'compatible'}: {change}")
+    rt.output.say(f"wrote {file}: {len(doc['events'])} event types")
+
+
+@contract_app.command("diff")
+def contract_diff(
+    ctx: typer.Context,
+    file: Path = typer.Option(Path(contract.LOCK_FILE), "--file", "-f", help=_FILE_HELP),
+) -> None:
+    """Compare the app's events with the contract file; exit 18 on a breaking change.
+
+    Example: cqrsctl --app samples/bank/app.py contract diff --file samples/bank/cqrsctl-contract.json
+    """
+    rt = runtime(ctx)
+    changes = contract.diff(rt.app(), contract.read_lock(file))
+    if rt.output.json:
+        rt.output.data({"file": str(file), "breaking": sum(c.breaking for c in changes), "changes": changes})
+    elif changes:
+        rt.output.table(
+            ("kind", "event type", "change"),
+            (("breaking" if c.breaking else "compatible", c.event_type, c.what) for c in changes),
+            title=f"changes since {file}",
+        )
+    else:
+        rt.output.say(f"no changes since {file}")
+    contract.raise_if_breaking(changes)
 
 
 def _chain(t: contract.TypeCheck) -> str:

@@ -1,4 +1,4 @@
-"""Commands that need no app: init, append, streams, events, export, import, doctor."""
+"""Commands on the store itself: init, append, streams, events, export, import, doctor (an app, when set, checks appends and upcasts what is shown)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import orjson
 import typer
 
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
+from ..services import contract, sources, transfer
 from ..services import doctor as doctor_service
-from ..services import sources, transfer
 from ..services.events import follow, parse_append_lines, upcast_all
 from ..store import NewEvent, parse_expected
 from .runtime import parse_json_object, runtime
@@ -51,7 +51,13 @@ def append(
         None, "--event-id", help="Event UUID (appending the same id again is a no-op)."
     ),
     schema_version: int = typer.Option(
-        1, "--schema-version", min=1, help="Schema version of the event's data."
+        None,
+        "--schema-version",
+        min=1,
+        help="Schema version of the event's data (default: the app's current version of TYPE, else 1).",
+    ),
+    unchecked: bool = typer.Option(
+        False, "--unchecked", help="Do not check the data against the app's event class."
     ),
     file: str = typer.Option(
         None,
@@ -60,15 +66,23 @@ def append(
         help='JSONL batch, one {"stream","type","data","metadata","event_id","expected_version"} per line; - for stdin. All lines commit together or not at all.',
     ),
 ) -> None:
-    """Append an event to a stream, or a JSONL batch of events atomically.
+    """Append an event to a stream, or a JSONL batch atomically; checked against the app's classes when one is set.
 
     Example: cqrsctl append Account-A-1 MoneyDeposited --data '{"amount": 10}' --expected-version 1
     """
     rt = runtime(ctx)
+    app = rt.app(required=False)
+    check = app is not None and not unchecked
     if file is not None:
         if stream or event_type or data:
             raise typer.BadParameter("give either STREAM TYPE --data or --file, not both")
         items = parse_append_lines(_read_input(file))
+        if check:
+            for line, _, new_events, _ in items:
+                try:
+                    contract.check_new_events(app, new_events)
+                except ValidationError as exc:
+                    raise ValidationError(f"line {line}: {exc}") from None
         store = rt.store()
         results = []
         with rt.output.progress("appending", len(items)) as advance, store.transaction() as tx:
@@ -96,8 +110,10 @@ def append(
         parse_json_object(data, "--data"),
         parse_json_object(metadata, "--metadata") if metadata else {},
         _uuid(event_id) if event_id else None,
-        schema_version,
+        schema_version or contract.current_version(app, event_type),
     )
+    if check:
+        contract.check_new_events(app, [event])
     expected = parse_expected(expected_version)
     result = rt.store().append(stream, [event], expected)
     if rt.output.json:

@@ -9,6 +9,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,8 +18,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import SchemaValidator, core_schema
 
 from ..app import App, Event, _pydantic_message
-from ..errors import UsageError
-from ..store import Store, StoredEvent
+from ..errors import BreakingChangeError, FileAccessError, UsageError, ValidationError
+from ..store import NewEvent, Store, StoredEvent
 
 # -- describe ---------------------------------------------------------------------------------
 
@@ -477,3 +478,244 @@ def check(
         sum(t.checked for t in types),
         time.perf_counter() - started,
     )
+
+
+# -- lock and diff ----------------------------------------------------------------------------
+
+LOCK_FILE = "cqrsctl-contract.json"
+LOCK_FORMAT = 1
+_ANNOTATIONS = ("title", "description", "default", "examples")
+
+
+def event_schema(cls: type[Event]) -> dict[str, Any]:
+    """The pydantic JSON schema of an event class (what its stored data must look like)."""
+    return cls.model_json_schema()
+
+
+def contract_of(app: App, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The lock document of `app`: per event type its current version, the JSON schema of
+    each version (older versions are kept from `previous`, the current one is the code's)
+    and the versions it has upcasters from."""
+    old_events = (previous or {}).get("events", {})
+    events: dict[str, Any] = {}
+    for event_type, cls in sorted(app.events.items()):
+        versions = dict(old_events.get(event_type, {}).get("versions", {}))
+        versions = {v: s for v, s in versions.items() if int(v) < cls.schema_version}
+        versions[str(cls.schema_version)] = event_schema(cls)
+        events[event_type] = {
+            "class": cls.__name__,
+            "current": cls.schema_version,
+            "upcasters": sorted(v for t, v in app.upcasters if t == event_type),
+            "versions": dict(sorted(versions.items(), key=lambda kv: int(kv[0]))),
+        }
+    return {"cqrsctl_contract": LOCK_FORMAT, "app": app.name, "events": events}
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileAccessError(f"no contract file {path}: write one with `cqrsctl contract lock`") from None
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("cqrsctl_contract") != LOCK_FORMAT or not isinstance(doc.get("events"), dict):
+        raise ValidationError(f"{path} is not a cqrsctl contract file (format {LOCK_FORMAT})")
+    return doc
+
+
+@dataclass
+class Change:
+    """One difference between the locked contract and the code."""
+
+    event_type: str
+    breaking: bool
+    what: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event_type": self.event_type, "breaking": self.breaking, "change": self.what}
+
+    def __str__(self) -> str:
+        return f"{self.event_type}: {self.what}"
+
+
+def diff(app: App, locked: dict[str, Any]) -> list[Change]:
+    """How the app's events differ from the locked contract, each change classified as
+    compatible (stored events still decode) or breaking (some may not)."""
+    changes: list[Change] = []
+    old_events: dict[str, Any] = locked.get("events", {})
+    for event_type, entry in sorted(old_events.items()):
+        cls = app.events.get(event_type)
+
+        def add(breaking: bool, what: str, t: str = event_type) -> None:
+            changes.append(Change(t, breaking, what))
+
+        if cls is None:
+            add(True, "event type removed: its stored events would have no class")
+            continue
+        old_version, new_version = int(entry["current"]), cls.schema_version
+        for v in entry.get("upcasters", []):
+            if (event_type, v) not in app.upcasters and v < new_version:
+                add(True, f"upcaster from v{v} removed: events stored as v{v} can no longer be read")
+        if new_version < old_version:
+            add(True, f"schema_version went back from v{old_version} to v{new_version}")
+        elif new_version > old_version:
+            missing = [v for v in range(old_version, new_version) if (event_type, v) not in app.upcasters]
+            if missing:
+                add(True, f"schema_version bumped from v{old_version} to v{new_version} without an upcaster from v{missing[0]}")
+            else:
+                add(False, f"schema_version bumped from v{old_version} to v{new_version}, with upcasters")
+        else:
+            old_schema = entry["versions"].get(str(old_version))
+            if old_schema is not None:
+                for breaking, what in _field_changes(old_schema, event_schema(cls)):
+                    add(breaking, what)
+    for event_type in sorted(set(app.events) - set(old_events)):
+        changes.append(Change(event_type, False, "new event type"))
+    return changes
+
+
+def _field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[bool, str]]:
+    old_props = {k: _resolve(v, old) for k, v in old.get("properties", {}).items()}
+    new_props = {k: _resolve(v, new) for k, v in new.get("properties", {}).items()}
+    old_req, new_req = set(old.get("required", [])), set(new.get("required", []))
+    removed = [f for f in old_props if f not in new_props]
+    added = [f for f in new_props if f not in old_props]
+    out: list[tuple[bool, str]] = []
+    for name in removed:
+        twin = next((a for a in added if new_props[a] == old_props[name]), None)
+        if twin is not None:
+            added.remove(twin)
+            out.append((True, f"field {name!r} renamed to {twin!r}: stored events still carry {name!r}"))
+        else:
+            out.append((True, f"field {name!r} removed"))
+    for name in added:
+        if name in new_req:
+            out.append((True, f"new required field {name!r} without a default: stored events do not have it"))
+        else:
+            out.append((False, f"new optional field {name!r}"))
+    for name in old_props.keys() & new_props.keys():
+        if old_props[name] != new_props[name]:
+            out.append(
+                (True, f"field {name!r} changed type from {_shown(old_props[name])} to {_shown(new_props[name])}")
+            )
+        elif name in new_req and name not in old_req:
+            out.append((True, f"field {name!r} is now required (it had a default)"))
+        elif name in old_req and name not in new_req:
+            out.append((False, f"field {name!r} is now optional"))
+    return sorted(out, key=lambda c: c[1])
+
+
+def _resolve(schema: Any, root: dict[str, Any], seen: frozenset[str] = frozenset()) -> Any:
+    """`schema` with `$ref`s to the root's `$defs` inlined and annotations (title,
+    description, default, examples) dropped: two fields of the same type compare equal."""
+    if isinstance(schema, list):
+        return [_resolve(s, root, seen) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.split("/")[-1]
+        if name in seen:
+            return {"$ref": name}
+        return _resolve(root.get("$defs", {}).get(name, {}), root, seen | {name})
+    return {k: _resolve(v, root, seen) for k, v in schema.items() if k not in _ANNOTATIONS}
+
+
+def _shown(schema: Any) -> str:
+    if not isinstance(schema, dict):
+        return str(schema)
+    if "anyOf" in schema:
+        return "|".join(_shown(s) for s in schema["anyOf"])
+    kind = schema.get("type", "object" if "properties" in schema else "any")
+    if kind == "array":
+        return f"array[{_shown(schema.get('items', {}))}]"
+    fmt = schema.get("format")
+    return f"{kind}({fmt})" if fmt else str(kind)
+
+
+def write_lock(app: App, path: Path) -> tuple[dict[str, Any], list[Change]]:
+    """Write the app's contract to `path` (keeping older versions' schemas from the file
+    already there); returns the document and how it differs from the previous lock."""
+    previous = read_lock(path) if path.exists() else None
+    doc = contract_of(app, previous)
+    changes = diff(app, previous) if previous is not None else []
+    text = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    try:
+        path.write_bytes(text)
+    except OSError as exc:
+        raise FileAccessError(f"cannot write {path}: {exc.strerror}") from None
+    return doc, changes
+
+
+def check_diff(app: App, path: Path) -> list[Change]:
+    """`diff` against the lock file at `path`; raises BreakingChangeError naming the first
+    breaking change (the CLI's exit 18), else returns the compatible changes."""
+    changes = diff(app, read_lock(path))
+    raise_if_breaking(changes)
+    return changes
+
+
+def raise_if_breaking(changes: Sequence[Change]) -> None:
+    breaking = [c for c in changes if c.breaking]
+    if breaking:
+        more = f" (and {len(breaking) - 1} more breaking changes)" if len(breaking) > 1 else ""
+        raise BreakingChangeError(f"breaking change to {breaking[0]}{more}")
+
+
+# -- checked appends --------------------------------------------------------------------------
+
+
+def check_new_events(app: App, events: Sequence[NewEvent]) -> None:
+    """Refuse events the app could not read back: an unknown type, a schema version with no
+    upcaster path to the class's, or data that does not validate (ValidationError, exit 3).
+    Data is checked as the app will read it (through its upcasters), and stored as given."""
+    for event in events:
+        event_type, version = event.type, event.schema_version
+        cls = app.events.get(event_type)
+        if cls is None:
+            known = ", ".join(sorted(app.events)) or "none"
+            raise ValidationError(
+                f"{event_type!r} is not an event type of app {app.name!r} (known: {known}); "
+                "--unchecked appends it anyway"
+            )
+        target = cls.schema_version
+        if version > target:
+            raise ValidationError(f"{event_type} v{version} is newer than {cls.__name__}'s v{target}")
+        missing = [v for v in range(version, target) if (event_type, v) not in app.upcasters]
+        if missing:
+            raise ValidationError(
+                f"{event_type} v{version}: {cls.__name__} is v{target} and there is no upcaster from v{missing[0]}"
+            )
+        data = event.data
+        if version < target:
+            stored = StoredEvent(0, "", 0, "", event_type, version, data, {}, _EPOCH)
+            try:
+                data = app.upcast(stored, target)[1]
+            except Exception as exc:  # DecodeError from the upcaster
+                reason = str(exc).partition("could not be upcast: ")[2] or str(exc)
+                raise ValidationError(f"{event_type} v{version}: the upcaster cannot read this data: {reason}") from None
+        try:
+            cls.__pydantic_validator__.validate_python(data)
+        except pydantic.ValidationError as exc:
+            shown = f"{event_type} v{version}" + ("" if version == target else f" (upcast to v{target})")
+            raise ValidationError(f"{shown} does not match {cls.__name__}: {_pydantic_message(exc)}") from None
+
+
+def current_version(app: App | None, event_type: str) -> int:
+    """The schema version new data of `event_type` is written at: its class's, else 1."""
+    cls = app.events.get(event_type) if app is not None else None
+    return 1 if cls is None else cls.schema_version
+
+
+def append_checked(
+    store: Store, app: App, stream_id: str, events: Sequence[NewEvent], expected: Any = "any"
+) -> Any:
+    """`store.append` after `check_new_events`: what `cqrsctl append` does with an app."""
+    from ..store import parse_expected
+
+    check_new_events(app, events)
+    return store.append(stream_id, events, parse_expected(expected) if isinstance(expected, str | int) else expected)
