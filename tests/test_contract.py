@@ -397,3 +397,23 @@ def test_repairing_a_stream_with_an_undecodable_event(store_url: str, prices_app
     state = cli(*repaired, "--json", "replay", "-a", "Product-p1").ok().json()["state"]
     assert state["cents"] == 120
     assert [e.schema_version for e in all_events(store_url)] == [3, 3, 4]
+
+
+def test_read_paths_from_python(store_url: str, prices_app: str) -> None:
+    import io
+
+    from cqrsctl.services.events import upcast_all
+    from cqrsctl.services.replay import history
+    from cqrsctl.services.transfer import export_events
+
+    seed(store_url)
+    app = load_app(prices_app)
+    with open_store(store_url) as store:
+        events = store.read_stream("Product-p1")
+        assert [e.data["cents"] for e in upcast_all(app, events)] == [125, 150, 175]
+        assert list(upcast_all(None, events)) == events
+        assert [s.event.schema_version for s in history(store, app, "Product-p1")] == [3, 3, 3]
+        assert [s.event.schema_version for s in history(store, app, "Product-p1", raw=True)] == [1, 2, 3]
+        out = io.BytesIO()
+        assert export_events(store, out, stream="Product-p1", app=app) == 3
+        assert [orjson.loads(line)["data"]["currency"] for line in out.getvalue().splitlines()] == ["EUR", "EUR", "USD"]
