@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -441,18 +442,27 @@ def check(
     else:
         with store.reader() as tx:
             head = tx.tracking.head()
-        after = 0
-        while after < head:
+
+        def read(after: int) -> list[Any]:
             # One short read transaction per page: a long one would hold back SQLite's WAL
             # checkpoints (and PostgreSQL's vacuum) for the whole check.
             with store.reader() as tx:
-                rows = tx.tracking.scan(after, CHECK_PAGE, None, head, lean=True)
-            if not rows:
-                break
-            checker.page(rows, count=True)
-            after = rows[-1][0]
-            if on_progress:
-                on_progress(len(rows))
+                return tx.tracking.scan(after, CHECK_PAGE, None, head, lean=True)
+
+        # The next page is read on a second thread while this one is validated: the
+        # driver waits without the GIL, so the read costs little more than the decoding.
+        # Only that thread touches the store meanwhile.
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(read, 0) if head else None
+            while pending is not None:
+                rows = pending.result()
+                if not rows:
+                    break
+                last = rows[-1][0]
+                pending = reader.submit(read, last) if last < head else None
+                checker.page(rows, count=True)
+                if on_progress:
+                    on_progress(len(rows))
     types = sorted(checker.types.values(), key=lambda t: t.event_type)
     stored_types = {t.event_type for t in types}
     without_class = sorted(t.event_type for t in types if t.class_name is None)
