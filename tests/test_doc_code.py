@@ -43,8 +43,14 @@ def run_document(path: Path, cwd: Path) -> dict[str, Any]:
     return namespace
 
 
+# Blocks that need data this test cannot provide (named here, so the gap is visible).
+NOT_RUN = {"import.md": "reads a Kafka event store and a DynamoDB export file that do not exist here"}
+
+
 @pytest.mark.parametrize("path", [d for d in DOCS if python_blocks(d)], ids=lambda p: p.name)
 def test_python_blocks_run(path: Path, tmp_path: Path) -> None:
+    if path.name in NOT_RUN:
+        pytest.skip(NOT_RUN[path.name])
     if "nats://127.0.0.1:4222" in path.read_text():
         require_service("NATS", "127.0.0.1", 4222)
     run_document(path, tmp_path)
