@@ -534,7 +534,10 @@ class Transaction(ABC):
 
     @abstractmethod
     def try_lock(self, name: str) -> bool:
-        """Take a lock named `name` until this transaction ends; False if another holds it."""
+        """Take a lock named `name` until this transaction ends; False if another holds it.
+        On PostgreSQL a holder that then stops for more than LOCK_IDLE seconds between two
+        statements (SIGSTOP, a hung process) loses its session, and with it the lock and
+        its uncommitted work: another runner takes over."""
 
     @abstractmethod
     def get_position(self, name: str) -> int:

@@ -53,7 +53,7 @@ from .base import (
     stored_event,
     utcnow,
 )
-from .tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Table, Tracking
+from .tracking import FENCE_IDLE, FENCE_WAIT, LOCK_IDLE, Checkpoint, EventTuple, Table, Tracking
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -638,7 +638,10 @@ class PostgresTransaction(Transaction):
     # -- sagas ----------------------------------------------------------------------------
 
     def try_lock(self, name: str) -> bool:
-        self.cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(f"cqrsctl.{name}.{self.store.schema}"),))
+        self.cur.execute(
+            "SELECT pg_try_advisory_xact_lock(%s), set_config('idle_in_transaction_session_timeout', %s, true)",
+            (_lock_key(f"cqrsctl.{name}.{self.store.schema}"), f"{int(LOCK_IDLE * 1000)}ms"),
+        )
         return bool(self.cur.fetchone()[0])  # type: ignore[index]
 
     def get_position(self, name: str) -> int:
@@ -1035,13 +1038,16 @@ class PostgresTracking(Tracking):
         row = self.cur.fetchone()
         return None if row is None else Checkpoint(*row)
 
-    def fence(self, name: str) -> Checkpoint | None:
+    def fence(
+        self, name: str, *, wait: float | None = FENCE_WAIT, idle: float | None = FENCE_IDLE
+    ) -> Checkpoint | None:
         # Both timeouts end with the transaction. The idle one ends the session of a process
         # stopped (SIGSTOP, a hung VM) while it holds the row: its locks go, and its commit fails.
-        self.cur.execute(
-            "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
-            (f"{int(FENCE_WAIT * 1000)}ms", f"{int(FENCE_IDLE * 1000)}ms"),
-        )
+        if wait is not None or idle is not None:
+            self.cur.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
+                (f"{int((wait or 0) * 1000)}ms", f"{int((idle or 0) * 1000)}ms"),
+            )
         try:
             return self.get(name, lock=True)
         except psycopg.errors.LockNotAvailable:

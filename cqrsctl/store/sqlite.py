@@ -37,7 +37,7 @@ from .base import (
     stored_event,
     utcnow,
 )
-from .tracking import Checkpoint, EventTuple, Table, Tracking
+from .tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Table, Tracking
 
 # Forward-only migrations: version -> statements. Never edit a released entry; add one.
 MIGRATIONS: dict[int, list[str]] = {
@@ -675,18 +675,16 @@ class _WriteTransaction:
     only at `SQLiteTracking.fence()`, so slow work before that (projection handlers) never
     holds the database's write lock."""
 
-    __slots__ = ("store", "conn", "deferred", "turn", "changes")
+    __slots__ = ("store", "conn", "deferred", "turn")
 
     def __init__(self, store: SQLiteStore, deferred: bool = False) -> None:
         self.store, self.conn, self.deferred = store, store.conn, deferred
         self.turn = False
-        self.changes = 0
 
     def __enter__(self) -> SQLiteTransaction:
         conn = self.conn
         if self.deferred:
             conn.execute("BEGIN")
-            self.changes = conn.total_changes
             return SQLiteTransaction(conn, self)
         self.take_turn()
         try:
@@ -992,8 +990,9 @@ _SAMPLE = (
 
 
 class SQLiteTracking(Tracking):
-    # Every write transaction is BEGIN IMMEDIATE, so holding one already excludes every
-    # other writer: `lock=True` needs no row lock here.
+    # A write transaction is BEGIN IMMEDIATE (a deferred one becomes it at its first write
+    # or fence), so holding one already excludes every other writer: `lock=True` needs no
+    # row lock here.
 
     def __init__(self, conn: sqlite3.Connection, outer: _WriteTransaction | None = None) -> None:
         self.conn, self.outer = conn, outer
@@ -1001,19 +1000,25 @@ class SQLiteTracking(Tracking):
     def now(self) -> datetime:
         return utcnow()
 
-    def fence(self, name: str) -> Checkpoint | None:
+    def fence(
+        self, name: str, *, wait: float | None = FENCE_WAIT, idle: float | None = FENCE_IDLE
+    ) -> Checkpoint | None:
+        self._writer()
+        return self.get(name, lock=True)
+
+    def _writer(self) -> None:
+        """A deferred transaction that is still a reader becomes the writer: it ends its
+        snapshot and begins again with BEGIN IMMEDIATE. (Upgrading in place would fail
+        whenever anyone committed since the snapshot.) What it read before can have been
+        changed only by a lease holder, whose token the caller compares when fencing."""
         outer = self.outer
-        if outer is not None and outer.deferred and not outer.turn and self.conn.total_changes == outer.changes:
-            # Still a reader: end the snapshot and come back as the writer. Nothing read
-            # before can have been changed by anyone but the lease holder, whose token the
-            # caller compares.
+        if outer is not None and outer.deferred and not outer.turn:
             self.conn.execute("COMMIT")
             outer.take_turn()
             try:
                 outer.store._retry_locked(lambda: self.conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.DatabaseError as exc:
                 raise DatabaseError(f"sqlite: {exc}") from None
-        return self.get(name, lock=True)
 
     def head(self) -> int:
         return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]
@@ -1055,6 +1060,7 @@ class SQLiteTracking(Tracking):
         return self.get(name, lock=True), self.head()
 
     def put(self, cp: Checkpoint, lease: float | None = None) -> datetime:
+        self._writer()
         from datetime import timedelta
 
         now = utcnow()
@@ -1075,6 +1081,7 @@ class SQLiteTracking(Tracking):
         return datetime.fromisoformat(stamp)
 
     def delete(self, name: str) -> None:
+        self._writer()
         self.conn.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
 
     def checkpoints(self, prefix: str | None = None) -> list[Checkpoint]:
@@ -1089,6 +1096,7 @@ class SQLiteTracking(Tracking):
         return [_checkpoint(r, now) for r in rows]
 
     def acquire(self, name: str, owner: str, seconds: float) -> bool:
+        self._writer()
         from datetime import timedelta
 
         now = utcnow()
@@ -1100,6 +1108,7 @@ class SQLiteTracking(Tracking):
         return cur.rowcount == 1
 
     def renew(self, names: Sequence[str], owner: str, seconds: float) -> list[str]:
+        self._writer()
         from datetime import timedelta
 
         if not names:
@@ -1114,6 +1123,7 @@ class SQLiteTracking(Tracking):
         return [r[0] for r in rows]
 
     def release(self, names: Sequence[str], owner: str) -> None:
+        self._writer()
         if names:
             self.conn.execute(
                 "UPDATE checkpoints SET owner = NULL, lease_until = NULL"
@@ -1126,11 +1136,13 @@ class SQLiteTracking(Tracking):
         return row.fetchone() is not None
 
     def create_table(self, name: str, table: Table) -> None:
+        self._writer()
         cols = ", ".join(f"{_q(c)} {_RM_TYPES[k]}" for c, k in table.columns.items())
         key = ", ".join(_q(c) for c in table.key)
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(name)} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID")
 
     def create_indexes(self, name: str, table: Table) -> None:
+        self._writer()
         for i, cols in enumerate(table.indexes):
             self.conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {_q(f'{name}__ix{i}')} ON {_q(name)}"
@@ -1138,9 +1150,11 @@ class SQLiteTracking(Tracking):
             )
 
     def drop_table(self, name: str) -> None:
+        self._writer()
         self.conn.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
     def rename_table(self, old: str, new: str) -> None:
+        self._writer()
         # The primary key index is named after the table and follows it.
         self.conn.execute(f"ALTER TABLE {_q(old)} RENAME TO {_q(new)}")
 
@@ -1178,6 +1192,7 @@ class SQLiteTracking(Tracking):
         return out
 
     def write(self, name: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        self._writer()
         if not rows:
             return
         names = list(table.columns)
@@ -1196,6 +1211,7 @@ class SQLiteTracking(Tracking):
         )
 
     def remove(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> None:
+        self._writer()
         for i in range(0, len(keys), 400):
             chunk = keys[i : i + 400]
             self.conn.execute(
@@ -1227,6 +1243,8 @@ class SQLiteTracking(Tracking):
         return self._rows_out(table, self.conn.execute(sql, params))
 
     def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if text.lstrip()[:6].upper() != "SELECT":
+            self._writer()
         cursor = self.conn.execute(text, params or {})
         if cursor.description is None:
             return []
