@@ -229,6 +229,7 @@ def test_restarted_daemon_does_not_wait_for_its_ghost(store: Store, store_url: s
 # -- SIGTERM stops a daemon within its bound; a second signal at once -----------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # signals are the same on both
 @pytest.mark.parametrize("signals", [1, 2])
 def test_sigterm_stops_a_daemon_stuck_in_a_handler(store: Store, store_url: str, tmp_path: Path, signals: int) -> None:
     trace, flag, log = tmp_path / "trace", tmp_path / "slow", tmp_path / "d.log"
@@ -354,7 +355,7 @@ def test_rebuild_with_a_slow_handler_lets_writers_through(store: Store, store_ur
     assert waits[-1] < 1.5, f"a dispatch waited {waits[-1]:.2f}s behind the rebuild"
     assert len(waits) >= 20, "the rebuild ended before the writer got going"
     # The live table is whole: what the swap caught up, plus a catch-up for what came after.
-    catch_up(store, load_app(SUPPORT), ["p_0"])
+    catch_up(store, load_app(SUPPORT + ":app"), ["p_0"])
     exact_counts(store, ["p_0"])
     print(f"{store.backend}: {len(waits)} appends during a rebuild, p99 {waits[int(len(waits) * 0.99)] * 1000:.0f} ms, "
           f"worst {waits[-1] * 1000:.0f} ms")  # fmt: skip
@@ -369,7 +370,8 @@ def test_stopped_saga_runner_lets_another_take_over(store: Store, store_url: str
     flag.touch()
     env = {"CQRSCTL_TEST_TRACE": str(trace), "CQRSCTL_TEST_SLOW_FLAG": str(flag)}
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    store.append("Ping-1", [NewEvent("Pinged", {"pong_id": "P1", "slow": 30})])
+    # Long enough to outlast the stop: once resumed, the sleep is over at once.
+    store.append("Ping-1", [NewEvent("Pinged", {"pong_id": "P1", "slow": 15})])
     first = start_daemon(store_url, app_ref=SUPPORT + ":saga_app", env=env, log=logs[0])
     second = None
     try:
