@@ -274,11 +274,9 @@ def test_query_parameters_are_typed(store_url: str, tmp_path: Path) -> None:
     assert cli(*q, "add", "-p", "a=2").ok().json() == {"sum": 3}
     assert cli(*q, "add", "-p", "a=2", "-p", "b=5").ok().json() == {"sum": 7}
     assert_error(cli(*q, "add", "-p", "a=two"), 3, "'a'")
-    assert cli(*q, "rows", "-p", "n=3").ok().json() == [
-        {"i": 0, "sq": 0},
-        {"i": 1, "sq": 1},
-        {"i": 2, "sq": 4},
-    ]
+    rows = [{"i": 0, "sq": 0}, {"i": 1, "sq": 1}, {"i": 2, "sq": 4}]
+    assert cli(*q, "rows", "-p", "n=3").ok().jsonl() == rows  # --json is JSON Lines for records
+    assert cli(*q, "rows", "-p", "n=3", "--format", "json").ok().json() == rows
     table = cli("--db", store_url, "--app", str(app_file), "query", "rows", "-p", "n=3").ok().stdout
     assert "sq" in table and "4" in table
 

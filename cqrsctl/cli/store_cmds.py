@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ import typer
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
 from ..services import contract, sources, transfer
 from ..services import doctor as doctor_service
-from ..services.events import follow, parse_append_lines, upcast_all
+from ..services.events import follow, parse_append_lines, start_position, upcast_all
 from ..store import NewEvent, parse_expected
-from .runtime import parse_json_object, runtime
+from .runtime import parse_json_object, plural, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
 
@@ -68,7 +69,7 @@ def append(
 ) -> None:
     """Append an event to a stream, or a JSONL batch atomically; checked against the app's classes when one is set.
 
-    Example: cqrsctl append Account-A-1 MoneyDeposited --data '{"amount": 10}' --expected-version 1
+    Example: cqrsctl append Audit-1 NoteAdded --data '{"text": "checked"}' --expected-version no-stream
     """
     rt = runtime(ctx)
     app = rt.app(required=False)
@@ -95,11 +96,10 @@ def append(
                     raise
                 advance(1)
         if rt.output.json:
-            rt.output.lines(results)
+            rt.output.records(results)
         else:
-            rt.output.say(
-                f"appended {sum(len(r.positions) for r in results)} events in {len(results)} appends"
-            )
+            n = sum(len(r.positions) for r in results)
+            rt.output.say(f"appended {plural(n, 'event')} in {plural(len(results), 'append')}")
         return
     if not stream or not event_type:
         raise typer.BadParameter("STREAM and TYPE are required (or use --file)")
@@ -152,9 +152,9 @@ def streams_list(
     Example: cqrsctl streams list --category Account --limit 20
     """
     rt = runtime(ctx)
-    streams = rt.store().list_streams(category, limit)
+    streams = rt.output.page(rt.store().list_streams(category, limit + 1), limit)
     if rt.output.json:
-        rt.output.lines(streams)
+        rt.output.records(streams)
         return
     rt.output.table(
         ("stream", "category", "version", "first", "last", "updated"),
@@ -177,19 +177,20 @@ def streams_show(
 ) -> None:
     """Show the events of one stream (upcast to the app's current versions when an app is set).
 
-    Example: cqrsctl streams show Account-A-1 --from-version 3
+    Example: cqrsctl streams show Account-A-0001 --from-version 3
     """
     rt = runtime(ctx)
     store = rt.store()
-    events = store.read_stream(stream, from_version, limit=limit)
+    events = store.read_stream(stream, from_version, limit=None if limit is None else limit + 1)
     if not events and store.stream_version(stream) == 0:
         raise NotFoundError(f"stream {stream!r} not found")
+    events = rt.output.page(events, limit)
     _render_events(rt, events if raw else list(upcast_all(rt.app(required=False), events)))
 
 
-def _render_events(rt: Any, events: list[Any]) -> None:
+def _render_events(rt: Any, events: Sequence[Any]) -> None:
     if rt.output.json:
-        rt.output.lines(events)
+        rt.output.records(events)
         return
     rt.output.table(
         ("pos", "stream", "ver", "type", "data", "recorded"),
@@ -216,7 +217,10 @@ def events(
         100, "--limit", "-n", min=1, help="At most this many events (without --follow)."
     ),
     follow_: bool = typer.Option(
-        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines)."
+        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines unless --format says otherwise)."
+    ),
+    start: str = typer.Option(
+        None, "--from", help="Where to start: start (the first event), end (only new ones) or a global position."
     ),
     raw: bool = typer.Option(
         False, "--raw", help="Show events as stored, without the app's upcasters."
@@ -228,12 +232,18 @@ def events(
     """
     rt = runtime(ctx)
     store = rt.store()
+    if start is not None:
+        if from_position:
+            raise UsageError("give --from or --from-position, not both")
+        from_position = start_position(store, start)
     app = None if raw else rt.app(required=False)
     if follow_:
-        rt.output.lines(upcast_all(app, follow(store, from_position, category or None, event_type or None)))
+        if not rt.output.json:
+            rt.output.format = "jsonl"  # a table cannot grow: following prints records as they come
+        rt.output.records(upcast_all(app, follow(store, from_position, category or None, event_type or None)))
         return
-    events = store.read_all(from_position, limit, category or None, event_type or None)
-    _render_events(rt, list(upcast_all(app, events)))
+    found = store.read_all(from_position, limit + 1, category or None, event_type or None)
+    _render_events(rt, list(upcast_all(app, rt.output.page(found, limit))))
 
 
 def export(
@@ -334,10 +344,15 @@ def doctor(
 ) -> None:
     """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
 
-    Example: cqrsctl --db postgresql://postgres@localhost/prod doctor --json
+    The report is printed in every case, a failed connection included; exit 7 only when the
+    URL names no supported database.
+
+    Example: cqrsctl doctor --json
     """
     rt = runtime(ctx)
-    report = doctor_service.diagnose(rt.store(migrate=False), rt.app(required=False), max_lag)
+    report = doctor_service.examine(
+        rt.settings.db, lambda: rt.store(migrate=False), rt.app(required=False), max_lag
+    )
     if rt.output.json:
         rt.output.data(report)
     else:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import ValidationError
+from ..errors import UsageError, ValidationError
 from ..store import ExpectedVersion, NewEvent, Store, StoredEvent, parse_expected
 from .jsonl import json_objects
 
@@ -43,6 +43,17 @@ def upcast_all(app: App | None, events: Iterable[StoredEvent]) -> Iterator[Store
     upcast = app.upcast_stored
     for event in events:
         yield upcast(event)
+
+
+def start_position(store: Store, where: str) -> int:
+    """`start`, `end` or a global position as the position to read after."""
+    if where == "start":
+        return 0
+    if where == "end":
+        return store.head()
+    if where.isdigit():
+        return int(where)
+    raise UsageError(f"--from takes start, end or a global position, not {where!r}")
 
 
 AppendItem = tuple[int, str, list[NewEvent], ExpectedVersion]

@@ -452,6 +452,18 @@ class RebuildResult:
         }
 
 
+def version_number(stored: str | None) -> int | str | None:
+    """Checkpoints keep the version as text; JSON shows a number when it is one."""
+    return int(stored) if stored is not None and stored.isdigit() else stored
+
+
+def skip_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """A skipped position; entries written before the key was `reason` kept it under `error`."""
+    view = {k: v for k, v in entry.items() if k != "error"}
+    view.setdefault("reason", entry.get("error"))
+    return view
+
+
 @dataclass
 class RebuildPlan:
     """What `rebuild --dry-run` reports."""
@@ -469,7 +481,7 @@ class RebuildPlan:
         return {
             "name": self.name,
             "version": self.version,
-            "live_version": self.live_version,
+            "live_version": version_number(self.live_version),
             "live_position": self.live_position,
             "head": self.head,
             "resume_from": self.resume_from,
@@ -693,7 +705,7 @@ def skip(store: Store, app: App, name: str, position: int, reason: str | None = 
         if any(s["position"] == position for s in cp.skipped):
             return cp
         error = cp.error if cp.error_position == position else reason
-        cp.skipped.append({"position": position, "at": iso(tr.now()), "error": error})
+        cp.skipped.append({"position": position, "at": iso(tr.now()), "reason": error})
         if cp.status == "failed" and cp.error_position == position:
             cp.status, cp.error, cp.error_position = "idle", None, None
         tr.put(cp)
@@ -740,7 +752,7 @@ class ProjectionStatus:
         return {
             "name": self.name,
             "version": self.version,
-            "stored_version": self.stored_version,
+            "stored_version": version_number(self.stored_version),
             "position": self.position,
             "head": self.head,
             "lag_events": self.lag_events,
@@ -749,7 +761,7 @@ class ProjectionStatus:
             "owner": self.owner,
             "error": self.error,
             "error_position": self.error_position,
-            "skipped": self.skipped,
+            "skipped": [skip_view(s) for s in self.skipped],
             "rebuild_position": self.rebuild_position,
             "tables": self.tables,
             "handles": self.handles,

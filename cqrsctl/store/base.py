@@ -320,12 +320,12 @@ class Deadline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "deadlineId": self.deadline_id,
-            "sagaId": self.saga_id,
+            "deadline_id": self.deadline_id,
+            "saga_id": self.saga_id,
             "name": self.name,
-            "dueAt": iso(self.due_at),
+            "due_at": iso(self.due_at),
             "status": self.status,
-            "firedAt": None if self.fired_at is None else iso(self.fired_at),
+            "fired_at": None if self.fired_at is None else iso(self.fired_at),
         }
 
 
@@ -559,8 +559,8 @@ class Transaction(ABC):
     ) -> list[SagaRecord]: ...
 
     @abstractmethod
-    def saga_counts(self) -> dict[str, int]:
-        """Saga instances per status."""
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        """Saga instances per status (only these statuses when given: an index range, not a table count)."""
 
     @abstractmethod
     def add_deadline(self, deadline: Deadline) -> None: ...
@@ -624,12 +624,17 @@ class Transaction(ABC):
         """Record failed attempts on messages `owner` still leases."""
 
     @abstractmethod
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        """(pending, due at `now`, dead, oldest pending created_at, highest seq): read through
+        the status index and the key, never counting delivered rows."""
+
+    @abstractmethod
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         """(topic, status, count, due at `now`, oldest created_at) for each topic and status present."""
 
     @abstractmethod
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         """Outbox rows in seq order, optionally filtered."""
 

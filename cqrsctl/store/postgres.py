@@ -582,6 +582,21 @@ class PostgresTransaction(Transaction):
             done += self.cur.rowcount
         return done
 
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        self.cur.execute(
+            "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %s), min(created_at) FROM outbox"
+            " WHERE status = 'pending'",
+            (now,),
+        )
+        pending = self.cur.fetchone()
+        assert pending is not None
+        self.cur.execute("SELECT count(*) FROM outbox WHERE status = 'dead'")
+        dead = self.cur.fetchone()
+        self.cur.execute("SELECT coalesce(max(seq), 0) FROM outbox")
+        top = self.cur.fetchone()
+        assert dead is not None and top is not None
+        return int(pending[0]), int(pending[1]), int(dead[0]), pending[2], int(top[0])
+
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         self.cur.execute(
             "SELECT topic, status, count(*), count(*) FILTER (WHERE next_attempt_at <= %s), min(created_at)"
@@ -591,7 +606,7 @@ class PostgresTransaction(Transaction):
         return [tuple(r) for r in self.cur.fetchall()]  # type: ignore[misc]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         query = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE true"
         params: list[Any] = []
@@ -601,6 +616,9 @@ class PostgresTransaction(Transaction):
         if topic:
             query += " AND topic = %s"
             params.append(topic)
+        if key is not None:
+            query += " AND key = %s"
+            params.append(key)
         query += " ORDER BY seq LIMIT %s"
         params.append(limit)
         self.cur.execute(query, params)
@@ -688,8 +706,13 @@ class PostgresTransaction(Transaction):
         )
         return [SagaRecord(*r) for r in self.cur.fetchall()]
 
-    def saga_counts(self) -> dict[str, int]:
-        self.cur.execute("SELECT status, count(*) FROM sagas GROUP BY status")
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        if statuses is None:
+            self.cur.execute("SELECT status, count(*) FROM sagas GROUP BY status")
+        else:
+            self.cur.execute(
+                "SELECT status, count(*) FROM sagas WHERE status = ANY(%s) GROUP BY status", (list(statuses),)
+            )
         return {r[0]: int(r[1]) for r in self.cur.fetchall()}
 
     def add_deadline(self, deadline: Deadline) -> None:

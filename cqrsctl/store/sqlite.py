@@ -479,6 +479,16 @@ class SQLiteTransaction(Transaction):
             ],
         ).rowcount
 
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        pending = self.conn.execute(
+            "SELECT count(*), coalesce(sum(next_attempt_at <= ?), 0), min(created_at) FROM outbox"
+            " WHERE status = 'pending'",
+            (_ts(now),),
+        ).fetchone()
+        dead = self.conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
+        top = self.conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        return pending[0], pending[1], dead, _opt_ts(pending[2]), top
+
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         rows = self.conn.execute(
             "SELECT topic, status, count(*), sum(next_attempt_at <= ?), min(created_at) FROM outbox"
@@ -488,7 +498,7 @@ class SQLiteTransaction(Transaction):
         return [(r[0], r[1], r[2], r[3], _opt_ts(r[4])) for r in rows]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
         params: list[Any] = []
@@ -498,6 +508,9 @@ class SQLiteTransaction(Transaction):
         if topic:
             sql += " AND topic = ?"
             params.append(topic)
+        if key is not None:
+            sql += " AND key = ?"
+            params.append(key)
         sql += " ORDER BY seq LIMIT ?"
         params.append(-1 if limit is None else limit)
         return [_message(r) for r in self.conn.execute(sql, params)]
@@ -575,8 +588,11 @@ class SQLiteTransaction(Transaction):
         rows = self.conn.execute(sql, (status, status, saga_type, saga_type, -1 if limit is None else limit))
         return [_saga(r) for r in rows]
 
-    def saga_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall())
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        if statuses is None:
+            return dict(self.conn.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall())
+        sql = f"SELECT status, count(*) FROM sagas WHERE status IN ({','.join('?' * len(statuses))}) GROUP BY status"
+        return dict(self.conn.execute(sql, list(statuses)).fetchall())
 
     def add_deadline(self, deadline: Deadline) -> None:
         self.conn.execute(
