@@ -184,8 +184,8 @@ def streams_show(
     events = store.read_stream(stream, from_version, limit=None if limit is None else limit + 1)
     if not events and store.stream_version(stream) == 0:
         raise NotFoundError(f"stream {stream!r} not found")
-    events = rt.output.page(events, limit)
-    _render_events(rt, events if raw else list(upcast_all(rt.app(required=False), events)))
+    shown = rt.output.page(events, limit)
+    _render_events(rt, shown if raw else list(upcast_all(rt.app(required=False), shown)))
 
 
 def _render_events(rt: Any, events: Sequence[Any]) -> None:
