@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
+import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter
 
 from .errors import DecodeError, DomainError, NotFoundError, UsageError, ValidationError
 from .projection import Projection, Table
 from .store import StoredEvent, category_of
+from .store.base import FoldRow, stored_event
 
 __all__ = ["Aggregate", "App", "Command", "DomainError", "Event", "Projection", "Query", "Table"]
 
@@ -451,7 +453,8 @@ def new_aggregate(
     cls: type[Aggregate], stream_id: str, version: int = 0, state: dict[str, Any] | None = None
 ) -> Aggregate:
     agg = cls() if state is None else cls.model_validate(state)
-    agg.__pydantic_private__ = {"_stream_id": stream_id, "_version": version}
+    # Past pydantic's __setattr__, which costs more than the rest of a replay from a snapshot.
+    object.__setattr__(agg, "__pydantic_private__", {"_stream_id": stream_id, "_version": version})
     return agg
 
 
@@ -479,6 +482,38 @@ def fold(app: App, agg: Aggregate, events: list[StoredEvent]) -> Aggregate:
         handler(agg, event)
     if events:
         agg.__pydantic_private__["_version"] = events[-1].stream_version  # type: ignore[index]
+    return agg
+
+
+def folds_data(app: App, cls: type[Aggregate]) -> bool:
+    """Whether `cls` can be folded from FoldRows (fold_rows): every handler takes a
+    registered event class and no upcaster needs the whole stored event."""
+    return not app.upcasters and cls.handlers().keys() <= cls.event_classes().keys()
+
+
+def fold_rows(app: App, agg: Aggregate, rows: list[FoldRow]) -> Aggregate:
+    """fold() over FoldRows (see folds_data): the events are never built as StoredEvents."""
+    handlers = type(agg).handlers()
+    classes = type(agg).event_classes()
+    loads = orjson.loads
+    for position, version, event_type, schema_version, data in rows:
+        handler = handlers.get(event_type)
+        if handler is None:
+            continue
+        cls = classes[event_type]
+        if data.__class__ is not dict:
+            data = loads(data)
+        try:
+            if schema_version != cls.schema_version:
+                raise ValueError
+            event = cls.__pydantic_validator__.validate_python(data)
+        except (ValueError, pydantic.ValidationError):
+            # decode words the error (pydantic's ValidationError is a ValueError).
+            stored = stored_event(position, agg.stream_id, version, "", event_type, schema_version, data, {}, None)
+            event = app.decode(stored, cls)
+        handler(agg, event)
+    if rows:
+        agg.__pydantic_private__["_version"] = rows[-1][1]  # type: ignore[index]
     return agg
 
 

@@ -38,6 +38,7 @@ from .base import (
     Deadline,
     EventRow,
     ExpectedVersion,
+    FoldRow,
     NewMessage,
     OutboxFailure,
     OutboxMessage,
@@ -402,6 +403,23 @@ class PostgresTransaction(Transaction):
             params.append(limit)
         self.cur.execute(query, params)
         return list(map(_event, self.cur.fetchall()))
+
+    def read_stream_data(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[FoldRow]:
+        query = (
+            "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
+            " WHERE stream_id = %s AND stream_version >= %s"
+        )
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            query += " AND stream_version <= %s"
+            params.append(to_version)
+        if as_of is not None:
+            query += " AND recorded_at <= %s"
+            params.append(as_of)
+        self.cur.execute(query + " ORDER BY stream_version", params)
+        return self.cur.fetchall()
 
     def processed_command(self, command_id: str) -> dict[str, Any] | None:
         self.cur.execute("SELECT result FROM processed_commands WHERE command_id = %s", (command_id,))

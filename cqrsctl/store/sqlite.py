@@ -24,6 +24,7 @@ from .base import (
     SCHEMA_VERSION,
     Deadline,
     EventRow,
+    FoldRow,
     NewMessage,
     OutboxFailure,
     OutboxMessage,
@@ -316,6 +317,28 @@ class SQLiteTransaction(Transaction):
             elif from_version == 1:
                 self._known[stream_id] = 0
         return events
+
+    def read_stream_data(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[FoldRow]:
+        sql = (
+            "SELECT global_position, stream_version, event_type, schema_version, data FROM events"
+            " WHERE stream_id = ? AND stream_version >= ?"
+        )
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND stream_version <= ?"
+            params.append(to_version)
+        if as_of is not None:
+            sql += " AND recorded_at <= ?"
+            params.append(_ts(as_of))
+        rows = self.conn.execute(sql + " ORDER BY stream_version", params).fetchall()
+        if to_version is None and as_of is None:
+            if rows:
+                self._known[stream_id] = rows[-1][1]
+            elif from_version == 1:
+                self._known[stream_id] = 0
+        return rows
 
     def processed_command(self, command_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
