@@ -237,6 +237,10 @@ def test_read_model_api(store: Store) -> None:
             assert rm.get("kv", k="x")["n"] == 42  # type: ignore[index]
             with pytest.raises(UsageError):
                 rm.upsert("kv", {"k": "z", "nope": 1})
+            with pytest.raises(UsageError, match="unknown column.* nope"):
+                rm.upsert("kv", {"k": "x", "nope": 1})  # an existing row
+            kept = rm.get("kv", k="x")
+            assert kept is not None and kept["n"] == 42 and "nope" not in kept
             with pytest.raises(UsageError):
                 rm.get("missing", k="x")
 
