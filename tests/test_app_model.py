@@ -12,11 +12,12 @@ import pytest
 from helpers import BANK_APP, USERS_APP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import PrivateAttr
 
 from cqrsctl.app import Aggregate, App, Command, Event
 from cqrsctl.errors import DecodeError, DomainError, NotFoundError, ValidationError
 from cqrsctl.loader import load_app
-from cqrsctl.services.dispatch import Dispatcher
+from cqrsctl.services.dispatch import Dispatcher, load
 from cqrsctl.services.replay import history, replay, take_snapshot
 from cqrsctl.store import NewEvent, Store
 
@@ -363,6 +364,29 @@ def test_undecodable_events_name_the_position_without_upcasters(store: Store) ->
     with pytest.raises(DecodeError, match=f"position {newer} .*schema version 2, but MoneyDeposited expects 1"):
         replay(store, bank_app, "Account-D-2")
     assert replay(store, bank_app, "Account-D-2", at_version=1).state["owner"] == "Eve"
+
+
+class Tally(Aggregate, category="Tally"):
+    count: int = 0
+    _note: str = PrivateAttr("kept")
+
+    def when_Counted(self, e: Counted) -> None:
+        self.count += 1
+
+
+class Counted(Event):
+    pass
+
+
+def test_an_aggregate_keeps_its_own_private_attributes(store: Store) -> None:
+    tally = App("tally")
+    tally.aggregate(Tally)
+    store.append("Tally-t1", [NewEvent("Counted", {}), NewEvent("Counted", {})])
+    with store.reader() as tx:
+        agg = load(tally, tx, Tally, "Tally-t1")
+    assert (agg.count, agg.version, agg.stream_id, agg._note) == (2, 2, "Tally-t1", "kept")
+    fresh = Tally()
+    assert (fresh.version, fresh.exists, fresh.stream_id, fresh._note) == (0, False, "", "kept")
 
 
 # -- time travel ----------------------------------------------------------------------------
