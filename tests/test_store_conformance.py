@@ -344,6 +344,11 @@ def test_read_stream_data_is_read_stream_in_short(store: Store) -> None:
     assert len(short()) == 8
     with store.reader() as tx:
         assert tx.read_stream_data("Missing-1") == []
+    # Without a transaction around them, statements see what commits in between.
+    with store.reader(consistent=False) as tx:
+        assert [r[1] for r in tx.read_stream_data("Account-2")] == [1, 2]
+        seed(store, "Account-2", 1)
+        assert [r[1] for r in tx.read_stream_data("Account-2")] == [1, 2, 3]
 
 
 def test_unicode_round_trip(store: Store) -> None:

@@ -47,7 +47,9 @@ def replay(
 ) -> Replay:
     """The state of `stream_id` at its head, at a version, or as of a time."""
     cls = app.aggregate_for(stream_id) if app else None
-    with store.reader() as tx:
+    # Events are only ever appended: whatever commits between the statements below, they
+    # fold a state the stream really had, so they need no transaction around them.
+    with store.reader(consistent=False) as tx:
         if app is not None and cls is not None:
             agg = load(app, tx, cls, stream_id, at_version=at_version, as_of=as_of, use_snapshot=use_snapshot)
             version, state, kind = agg.version, agg.state(), cls.__name__

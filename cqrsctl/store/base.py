@@ -688,8 +688,12 @@ class Store(ABC):
         database)."""
 
     @abstractmethod
-    def reader(self) -> AbstractContextManager[Transaction]:
-        """A read-only view; cheaper than a write transaction, never blocks writers."""
+    def reader(self, *, consistent: bool = True) -> AbstractContextManager[Transaction]:
+        """A read-only view; cheaper than a write transaction, never blocks writers.
+
+        With `consistent=False` each statement reads the latest commits on its own, with
+        no transaction around them (no BEGIN and COMMIT to pay for): for reads that stay
+        right whatever is appended between their statements, as a stream's fold does."""
 
     def lazy_transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction whose commit does not wait for the disk: visible to everyone

@@ -867,7 +867,17 @@ class PostgresStore(Store):
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 
-    reader = transaction
+    @contextmanager
+    def reader(self, *, consistent: bool = True) -> Iterator[PostgresTransaction]:
+        if consistent:
+            with self.transaction() as tx:
+                yield tx
+            return
+        try:
+            with self.pool.connection() as conn:  # autocommit: each statement on its own
+                yield PostgresTransaction(conn, self)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {_redact_text(str(exc).strip(), self.url)}") from None
 
     @contextmanager
     def lazy_transaction(self) -> Iterator[PostgresTransaction]:

@@ -858,9 +858,9 @@ class SQLiteStore(Store):
                 self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     @contextmanager
-    def reader(self) -> Iterator[SQLiteTransaction]:
+    def reader(self, *, consistent: bool = True) -> Iterator[SQLiteTransaction]:
         conn = self.conn
-        if conn.in_transaction:  # nested inside a write transaction: share it
+        if conn.in_transaction or not consistent:  # nested inside a write transaction: share it
             yield SQLiteTransaction(conn)
             return
         shared = self._shared is not None
