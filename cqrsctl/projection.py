@@ -89,24 +89,33 @@ def _snake(name: str) -> str:
 
 
 class EventView:
-    """One stored event as a projection handler sees it; decodes lazily.
+    """One stored event as a projection handler sees it.
 
     `data` is the event's (upcast) data as a dict; `model` is the app's pydantic event
     (via App.decode), built only when asked for; `aggregate_id` is the stream id without
-    its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop,
-    so it only keeps the row and works out the rest on demand; a lean row (see
-    EventPage) gets its event_id, recorded_at and metadata from its page.
+    its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop:
+    `data` and `aggregate_id`, which nearly every handler reads, are plain attributes
+    set here; the rest is worked out on demand, and a lean row (see EventPage) gets its
+    event_id, recorded_at and metadata from its page.
     """
 
     # `_metadata` and `_recorded_at` are left unset until asked for (most handlers never do).
-    __slots__ = ("_row", "_app", "_page", "_data", "_aggregate_id", "_metadata", "_recorded_at")
+    __slots__ = ("_row", "_app", "_page", "data", "aggregate_id", "_metadata", "_recorded_at")
 
     def __init__(self, row: EventTuple, app: App | None = None, page: EventPage | None = None) -> None:
         self._row = row
         self._app = app
         self._page = page
-        self._data: dict[str, Any] | None = None
-        self._aggregate_id: str | None = None
+        head, sep, rest = row[1].partition("-")
+        self.aggregate_id: str = rest if sep else head
+        # `data` is decoded here rather than on demand: nearly every handler reads it, and
+        # a plain attribute is read at a fraction of a property's cost.
+        data = row[5]
+        if data.__class__ is not dict:
+            data = _loads(data)
+        if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
+            data = app.upcast(self._stored(data))[1]
+        self.data: dict[str, Any] = data
 
     def __repr__(self) -> str:
         return f"EventView({self.type} {self.stream_id}@{self.stream_version} #{self.position})"
@@ -146,20 +155,6 @@ class EventView:
         return self._row[4]  # type: ignore[no-any-return]
 
     @property
-    def data(self) -> dict[str, Any]:
-        data = self._data
-        if data is None:
-            row = self._row
-            data = row[5]
-            if data.__class__ is not dict:
-                data = _loads(data)
-            app = self._app
-            if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
-                data = app.upcast(self._stored(data))[1]
-            self._data = data
-        return data  # type: ignore[no-any-return]
-
-    @property
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] | None = getattr(self, "_metadata", None)
         if meta is None:
@@ -174,14 +169,6 @@ class EventView:
             raw = self._full()[7]
             at = self._recorded_at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
         return at
-
-    @property
-    def aggregate_id(self) -> str:
-        found = self._aggregate_id
-        if found is None:
-            head, sep, rest = self._row[1].partition("-")
-            found = self._aggregate_id = rest if sep else head
-        return found
 
     @property
     def category(self) -> str:
