@@ -860,13 +860,16 @@ class SQLiteStore(Store):
     @contextmanager
     def reader(self, *, consistent: bool = True) -> Iterator[SQLiteTransaction]:
         conn = self.conn
-        if conn.in_transaction or not consistent:  # nested inside a write transaction: share it
+        if conn.in_transaction:  # nested inside a write transaction: share it
             yield SQLiteTransaction(conn)
             return
         shared = self._shared is not None
         if shared:  # one connection for every thread: one of them at a time
             self.turns.acquire()
         try:
+            if not consistent:
+                yield SQLiteTransaction(conn)
+                return
             conn.execute("BEGIN")
             try:
                 yield SQLiteTransaction(conn)
