@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from .errors import (
     ConcurrencyError,
     CqrsError,
@@ -11,7 +13,10 @@ from .errors import (
 )
 from .store import ANY, EXISTS, NO_STREAM, NewEvent, Store, StoredEvent, open_store
 
-__version__ = "0.1.0"
+try:  # the one place the version is written is pyproject.toml
+    __version__ = _metadata.version("cqrsctl")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ANY",

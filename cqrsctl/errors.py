@@ -115,6 +115,18 @@ class FileAccessError(CqrsError):
     exit_code = 15
 
 
+class ContractError(CqrsError):
+    """Stored events do not decode with the current code (`contract check`)."""
+
+    exit_code = 17
+
+
+class BreakingChangeError(CqrsError):
+    """The app's event contract changed incompatibly since it was locked (`contract diff`)."""
+
+    exit_code = 18
+
+
 class HistoryGapError(CqrsError):
     """The history being imported skips stream versions."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -89,24 +89,33 @@ def _snake(name: str) -> str:
 
 
 class EventView:
-    """One stored event as a projection handler sees it; decodes lazily.
+    """One stored event as a projection handler sees it.
 
     `data` is the event's (upcast) data as a dict; `model` is the app's pydantic event
     (via App.decode), built only when asked for; `aggregate_id` is the stream id without
-    its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop,
-    so it only keeps the row and works out the rest on demand; a lean row (see
-    EventPage) gets its event_id, recorded_at and metadata from its page.
+    its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop:
+    `data` and `aggregate_id`, which nearly every handler reads, are plain attributes
+    set here; the rest is worked out on demand, and a lean row (see EventPage) gets its
+    event_id, recorded_at and metadata from its page.
     """
 
     # `_metadata` and `_recorded_at` are left unset until asked for (most handlers never do).
-    __slots__ = ("_row", "_app", "_page", "_data", "_aggregate_id", "_metadata", "_recorded_at")
+    __slots__ = ("_row", "_app", "_page", "data", "aggregate_id", "_metadata", "_recorded_at")
 
     def __init__(self, row: EventTuple, app: App | None = None, page: EventPage | None = None) -> None:
         self._row = row
         self._app = app
         self._page = page
-        self._data: dict[str, Any] | None = None
-        self._aggregate_id: str | None = None
+        head, sep, rest = row[1].partition("-")
+        self.aggregate_id: str = rest if sep else head
+        # `data` is decoded here rather than on demand: nearly every handler reads it, and
+        # a plain attribute is read at a fraction of a property's cost.
+        data = row[5]
+        if data.__class__ is not dict:
+            data = _loads(data)
+        if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
+            data = app.upcast(self._stored(data))[1]
+        self.data: dict[str, Any] = data
 
     def __repr__(self) -> str:
         return f"EventView({self.type} {self.stream_id}@{self.stream_version} #{self.position})"
@@ -146,20 +155,6 @@ class EventView:
         return self._row[4]  # type: ignore[no-any-return]
 
     @property
-    def data(self) -> dict[str, Any]:
-        data = self._data
-        if data is None:
-            row = self._row
-            data = row[5]
-            if data.__class__ is not dict:
-                data = _loads(data)
-            app = self._app
-            if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
-                data = app.upcast(self._stored(data))[1]
-            self._data = data
-        return data  # type: ignore[no-any-return]
-
-    @property
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] | None = getattr(self, "_metadata", None)
         if meta is None:
@@ -174,14 +169,6 @@ class EventView:
             raw = self._full()[7]
             at = self._recorded_at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
         return at
-
-    @property
-    def aggregate_id(self) -> str:
-        found = self._aggregate_id
-        if found is None:
-            head, sep, rest = self._row[1].partition("-")
-            found = self._aggregate_id = rest if sep else head
-        return found
 
     @property
     def category(self) -> str:
@@ -240,28 +227,37 @@ _loads = orjson.loads
 class _Slot:
     """One table of a ReadModel: its spec, physical name, cache and dirty keys."""
 
-    __slots__ = ("name", "spec", "physical", "columns", "key", "single", "blank", "cache", "dirty", "complete")
+    __slots__ = (
+        "name", "spec", "physical", "columns", "width", "key", "single", "blank", "cache", "dirty", "complete",
+    )  # fmt: skip
 
     def __init__(self, name: str, spec: Table, physical: str) -> None:
         self.name, self.spec, self.physical = name, spec, physical
         self.columns = frozenset(spec.columns)
+        self.width = len(self.columns)
         self.key = tuple(spec.key)
-        # Most tables have a one-column key: build its tuple without a loop.
+        # Most tables have a one-column key: the cache is then keyed by its value itself,
+        # with no tuple to build and hash per lookup (see key_of and keys).
         self.single = self.key[0] if len(self.key) == 1 else None
         self.blank = dict.fromkeys(spec.columns)
-        self.cache: dict[tuple[Any, ...], dict[str, Any] | None] = {}
-        self.dirty: set[tuple[Any, ...]] = set()
+        self.cache: dict[Any, dict[str, Any] | None] = {}
+        self.dirty: set[Any] = set()
         # The table holds nothing but what the cache holds (a fresh rebuild): a miss
         # needs no lookup.
         self.complete = False
 
-    def key_of(self, values: dict[str, Any]) -> tuple[Any, ...]:
+    def key_of(self, values: dict[str, Any]) -> Any:
+        """The cache key of a row: the key column's value, or a tuple of the key columns'."""
         try:
             if self.single is not None:
-                return (values[self.single],)
+                return values[self.single]
             return tuple([values[c] for c in self.key])
         except KeyError as exc:
             raise UsageError(f"{self.name}: the key column {exc.args[0]!r} is missing") from None
+
+    def keys(self, keys: Iterable[Any]) -> list[tuple[Any, ...]]:
+        """Cache keys as the tuples Tracking takes."""
+        return [(k,) for k in keys] if self.single is not None else list(keys)
 
 
 class ReadModel:
@@ -295,13 +291,13 @@ class ReadModel:
         except KeyError:
             raise UsageError(f"unknown read-model table {table!r} (tables: {', '.join(self._slots)})") from None
 
-    def _load(self, slot: _Slot, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    def _load(self, slot: _Slot, key: Any) -> dict[str, Any] | None:
         row = slot.cache.get(key, _MISSING)
         if row is not _MISSING:
             return row  # type: ignore[no-any-return]
         if slot.complete:
             return None
-        rows = self._t.fetch(slot.physical, slot.spec, [key])
+        rows = self._t.fetch(slot.physical, slot.spec, slot.keys([key]))
         row = slot.cache[key] = rows[0] if rows else None
         return row
 
@@ -314,7 +310,7 @@ class ReadModel:
         """The row with this primary key (as a copy), or None."""
         slot = self._slots.get(table) or self._slot(table)
         single = slot.single  # the common one-column key, without a call
-        k = (key[single],) if single is not None and single in key else slot.key_of(key)
+        k = key[single] if single is not None and single in key else slot.key_of(key)
         row = slot.cache.get(k, _MISSING)
         if row is _MISSING:
             row = self._load(slot, k)
@@ -326,7 +322,7 @@ class ReadModel:
         read-modify-write a row: ``rm.edit("balances", account_id=a)["balance"] += amount``."""
         slot = self._slots.get(table) or self._slot(table)
         single = slot.single
-        k = (key[single],) if single is not None and single in key else slot.key_of(key)
+        k = key[single] if single is not None and single in key else slot.key_of(key)
         row = slot.cache.get(k, _MISSING)
         if row is _MISSING:
             row = self._load(slot, k)
@@ -346,15 +342,19 @@ class ReadModel:
         """Insert the row, or update the columns it gives of the existing one."""
         slot = self._slots.get(table) or self._slot(table)
         single = slot.single
-        key = (row[single],) if single is not None and single in row else slot.key_of(row)
+        key = row[single] if single is not None and single in row else slot.key_of(row)
         existing = slot.cache.get(key, _MISSING)
         if existing is _MISSING:
             existing = self._load(slot, key)
-        if existing is None or not row.keys() <= slot.columns:
+        if existing is None:
             self._put(slot, key, row, existing)
             return
         # The cache owns its rows (get hands out copies), so they are changed in place.
+        # A cached row holds every column: one that grew got a column the table lacks
+        # (cheaper to find out afterwards than to check each column first).
         existing.update(row)
+        if len(existing) != slot.width:
+            self._unknown(slot, existing)
         slot.dirty.add(key)
 
     def update(self, table: str, row: dict[str, Any]) -> bool:
@@ -373,7 +373,13 @@ class ReadModel:
         slot.cache[k] = None
         slot.dirty.add(k)
 
-    def _put(self, slot: _Slot, key: tuple[Any, ...], row: dict[str, Any], existing: dict[str, Any] | None) -> None:
+    def _unknown(self, slot: _Slot, row: dict[str, Any]) -> None:
+        unknown = sorted(row.keys() - slot.columns)
+        for column in unknown:
+            del row[column]
+        raise UsageError(f"{slot.name}: unknown column(s) {', '.join(unknown)}")
+
+    def _put(self, slot: _Slot, key: Any, row: dict[str, Any], existing: dict[str, Any] | None) -> None:
         if not row.keys() <= slot.columns:
             unknown = sorted(row.keys() - slot.columns)
             raise UsageError(f"{slot.name}: unknown column(s) {', '.join(unknown)}")
@@ -425,7 +431,7 @@ class ReadModel:
             cache = slot.cache
             gone = [k for k in slot.dirty if cache[k] is None]
             if gone:
-                self._t.remove(slot.physical, slot.spec, gone)
+                self._t.remove(slot.physical, slot.spec, slot.keys(gone))
             self._t.write(slot.physical, slot.spec, [cache[k] for k in slot.dirty if cache[k] is not None])  # type: ignore[misc]
             slot.dirty.clear()
 

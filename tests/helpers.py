@@ -98,7 +98,8 @@ def run(
 
 
 def assert_error(result: Run, code: int, *needles: str) -> str:
-    """The run failed with `code` and said so in exactly one line on stderr (no traceback).
+    """The run failed with `code` and said so in exactly one line on stderr (no traceback):
+    `error: …`, or the JSON error object under JSON formats.
 
     Returns that line; each of `needles` must appear in it.
     """
@@ -107,6 +108,10 @@ def assert_error(result: Run, code: int, *needles: str) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line on stderr\n{result}"
     line = lines[0]
+    if line.startswith("{"):  # under --json / --format json*: {"error", "exit_code", "type"}
+        error = orjson.loads(line)
+        assert error["exit_code"] == code, line
+        line = "error: " + error["error"]
     assert line.startswith("error:"), line
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     for needle in needles:

@@ -12,11 +12,12 @@ import pytest
 from helpers import BANK_APP, USERS_APP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import PrivateAttr
 
 from cqrsctl.app import Aggregate, App, Command, Event
 from cqrsctl.errors import DecodeError, DomainError, NotFoundError, ValidationError
 from cqrsctl.loader import load_app
-from cqrsctl.services.dispatch import Dispatcher
+from cqrsctl.services.dispatch import Dispatcher, load
 from cqrsctl.services.replay import history, replay, take_snapshot
 from cqrsctl.store import NewEvent, Store
 
@@ -347,6 +348,45 @@ def test_upcaster_failure_names_the_position(store: Store) -> None:
         Dispatcher(up_app, store).dispatch("SetPrice", {"sku": "p2", "cents": 5})
     assert store.stream_version("Product-p2") == 2
     assert replay(store, up_app, "Product-p2", at_version=1).state["cents"] == 1
+
+
+def test_undecodable_events_name_the_position_without_upcasters(store: Store) -> None:
+    # bank_app has no upcasters, so replay and dispatch fold its streams from FoldRows.
+    d = Dispatcher(bank_app, store)
+    d.dispatch("OpenAccount", {"account_id": "D-1", "owner": "Ada"})
+    bad = store.append("Account-D-1", [NewEvent("MoneyDeposited", {"amount": "lots"})]).positions[0]
+    with pytest.raises(DecodeError, match=f"position {bad} \\(MoneyDeposited.*cannot be decoded: amount"):
+        replay(store, bank_app, "Account-D-1")
+    with pytest.raises(DecodeError, match=f"position {bad}"):
+        d.dispatch("Deposit", {"account_id": "D-1", "amount": "1"})
+    d.dispatch("OpenAccount", {"account_id": "D-2", "owner": "Eve"})
+    newer = store.append("Account-D-2", [NewEvent("MoneyDeposited", {"amount": "1"}, schema_version=2)]).positions[0]
+    with pytest.raises(DecodeError, match=f"position {newer} .*schema version 2"):
+        replay(store, bank_app, "Account-D-2")
+    assert replay(store, bank_app, "Account-D-2", at_version=1).state["owner"] == "Eve"
+
+
+class Tally(Aggregate, category="Tally"):
+    count: int = 0
+    _note: str = PrivateAttr("kept")
+
+    def when_Counted(self, e: Counted) -> None:
+        self.count += 1
+
+
+class Counted(Event):
+    pass
+
+
+def test_an_aggregate_keeps_its_own_private_attributes(store: Store) -> None:
+    tally = App("tally")
+    tally.aggregate(Tally)
+    store.append("Tally-t1", [NewEvent("Counted", {}), NewEvent("Counted", {})])
+    with store.reader() as tx:
+        agg = load(tally, tx, Tally, "Tally-t1")
+    assert (agg.count, agg.version, agg.stream_id, agg._note) == (2, 2, "Tally-t1", "kept")
+    fresh = Tally()
+    assert (fresh.version, fresh.exists, fresh.stream_id, fresh._note) == (0, False, "", "kept")
 
 
 # -- time travel ----------------------------------------------------------------------------

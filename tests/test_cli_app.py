@@ -274,11 +274,9 @@ def test_query_parameters_are_typed(store_url: str, tmp_path: Path) -> None:
     assert cli(*q, "add", "-p", "a=2").ok().json() == {"sum": 3}
     assert cli(*q, "add", "-p", "a=2", "-p", "b=5").ok().json() == {"sum": 7}
     assert_error(cli(*q, "add", "-p", "a=two"), 3, "'a'")
-    assert cli(*q, "rows", "-p", "n=3").ok().json() == [
-        {"i": 0, "sq": 0},
-        {"i": 1, "sq": 1},
-        {"i": 2, "sq": 4},
-    ]
+    rows = [{"i": 0, "sq": 0}, {"i": 1, "sq": 1}, {"i": 2, "sq": 4}]
+    assert cli(*q, "rows", "-p", "n=3").ok().jsonl() == rows  # --json is JSON Lines for records
+    assert cli(*q, "rows", "-p", "n=3", "--format", "json").ok().json() == rows
     table = cli("--db", store_url, "--app", str(app_file), "query", "rows", "-p", "n=3").ok().stdout
     assert "sq" in table and "4" in table
 
@@ -453,7 +451,10 @@ def test_upcasters_apply_on_every_read_path(store_url: str, tmp_path: Path) -> N
     result = cli(*people, "--json", "replay", "-a", "Person-1").ok().json()
     assert result["state"] == {"first": "Ada", "last": "King", "renames": 2}
     steps = cli(*people, "--json", "replay", "-a", "Person-1", "--events").ok().jsonl()
-    assert [(s["event"]["schema_version"], s["state"]["last"]) for s in steps] == [(1, "Byron"), (2, "King")]
+    # The events as the app reads them (upcast to v3); --raw shows what is stored.
+    assert [(s["event"]["schema_version"], s["event"]["data"]["last"]) for s in steps] == [(3, "Byron"), (3, "King")]
+    raw = cli(*people, "--json", "replay", "-a", "Person-1", "--events", "--raw").ok().jsonl()
+    assert [(s["event"]["schema_version"], s["state"]["last"]) for s in raw] == [(1, "Byron"), (2, "King")]
     # Dispatch loads through the upcasters too, and writes the current version.
     cli(*people, "dispatch", "Rename", "-d", '{"person_id": "1", "first": "Ada", "last": "Lovelace"}').ok()
     stored = all_events(store_url)

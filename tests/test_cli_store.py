@@ -525,10 +525,22 @@ BAD_URLS = [
 
 @pytest.mark.parametrize("url", BAD_URLS, ids=["unreachable", "unknown-host", "unsupported-scheme"])
 def test_exit_7_bad_database_url(url: str) -> None:
-    for args in (("streams", "list"), ("append", "S-1", "T", "-d", "{}"), ("doctor",)):
+    for args in (("streams", "list"), ("append", "S-1", "T", "-d", "{}")):
         result = cli("--db", url, *args)
         assert_error(result, 7, "***")
         assert "secret" not in result.stdout + result.stderr
+    # doctor reports an unreachable database (exit 10) and fails with 7 only on a URL it cannot use.
+    doctor = cli("--db", url, "--json", "doctor")
+    assert "secret" not in doctor.stdout + doctor.stderr
+    if url.startswith("mysql"):
+        assert doctor.code == 7 and doctor.stdout == ""
+        assert orjson.loads(doctor.stderr)["exit_code"] == 7
+    else:
+        assert doctor.code == 10, str(doctor)
+        report = doctor.json()
+        assert report["healthy"] is False and report["database"].endswith("/x") and "***" in report["database"]
+        assert report["checks"] == [{"name": "connection", "ok": False, "detail": report["checks"][0]["detail"]}]
+        assert "cannot connect" in report["checks"][0]["detail"]
     env_result = cli("streams", "list", env={"CQRSCTL_DB": url})
     assert_error(env_result, 7)
     assert "secret" not in env_result.stdout + env_result.stderr

@@ -241,7 +241,7 @@ def test_nestjs_migration_walkthrough(store: Store, store_url: str, kafka_url: s
     balance = sum(float(v["data"]["amount"]) for v in deposits) - 5
     assert float(state["state"]["balance"]) == balance and state["version"] == len(deposits) + 2
     cli(*base, "projections", "rebuild", "balances").ok()
-    rows = {r["account_id"]: r for r in cli(*base, "--json", "query", "balances").ok().json()}
+    rows = {r["account_id"]: r for r in cli(*base, "--json", "query", "balances").ok().jsonl()}
     assert set(rows) == {"A-1", "A-2", "A-3"} and float(rows["A-1"]["balance"]) == balance
     cli(*base, "dispatch", "Deposit", "--data", '{"account_id": "A-1", "amount": "7.50"}').ok()
     topic = unique("bank.account.events.")

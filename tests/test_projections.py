@@ -237,6 +237,10 @@ def test_read_model_api(store: Store) -> None:
             assert rm.get("kv", k="x")["n"] == 42  # type: ignore[index]
             with pytest.raises(UsageError):
                 rm.upsert("kv", {"k": "z", "nope": 1})
+            with pytest.raises(UsageError, match="unknown column.* nope"):
+                rm.upsert("kv", {"k": "x", "nope": 1})  # an existing row
+            kept = rm.get("kv", k="x")
+            assert kept is not None and kept["n"] == 42 and "nope" not in kept
             with pytest.raises(UsageError):
                 rm.get("missing", k="x")
 
@@ -409,7 +413,7 @@ def test_poison_event_fails_only_its_projection_then_skip(store: Store, tmp_path
     P.skip(store, app, "totals", bad)
     P.check_catch_up(P.catch_up(store, app))
     s = {s.name: s for s in P.status(store, app)}["totals"]
-    assert s.state == "idle" and [k["position"] for k in s.skipped] == [bad] and "poison" in s.skipped[0]["error"]
+    assert s.state == "idle" and [k["position"] for k in s.skipped] == [bad] and "poison" in s.skipped[0]["reason"]
     expected = oracle_totals(store)
     total, events = expected.pop("S-1")
     if events > 1:
@@ -462,24 +466,24 @@ def test_a_transient_handler_error_is_retried_with_back_off(store: Store) -> Non
 def test_cli_projections(store_url: str, tmp_path: Path) -> None:
     base = ("--db", store_url, "--app", BANK_APP)
     cli(*base, "-q", "dispatch", "--file", str(BANK_COMMANDS), "--continue-on-error")
-    listed = cli(*base, "--json", "projections", "list").ok().json()
+    listed = cli(*base, "--format", "json", "projections", "list").ok().json()
     assert {p["name"]: p["state"] for p in listed} == {"balances": "idle", "daily_totals": "idle"}
     assert all(p["lag_events"] > 0 for p in listed)
     assert "balances" in cli(*base, "projections", "list").ok().stdout
-    dry = cli(*base, "--json", "projections", "rebuild", "--all", "--dry-run").ok().json()
+    dry = cli(*base, "--format", "json", "projections", "rebuild", "--all", "--dry-run").ok().json()
     assert [d["name"] for d in dry] == ["balances", "daily_totals"]
     with open_store(store_url) as s, s.reader() as tx:
         assert not tx.tracking.table_exists("balances__rebuild") and not tx.tracking.checkpoints()
-    caught = cli(*base, "--json", "projections", "catch-up").ok().json()
+    caught = cli(*base, "--format", "json", "projections", "catch-up").ok().json()
     assert {c["outcome"] for c in caught} == {"caught-up"}
-    rebuilt = cli(*base, "--json", "projections", "rebuild", "balances").ok().json()
+    rebuilt = cli(*base, "--format", "json", "projections", "rebuild", "balances").ok().json()
     assert rebuilt[0]["name"] == "balances" and rebuilt[0]["events"] > 1000
-    status = cli(*base, "--json", "projections", "status", "balances").ok().json()
+    status = cli(*base, "--format", "json", "projections", "status", "balances").ok().json()
     assert status[0]["lag_events"] == 0 and status[0]["state"] == "idle"
     assert "handles" in cli(*base, "projections", "status").ok().stdout
     shown = cli(*base, "query", "balance", "--param", "account_id=A-0001").ok().stdout
     assert "A-0001" in shown and '"' not in shown.split("balance", 2)[-1].splitlines()[0]
-    assert cli(*base, "--json", "query", "balances").ok().json()
+    assert cli(*base, "--json", "query", "balances").ok().jsonl()
     cli(*base, "projections", "reset", "daily_totals").ok()
     assert_error(cli(*base, "query", "daily_totals"), 6, "catch-up")
     assert_error(cli(*base, "projections", "rebuild", "nope"), 6, "unknown projection")
@@ -500,21 +504,21 @@ def test_cli_poison_skip_and_retry(store_url: str, tmp_path: Path) -> None:
         bad = s.append("S-2", [NewEvent("Added", {"n": 3, "poison": True})]).positions[0]
         bad2 = s.append("S-3", [NewEvent("Removed", {"n": 4, "poison": True})]).positions[0]
         append_random(s, 30, seed=12)
-    failed = cli(*base, "--json", "projections", "catch-up", "--retries", "1", "--retry-delay", "0.01", env=env)
+    failed = cli(*base, "--format", "json", "projections", "catch-up", "--retries", "1", "--retry-delay", "0.01", env=env)
     assert failed.code == 14, str(failed)
     by_name = {r["name"]: r for r in failed.json()}
     assert by_name["totals"]["outcome"] == "failed" and by_name["counts"]["outcome"] == "caught-up"
-    status = cli(*base, "--json", "projections", "status", "totals", env=env).ok().json()[0]
+    status = cli(*base, "--format", "json", "projections", "status", "totals", env=env).ok().json()[0]
     assert status["state"] == "failed" and status["error_position"] == bad and str(bad) in status["error"]
     assert "failed" in cli(*base, "projections", "list", env=env).stdout
     assert_error(cli(*base, "doctor", env=env), 10, "totals failed")
     cli(*base, "projections", "skip", "totals", "--position", str(bad), env=env).ok()
-    again = cli(*base, "--json", "projections", "catch-up", "--retries", "0", env=env)
+    again = cli(*base, "--format", "json", "projections", "catch-up", "--retries", "0", env=env)
     assert again.code == 14 and str(bad2) in again.stdout
     flag.unlink()
     cli(*base, "projections", "retry", "totals", env=env).ok()
     cli(*base, "projections", "catch-up", env=env).ok()
-    status = cli(*base, "--json", "projections", "status", "totals", env=env).ok().json()[0]
+    status = cli(*base, "--format", "json", "projections", "status", "totals", env=env).ok().json()[0]
     assert status["state"] == "idle" and [s["position"] for s in status["skipped"]] == [bad]
     assert cli(*base, "doctor", env=env).ok()
 

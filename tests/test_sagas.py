@@ -33,8 +33,8 @@ BANK = str(ROOT / "samples" / "bank" / "app.py")
 USERS = str(ROOT / "samples" / "users" / "app.py")
 STRESS = os.environ.get("CQRSCTL_STRESS") == "1"
 SEED_FIELDS = {
-    "sagaId", "sagaType", "status", "currentStep", "totalSteps", "steps", "results",
-    "compensationActions", "createdAt", "updatedAt",
+    "saga_id", "saga_type", "status", "current_step", "total_steps", "steps", "results",
+    "compensation_actions", "created_at", "updated_at",
 }  # fmt: skip
 
 
@@ -70,30 +70,30 @@ def test_transfer_saga_happy_and_compensation_paths_through_the_cli(store_url: s
         orjson.loads(line)
         for line in ok(run_cli(store_url, BANK, "--json", "sagas", "list")).stdout.splitlines()
     ]
-    assert {s["sagaId"]: s["status"] for s in listed} == {
+    assert {s["saga_id"]: s["status"] for s in listed} == {
         "TransferSaga-Transfer-T1": "completed",
         "TransferSaga-Transfer-T2": "compensated",
     }
     failed_only = ok(run_cli(store_url, BANK, "--json", "sagas", "list", "--status", "compensated")).stdout
-    assert [orjson.loads(x)["sagaId"] for x in failed_only.splitlines()] == ["TransferSaga-Transfer-T2"]
+    assert [orjson.loads(x)["saga_id"] for x in failed_only.splitlines()] == ["TransferSaga-Transfer-T2"]
 
     happy = orjson.loads(
         ok(run_cli(store_url, BANK, "--json", "sagas", "show", "TransferSaga-Transfer-T1")).stdout
     )
     assert set(happy) >= SEED_FIELDS
-    assert happy["totalSteps"] == 3 and happy["currentStep"] == 3
+    assert happy["total_steps"] == 3 and happy["current_step"] == 3
     assert [s["status"] for s in happy["steps"]] == ["completed"] * 3
-    assert happy["results"]["debit_source"]["commandId"] == "TransferSaga-Transfer-T1:debit_source"
-    assert "errorMessage" not in happy
+    assert happy["results"]["debit_source"]["command_id"] == "TransferSaga-Transfer-T1:debit_source"
+    assert "error_message" not in happy
 
     sad = orjson.loads(
         ok(run_cli(store_url, BANK, "--json", "sagas", "show", "TransferSaga-Transfer-T2")).stdout
     )
-    assert SEED_FIELDS | {"errorMessage"} <= set(sad)
+    assert SEED_FIELDS | {"error_message"} <= set(sad)
     assert [s["status"] for s in sad["steps"]] == ["compensated", "failed", "pending"]
-    assert sad["compensationActions"][0]["step"] == "debit_source"
-    assert sad["compensationActions"][0]["status"] == "completed"
-    assert "closed" in sad["errorMessage"]
+    assert sad["compensation_actions"][0]["step"] == "debit_source"
+    assert sad["compensation_actions"][0]["status"] == "completed"
+    assert "closed" in sad["error_message"]
 
     store = open_store(store_url)
     try:
@@ -236,7 +236,7 @@ def test_failed_compensation_is_visible_and_retryable(store: Store) -> None:
     assert report.failed == 1
     view = show_saga(store, flaky, "Booking-Order-1")
     assert view["status"] == "failed"
-    assert "frozen" in view["errorMessage"] and view["compensationActions"][-1]["status"] == "failed"
+    assert "frozen" in view["error_message"] and view["compensation_actions"][-1]["status"] == "failed"
     assert [s.saga_id for s in list_sagas(store, status="failed")] == ["Booking-Order-1"]
 
     REFUSE_UNDO["on"] = False
@@ -348,7 +348,7 @@ def test_daemon_runs_sagas_and_doctor_reports_failed_ones(store_url: str) -> Non
         orjson.loads(ok(run_cli(store_url, BANK, "--json", "sagas", "list")).stdout)["status"] == "completed"
     )
     # The projections saw the saga's commands in the same --once run.
-    rows = orjson.loads(ok(run_cli(store_url, BANK, "--json", "query", "balances")).stdout)
+    rows = [orjson.loads(line) for line in ok(run_cli(store_url, BANK, "--json", "query", "balances")).stdout.splitlines()]
     assert {r["account_id"]: Decimal(str(r["balance"])) for r in rows} == {"A": -10, "B": 10}, rows
     report = orjson.loads(ok(run_cli(store_url, BANK, "--json", "doctor")).stdout)
     assert {c["name"]: c["ok"] for c in report["checks"]}["sagas"] is True

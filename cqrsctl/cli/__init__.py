@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 from pathlib import Path
@@ -14,11 +15,101 @@ from ..config import resolve
 from ..errors import CqrsError
 from ..redaction import redact
 from ..store.base import default_actor
-from .runtime import Output, Runtime, scrub_urls
+from .runtime import Output, Runtime, error_json, scrub_urls
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+
+
+# Global options, accepted before or after the command (see _hoist_globals).
+_GLOBAL_VALUED = {"--db", "--app", "--format", "--actor"}
+_GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "--debug"}
+
+
+def _declares(command: Any, name: str) -> Any:
+    for param in getattr(command, "params", ()):
+        if name in getattr(param, "opts", ()) or name in getattr(param, "secondary_opts", ()):
+            return param
+    return None
+
+
+def _hoist_globals(root: Any, args: list[str]) -> list[str]:
+    """Move global options found after the command to the front, where the parser expects them.
+
+    Walks the command path so that a command's own options (and their values) stay where
+    they are: `cqrsctl append S T --data --json` keeps `--json` as the value of `--data`.
+    """
+    hoisted: list[str] = []
+    kept: list[str] = []
+    command = root
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            kept.extend(args[i:])
+            break
+        name, eq, _ = arg.partition("=")
+        if arg.startswith("-") and len(arg) > 1:
+            own = _declares(command, name)
+            takes_value = own is not None and not getattr(own, "is_flag", False) and not getattr(own, "count", False)
+            if own is None and command is not root and (name in _GLOBAL_VALUED or name in _GLOBAL_FLAGS):
+                take = 2 if name in _GLOBAL_VALUED and not eq else 1
+                hoisted.extend(args[i : i + take])
+                i += take
+                continue
+            if own is None and command is root and name in _GLOBAL_VALUED and not eq:
+                kept.extend(args[i : i + 2])
+                i += 2
+                continue
+            kept.append(arg)
+            if takes_value and not eq:
+                kept.extend(args[i + 1 : i + 2])
+                i += 1
+        else:
+            sub = getattr(command, "commands", {}).get(arg)
+            if sub is not None:
+                command = sub
+            kept.append(arg)
+        i += 1
+    return hoisted + kept if hoisted else kept
+
+
+def _machine_format(args: list[str]) -> bool:
+    """Whether the global options (in front, once hoisted) ask for JSON: errors then go out as JSON."""
+    fmt, json, i = None, False, 0
+    while i < len(args) and args[i].startswith("-"):
+        name, eq, value = args[i].partition("=")
+        if name in _GLOBAL_VALUED and not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            i += 1
+        if name == "--format":
+            fmt = value
+        json = json or name == "--json"
+        i += 1
+    return fmt in ("json", "jsonl") or (fmt is None and json)
+
+
+def _error_line(message: str, exit_code: int, kind: str, machine: bool) -> None:
+    if machine:
+        typer.echo(error_json(message, exit_code, kind), err=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 class _Group(TyperGroup):
     """Catches library errors once, for every command: one line on stderr and the error's exit code."""
+
+    machine_errors = False
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = _hoist_globals(self, list(args))
+        _Group.machine_errors = _machine_format(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -29,9 +120,9 @@ class _Group(TyperGroup):
                 raise
             message = _scrub(str(exc), rt)
             if rt is not None:
-                rt.output.error(message)
+                rt.output.error(message, exc.exit_code, type(exc).__name__)
             else:
-                typer.echo(f"error: {message}", err=True)
+                _error_line(message, exc.exit_code, type(exc).__name__, _Group.machine_errors)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -48,7 +139,8 @@ class _Group(TyperGroup):
             if rt is not None and rt.debug:
                 raise
             message = _scrub(f"{type(exc).__name__}: {exc}", rt)
-            typer.echo(f"error: internal error: {message} (run with --debug for a traceback)", err=True)
+            message = f"internal error: {message} (run with --debug for a traceback)"
+            _error_line(message, 1, "InternalError", _Group.machine_errors)
             raise typer.Exit(1) from None
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
@@ -84,7 +176,7 @@ def _parser_error(exc: Any) -> None:
         raise exc  # `cqrsctl streams` alone: the help is already printed
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    _error_line(f"{' '.join(exc.format_message().split())}{hint}", exc.exit_code, "UsageError", _Group.machine_errors)
     raise typer.Exit(exc.exit_code) from None
 
 
@@ -98,6 +190,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"cqrsctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -107,18 +207,26 @@ def _global(
     app_ref: str = typer.Option(
         None, "--app", help="Your app: module:attr or path/to/file.py[:attr] (env CQRSCTL_APP)."
     ),
-    json: bool = typer.Option(
-        False, "--json", help="Machine output: one JSON document, or JSON Lines for streams."
+    format: Format = typer.Option(
+        None,
+        "--format",
+        help="Output: table (people), json (one document), jsonl (one object per line), csv or tsv.",
     ),
+    json: bool = typer.Option(False, "--json", help="Shorthand for --format jsonl (--format wins when both are given)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only data and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say more about what happens."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     actor: str = typer.Option(
         None, "--actor", help="Who runs this, for the operations journal (env CQRSCTL_ACTOR; default user@host)."
     ),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
 ) -> None:
+    chosen = format.value if format is not None else None  # --format wins over --json
     settings = resolve(db, app_ref, Path.cwd())
-    rt = Runtime(settings, Output(json=json, quiet=quiet, verbose=verbose), debug)
+    output = Output(chosen or ("jsonl" if json else "table"), quiet=quiet, verbose=verbose)
+    rt = Runtime(settings, output, debug)
     rt.actor = actor or os.environ.get("CQRSCTL_ACTOR") or default_actor()
     ctx.obj = rt
     ctx.call_on_close(rt.close)
@@ -144,6 +252,12 @@ def _register() -> None:
     from . import daemon_cmds
 
     daemon_cmds.register(app)
+    from . import contract_cmds
+
+    contract_cmds.register(app)
+    from . import top_cmds
+
+    top_cmds.register(app)
 
 
 _register()

@@ -43,6 +43,9 @@ def dispatch(
 ) -> None:
     """Dispatch a command (or a JSONL batch), one transaction per command.
 
+    A batch exits 0 when every line was dispatched or was already done; when its only
+    failure is a first line that stopped it, with that failure's code (3, 5, …); else 14.
+
     Example: cqrsctl --app samples/bank/app.py dispatch OpenAccount --data '{"account_id":"A-1","owner":"Ada"}'
     """
     rt = runtime(ctx)
@@ -91,9 +94,10 @@ def dispatch(
         )
     if report.failures:
         first = report.failures[0]
-        if len(report.failures) == 1 and not continue_on_error and not report.dispatched:
+        # Lines already done count as done: a re-run of the same file exits as the first run did.
+        if len(report.failures) == 1 and not continue_on_error and not (report.dispatched or report.duplicates):
             if rt.output.json:  # the report went to stdout; the reason still goes to stderr
-                rt.output.error(f"line {first.line} ({first.command}): {first.message}")
+                rt.output.error(f"line {first.line} ({first.command}): {first.message}", first.exit_code)
             raise _exit_with(first.exit_code)
         raise BatchError(f"{len(report.failures)} of {len(items)} commands failed (first: line {first.line})")
 
@@ -131,10 +135,13 @@ def replay(
     no_snapshot: bool = typer.Option(
         False, "--no-snapshot", help="Fold from the first event, ignoring snapshots."
     ),
+    raw: bool = typer.Option(
+        False, "--raw", help="With --events: show the events as stored, not as upcast by the app."
+    ),
 ) -> None:
     """Fold a stream into its aggregate and print the state.
 
-    Example: cqrsctl --app samples/bank/app.py replay --aggregate Account-A-1 --at-version 3
+    Example: cqrsctl --app samples/bank/app.py replay --aggregate Account-A-0001 --at-version 3
     """
     rt = runtime(ctx)
     app = rt.app(required=False)
@@ -152,9 +159,9 @@ def replay(
             rt.output.table(("field", f"v{lo}", f"v{hi}"), rows, title=f"{aggregate} {lo}..{hi}")
         return
     if events:
-        steps = replay_service.history(store, app, aggregate, at_version=at_version, as_of=when)
+        steps = replay_service.history(store, app, aggregate, at_version=at_version, as_of=when, raw=raw)
         if rt.output.json:
-            rt.output.lines(steps)
+            rt.output.records(steps)
         else:
             rt.output.table(
                 ("ver", "pos", "type", "data", "state after"),
@@ -198,9 +205,9 @@ def snapshots_list(
     Example: cqrsctl snapshots list --json
     """
     rt = runtime(ctx)
-    snaps = replay_service.list_snapshots(rt.reading(), limit)
+    snaps = rt.output.page(replay_service.list_snapshots(rt.reading(), limit + 1), limit)
     if rt.output.json:
-        rt.output.lines(snaps)
+        rt.output.records(snaps)
     else:
         rt.output.table(
             ("stream", "aggregate", "version", "schema", "taken"),
@@ -212,7 +219,7 @@ def snapshots_list(
 def snapshots_take(ctx: typer.Context, stream: str = typer.Argument(..., help="Stream id.")) -> None:
     """Fold a stream and store its snapshot now.
 
-    Example: cqrsctl --app samples/bank/app.py snapshots take Account-A-1
+    Example: cqrsctl --app samples/bank/app.py snapshots take Account-A-0001
     """
     rt = runtime(ctx)
     snap = replay_service.take_snapshot(rt.store(), rt.app(), stream)
@@ -231,7 +238,7 @@ def snapshots_delete(
 ) -> None:
     """Delete snapshots (they are only a cache: state is always rebuilt from events).
 
-    Example: cqrsctl snapshots delete Account-A-1
+    Example: cqrsctl snapshots delete Account-A-0001
     """
     rt = runtime(ctx)
     if bool(stream) == all_:
@@ -252,7 +259,7 @@ def query(
 ) -> None:
     """Run a registered query of the app.
 
-    Example: cqrsctl --app samples/bank/app.py query balance --param account_id=A-1
+    Example: cqrsctl --app samples/bank/app.py query balance --param account_id=A-0001
     """
     rt = runtime(ctx)
     raw: dict[str, str] = {}
@@ -262,7 +269,9 @@ def query(
             raise UsageError(f"--param expects k=v, got {p!r}")
         raw[key] = value
     result = run_query(rt.app(), rt.store(), name, raw)
-    if rt.output.json or not isinstance(result, list | dict):
+    if rt.output.json and isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        rt.output.records(result)
+    elif rt.output.json or not isinstance(result, list | dict):
         rt.output.data(result)
     elif isinstance(result, dict):
         rt.output.fields([(k, _show(v)) for k, v in result.items()], title=name)

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import typer
 
+from ..errors import UsageError
 from ..services import daemon as service
 from ..services import projections as projection_service
-from .runtime import MAX_INT, Runtime, finite, runtime
+from .runtime import MAX_INT, Runtime, duration, runtime
 
 
 def _logger(rt: Runtime) -> service.Log:
@@ -35,15 +36,21 @@ def daemon(
     no_outbox: bool = typer.Option(False, "--no-outbox", help="Do not drain the outbox (overrides the env)."),
     once: bool = typer.Option(False, "--once", help="Process what is there, then exit."),
     poll_interval: float = typer.Option(
-        None, "--poll-interval", min=0.01, callback=finite, help="Seconds between looks at the store (default 0.15 SQLite, 1 PostgreSQL)."
+        None, "--poll-interval", parser=duration, metavar="DURATION",
+        help="Time between looks at the store (default 0.15s SQLite, 1s PostgreSQL).",
     ),
     lease: float = typer.Option(
-        projection_service.LEASE_SECONDS, "--lease", min=1, callback=finite, help="Seconds a dead daemon's work stays locked."
+        f"{projection_service.LEASE_SECONDS:g}s", "--lease", parser=duration, metavar="DURATION",
+        help="How long a dead daemon's work stays locked.",
     ),
     retry_delay: float = typer.Option(
-        0.2, "--retry-delay", min=0, callback=finite, help="First back-off after a handler fails (×5 per attempt)."
+        "0.2s", "--retry-delay", parser=duration, metavar="DURATION",
+        help="First back-off after a handler fails (×5 per attempt).",
     ),
     retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
+    metrics: str = typer.Option(
+        None, "--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."
+    ),
 ) -> None:
     """Run the app's projections, sagas and outbox relay continuously; stop with Ctrl-C or SIGTERM.
 
@@ -53,6 +60,10 @@ def daemon(
     Example: cqrsctl --app samples/bank/app.py daemon --projections balances,daily_totals
     """
     rt = runtime(ctx)
+    if poll_interval is not None and poll_interval < 0.01:
+        raise UsageError("--poll-interval must be at least 0.01s")
+    if lease < 1:
+        raise UsageError("--lease must be at least 1s")
     store, app = rt.store(), rt.app()
     log = _logger(rt)
     workers: list[service.Worker] = []
@@ -75,7 +86,21 @@ def daemon(
         on_stall=None if once else service.restart_process,
     )  # fmt: skip
     runner.install_signal_handlers()
-    runner.run(once=once)
+    stop_metrics = None
+    if metrics:
+        from ..services import metrics as metrics_service
+        from ..store import open_store
+
+        collector = metrics_service.StoreCollector(
+            lambda: open_store(rt.settings.db, migrate=False), app, lambda: runner.workers
+        )
+        stop_metrics = metrics_service.serve(metrics, collector)
+        log(f"metrics at http://{metrics}/metrics")
+    try:
+        runner.run(once=once)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..services import outbox as service
 from ..sinks import open_sink
 from ..store.base import utcnow
-from .runtime import MAX_INT, confirm, finite, runtime, to_json
+from .runtime import MAX_INT, confirm, duration, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
 
@@ -64,9 +64,9 @@ def list_(
     Example: cqrsctl outbox list --status dead --limit 20
     """
     rt = runtime(ctx)
-    messages = service.list_messages(rt.reading(), status, topic, limit)
+    messages = rt.output.page(service.list_messages(rt.reading(), status, topic, limit + 1), limit)
     if rt.output.json:
-        rt.output.lines(m.to_dict(payload=False) for m in messages)
+        rt.output.records(m.to_dict(payload=False) for m in messages)
         return
     rt.output.table(
         ("seq", "message id", "topic", "key", "status", "tries", "next attempt", "last error"),
@@ -86,13 +86,33 @@ def list_(
     )
 
 
+@outbox_app.command("peek")
+def peek(
+    ctx: typer.Context,
+    topic: str = typer.Option(None, "--topic", "-t", help="Only this topic."),
+    key: str = typer.Option(None, "--key", "-k", help="Only messages with this key."),
+    limit: int = typer.Option(10, "--limit", "-n", min=1, help="At most this many messages."),
+) -> None:
+    """Print pending messages exactly as a sink receives them, in delivery order, claiming nothing.
+
+    One JSON object per line, as `outbox drain --sink stdout` writes them (unless --format
+    says otherwise). Peeking changes nothing: the messages stay pending.
+
+    Example: cqrsctl outbox peek --topic Account -n 3
+    """
+    rt = runtime(ctx)
+    if not rt.output.json:
+        rt.output.format = "jsonl"  # the sink's own form is the point of peeking
+    rt.output.records(service.peek(rt.store(), topic, key, limit))
+
+
 @outbox_app.command("show")
 def show(
     ctx: typer.Context, ident: str = typer.Argument(..., metavar="ID", help="Message id (or seq).")
 ) -> None:
     """Show one message with its payload, headers and delivery state.
 
-    Example: cqrsctl outbox show 3f0c2a9e-0b1d-4b7e-9a55-2f8e1f0c7d11
+    Example: cqrsctl outbox show 1
     """
     rt = runtime(ctx)
     message = service.show(rt.reading(), ident)
@@ -197,17 +217,24 @@ def drain(
         " bullmq://…/QUEUE; ?format=cqrsctl|nestjs|cloudevents|cloudevents-binary|eventbridge.",
     ),
     max_messages: int = typer.Option(None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."),
-    timeout: float = typer.Option(None, "--timeout", min=0, callback=finite, help="Stop after this many seconds."),
+    timeout: float = typer.Option(
+        None, "--timeout", parser=duration, metavar="DURATION", help="Stop after this long: 50, 50s, 5m."
+    ),
     batch: int = typer.Option(100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."),
     topic: list[str] = typer.Option(None, "--topic", "-t", help="Only these topics (repeatable)."),
     max_attempts: int = typer.Option(10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."),
-    backoff: str = typer.Option("5s", "--backoff", help="First retry delay; doubles per failure."),
-    backoff_max: str = typer.Option("1h", "--backoff-max", help="Longest retry delay."),
-    lease: str = typer.Option(
-        "60s", "--lease", help="How long a claim holds messages (renewed while sending)."
+    backoff: float = typer.Option(
+        "5s", "--backoff", parser=duration, metavar="DURATION", help="First retry delay; doubles per failure."
+    ),
+    backoff_max: float = typer.Option(
+        "1h", "--backoff-max", parser=duration, metavar="DURATION", help="Longest retry delay."
+    ),
+    lease: float = typer.Option(
+        "60s", "--lease", parser=duration, metavar="DURATION",
+        help="How long a claim holds messages (renewed while sending).",
     ),
     send_timeout: float = typer.Option(
-        10.0, "--send-timeout", min=0.1, callback=finite, help="Seconds a sink may take per send."
+        "10s", "--send-timeout", parser=duration, metavar="DURATION", help="How long a sink may take per send."
     ),
     now: str = typer.Option(None, "--now", hidden=True, help="Pretend the clock starts here (tests)."),
 ) -> None:
@@ -216,15 +243,15 @@ def drain(
     Exit codes: 0 every due message delivered; 12 some failed, died or the sink was
     unavailable; 13 stopped by --max, --timeout or a signal with due messages left.
 
-    Example: cqrsctl outbox drain --sink nats://127.0.0.1:4222?stream=bank --max 10000 --timeout 50
+    Example: cqrsctl outbox drain --sink file:///tmp/bank-outbox.jsonl --max 10000 --timeout 50s
     """
     rt = runtime(ctx)
+    if send_timeout < 0.1:
+        raise UsageError("--send-timeout must be at least 0.1s")
     store = rt.store()
     app = rt.app(required=False)  # its `outbox_format` is the default message format
     sink = open_sink(sink_url, timeout=send_timeout, format=app.outbox_format if app else None)
-    policy = service.Backoff(
-        service.parse_duration(backoff).total_seconds(), service.parse_duration(backoff_max).total_seconds()
-    )
+    policy = service.Backoff(backoff, backoff_max)
     total = None
     if rt.output.interactive:
         total = service.status(store).due
@@ -239,7 +266,7 @@ def drain(
             batch=batch,
             max_attempts=max_attempts,
             backoff=policy,
-            lease=service.parse_duration(lease).total_seconds(),
+            lease=lease,
             topics=topic or None,
             stop=stop,
             on_progress=advance,

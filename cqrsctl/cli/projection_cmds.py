@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from ..services import projections as service
-from .runtime import MAX_INT, confirm, finite, runtime
+from .runtime import MAX_INT, confirm, duration, runtime
 
 projections_app = typer.Typer(no_args_is_help=True, help="Inspect, rebuild and run the app's projections.")
 
@@ -30,7 +30,7 @@ def list_(ctx: typer.Context) -> None:
     rt = runtime(ctx)
     rows = service.status(rt.reading(), rt.app())
     if rt.output.json:
-        rt.output.data(rows)
+        rt.output.records(rows)
         return
     rt.output.table(
         ("projection", "version", "state", "position", "head", "lag", "lag time"),
@@ -61,7 +61,7 @@ def status(
     rt = runtime(ctx)
     rows = service.status(rt.reading(), rt.app(), names)
     if rt.output.json:
-        rt.output.data(rows)
+        rt.output.records(rows)
         return
     for s in rows:
         fields: list[tuple[str, Any]] = [
@@ -115,7 +115,7 @@ def rebuild(
     if dry_run:
         plans = [service.plan_rebuild(store, app, name) for name in chosen]
         if rt.output.json:
-            rt.output.data(plans)
+            rt.output.records(plans)
         else:
             for p in plans:
                 rt.output.say(f"{p.name} v{p.version}: {p.note}")
@@ -141,7 +141,7 @@ def rebuild(
                 + (f" (resumed from {result.resumed_from})" if result.resumed_from else "")
             )
     if rt.output.json:
-        rt.output.data(results)
+        rt.output.records(results)
 
 
 @projections_app.command("reset")
@@ -175,17 +175,19 @@ def reset(
 def catch_up(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Projections to run (default: all)."),
-    timeout: float = typer.Option(None, "--timeout", min=0, callback=finite, help="Stop after this many seconds (exit 13)."),
+    timeout: float = typer.Option(
+        None, "--timeout", parser=duration, metavar="DURATION", help="Stop after this long (exit 13): 50, 50s, 5m."
+    ),
     batch: int = typer.Option(service.STEP_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
     retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
     retry_delay: float = typer.Option(
-        0.2, "--retry-delay", min=0, callback=finite, help="First back-off after a handler fails (×5 per attempt)."
+        "0.2s", "--retry-delay", parser=duration, metavar="DURATION", help="First back-off after a handler fails (×5 per attempt)."
     ),
 ) -> None:
     """Process what is new and exit (for cron). Exit 14 when a projection is failed or stale,
     13 when the timeout hit with work left.
 
-    Example: cqrsctl --app samples/bank/app.py projections catch-up --timeout 50
+    Example: cqrsctl --app samples/bank/app.py projections catch-up --timeout 50s
     """
     rt = runtime(ctx)
     store, app = rt.store(), rt.app()
@@ -195,7 +197,7 @@ def catch_up(
             on_progress=advance, log=rt.output.debug,
         )  # fmt: skip
     if rt.output.json:
-        rt.output.data(results)
+        rt.output.records(results)
     else:
         rt.output.table(
             ("projection", "outcome", "events", "position", "error"),

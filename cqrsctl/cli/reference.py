@@ -18,6 +18,30 @@ HEADER = """# Command-line reference
 Generated from the code by `python -m cqrsctl.cli.reference docs/cli.md`; a test fails
 when this file and the commands disagree. Exit codes and configuration are described in
 the [README](../README.md).
+
+## Conventions
+
+- **Global options** (`--db`, `--app`, `--format`, `--json`, `-q`, `-v`, `--debug`) go
+  before or after the command: `cqrsctl --json doctor` and `cqrsctl doctor --json` are the
+  same. `cqrsctl --version` prints the version.
+- **Output formats.** A command prints either *records* (zero or more objects of one kind:
+  streams, events, messages, projections…) or *one result* (a report, a summary).
+  `--format table` (the default) is for people. `--format json` prints one JSON document:
+  an array of the records, or the result object. `--format jsonl` prints one JSON object per
+  line: one line per record, or the result on one line. `--format csv` and `--format tsv`
+  print a header and one row per record (a result is one row); nested values are JSON text,
+  nulls are empty; TSV is not quoted: a tab, newline or backslash in a value is escaped with
+  a backslash. `--json` is shorthand for `--format jsonl`; `--format` wins when both are given.
+  `events --follow` and `outbox peek` print JSON Lines unless another machine format is chosen.
+- **JSON shapes.** Keys are snake_case, numbers are numbers, timestamps are ISO 8601 UTC
+  strings ending in `Z`, absent values are `null`. A record has the same keys in every
+  machine format.
+- **Errors.** One line on stderr (`error: …`); under `--format json`/`jsonl` (or `--json`)
+  a JSON object instead: `{"error": "…", "exit_code": 6, "type": "NotFoundError"}`.
+- **Lists** stop at `--limit`; on a terminal a list cut there ends with a line on stderr
+  saying that more exist.
+- **Durations** are written the same everywhere: `50` or `50s` (seconds, fractions allowed),
+  `5m`, `2h`, `7d`, `2w`.
 """
 
 _HIDDEN = {"help", "install_completion", "show_completion"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import sys
@@ -50,9 +51,49 @@ def to_json(value: Any) -> bytes:
     )
 
 
+def plain(value: Any) -> Any:
+    """The JSON form of a value as Python data (dicts, lists, str, numbers, None)."""
+    return orjson.loads(to_json(value))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def error_json(message: str, exit_code: int | None, kind: str | None) -> str:
+    return orjson.dumps({"error": message, "exit_code": exit_code, "type": kind}).decode()
+
+
+def duration(value: Any) -> float:
+    """Seconds as `50`, `50s`, `1.5s`, `5m`, `2h`, `7d`: the one duration syntax of every option
+    (use as `typer.Option(..., parser=duration, metavar="DURATION")`)."""
+    if isinstance(value, int | float):
+        return float(value)
+    from ..services.outbox import parse_duration
+
+    try:
+        seconds = parse_duration(str(value), zero=True).total_seconds()
+    except UsageError:
+        seconds = -1.0
+    if seconds < 0:
+        raise ValueError(f"{value!r} is not a duration: use e.g. 50, 50s, 5m, 2h")
+    return seconds
+
+
+
+
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")
+
+
+FORMATS = ("table", "json", "jsonl", "csv", "tsv")
 
 
 # Control characters (C0, DEL, C1) and the invisible ones that reorder text: data must
@@ -72,31 +113,82 @@ def safe(text: str) -> str:
 _UNBOUNDED = 1_000_000
 
 
-class Output:
-    """Data to stdout (a table for people, JSON for scripts); talk and errors to stderr."""
 
-    def __init__(self, json: bool = False, quiet: bool = False, verbose: bool = False) -> None:
-        self.json, self.quiet, self.verbose = json, quiet, verbose
+class Output:
+    """Data to stdout (a table for people; JSON, JSON Lines, CSV or TSV for scripts); talk and errors to stderr.
+
+    The shape rule (docs/cli.md "Output formats"): a command prints either records (zero or
+    more objects of one kind) or one result object. `json` prints one document (an array of
+    records, or the object), `jsonl` one object per line, `csv`/`tsv` a header then one row
+    per record (nested values as JSON text). Keys are snake_case; numbers are numbers.
+    """
+
+    def __init__(self, format: str = "table", quiet: bool = False, verbose: bool = False) -> None:
+        self.format, self.quiet, self.verbose = format, quiet, verbose
         self.out = Console(soft_wrap=False)
         if not self.out.is_terminal:
             self.out = Console(soft_wrap=False, width=_UNBOUNDED)
         self.err = Console(stderr=True)
 
     @property
+    def json(self) -> bool:
+        """Machine output (any format but `table`): commands print data, not tables or talk."""
+        return self.format != "table"
+
+    @property
     def interactive(self) -> bool:
         return not self.json and not self.quiet and self.err.is_terminal
 
     def data(self, value: Any) -> None:
-        """One JSON document."""
+        """One result: an object (or, from `query`, any JSON value)."""
+        if self.format in ("csv", "tsv"):
+            self.records(value if isinstance(value, list) else [value])
+            return
         sys.stdout.buffer.write(to_json(value) + b"\n")
         sys.stdout.flush()
 
-    def lines(self, items: Iterable[Any]) -> None:
-        """JSON Lines, flushed as they come (for --follow)."""
+    def records(self, items: Iterable[Any]) -> None:
+        """Records in the chosen format, written as they come (for --follow), flushed per record."""
         write, flush = sys.stdout.buffer.write, sys.stdout.flush
-        for item in items:
-            write(to_json(item) + b"\n")
+        if self.format == "json":
+            write(to_json(list(items)) + b"\n")
             flush()
+        elif self.format in ("csv", "tsv"):
+            self._delimited(items)
+        else:
+            for item in items:
+                write(to_json(item) + b"\n")
+                flush()
+
+    lines = records
+
+    def _delimited(self, items: Iterable[Any]) -> None:
+        if self.format == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+        else:  # no quoting: a tab, newline or backslash inside a value is escaped with a backslash
+            writer = csv.writer(
+                sys.stdout, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar="\\",
+                lineterminator="\n",
+            )  # fmt: skip
+        columns: list[str] | None = None
+        for item in items:
+            record = plain(item)
+            if not isinstance(record, dict):
+                record = {"value": record}
+            if columns is None:
+                columns = list(record)
+                writer.writerow(columns)
+            writer.writerow([_cell(record.get(c)) for c in columns])
+            sys.stdout.flush()
+
+    def page(self, items: Sequence[Any], limit: int | None) -> Sequence[Any]:
+        """`items` were read with `limit + 1`: return the first `limit`, and on a terminal say
+        when more exist (never counted: a count of a busy events table is a scan)."""
+        if limit is None or len(items) <= limit:
+            return items
+        if not self.json and not self.quiet and self.out.is_terminal:
+            self.err.print(f"… more than {limit:,}; use --limit to see more", highlight=False, markup=False)
+        return items[:limit]
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
         # Cells and titles are Text, never markup: stored data may hold "[...]".
@@ -119,7 +211,13 @@ class Output:
         if self.verbose:
             self.err.print(Text(safe(message), style="dim"), highlight=False, soft_wrap=True)
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, exit_code: int | None = None, kind: str | None = None) -> None:
+        """One line on stderr; under `--json`/`--format json*` a JSON object instead."""
+        if self.format in ("json", "jsonl"):
+            sys.stdout.flush()
+            sys.stderr.write(error_json(message, exit_code, kind) + "\n")
+            sys.stderr.flush()
+            return
         self.err.print(Text("error:", style="bold red"), Text(safe(message)), highlight=False, soft_wrap=True)
 
     @contextmanager
@@ -212,6 +310,10 @@ def runtime(ctx: typer.Context) -> Runtime:
     obj = ctx.find_root().obj
     assert isinstance(obj, Runtime)
     return obj
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:

@@ -38,9 +38,9 @@ def sagas_list(
     Example: cqrsctl sagas list --status failed --json
     """
     rt = runtime(ctx)
-    records = saga_service.list_sagas(rt.reading(), status, saga_type, limit)
+    records = rt.output.page(saga_service.list_sagas(rt.reading(), status, saga_type, limit + 1), limit)
     if rt.output.json:
-        rt.output.lines(saga_service.saga_view(r, None, []) for r in records)
+        rt.output.records(saga_service.saga_view(r, None, []) for r in records)
         return
     rt.output.table(
         ("saga", "type", "status", "step", "updated", "error"),
@@ -64,7 +64,7 @@ def sagas_show(
 ) -> None:
     """Show one saga: its steps, commands, compensations and pending deadlines.
 
-    Example: cqrsctl sagas show TransferSaga-Transfer-T1 --json
+    Example: cqrsctl sagas show TransferSaga-Transfer-T-1 --json
     """
     rt = runtime(ctx)
     view = saga_service.show_saga(rt.reading(), rt.app(required=False), saga_id)
@@ -73,13 +73,13 @@ def sagas_show(
         return
     rt.output.fields(
         [
-            ("saga", view["sagaId"]),
-            ("type", view["sagaType"]),
+            ("saga", view["saga_id"]),
+            ("type", view["saga_type"]),
             ("status", view["status"]),
-            ("step", f"{view['currentStep']}/{view['totalSteps']}"),
-            ("created", view["createdAt"]),
-            ("updated", view["updatedAt"]),
-            *([("error", view["errorMessage"])] if "errorMessage" in view else []),
+            ("step", f"{view['current_step']}/{view['total_steps']}"),
+            ("created", view["created_at"]),
+            ("updated", view["updated_at"]),
+            *([("error", view["error_message"])] if "error_message" in view else []),
         ],
         title="saga",
     )
@@ -89,26 +89,26 @@ def sagas_show(
         if result and "command" in result:
             detail = f"{result['command']} → {result['stream']} v{result['version']}"
         elif result:
-            detail = f"{step.get('waitingFor', 'event')} at position {result['position']}"
-        elif step.get("waitingFor"):
-            detail = f"waiting for {step['waitingFor']}"
+            detail = f"{step.get('waiting_for', 'event')} at position {result['position']}"
+        elif step.get("waiting_for"):
+            detail = f"waiting for {step['waiting_for']}"
         else:
             detail = step.get("error", "")
         rows.append((i + 1, step["name"], step["status"], detail))
     rt.output.table(("#", "step", "status", "command / detail"), rows, title="steps")
-    if view["compensationActions"]:
+    if view["compensation_actions"]:
         rt.output.table(
             ("step", "status", "detail"),
             (
                 (c["step"], c["status"], c.get("error") or orjson.dumps(c.get("result")).decode())
-                for c in view["compensationActions"]
+                for c in view["compensation_actions"]
             ),
             title="compensation",
         )
     if view["deadlines"]:
         rt.output.table(
             ("deadline", "due", "status"),
-            ((d["name"], d["dueAt"], d["status"]) for d in view["deadlines"]),
+            ((d["name"], d["due_at"], d["status"]) for d in view["deadlines"]),
             title="deadlines",
         )
 
@@ -117,9 +117,7 @@ def sagas_show(
 def sagas_run(
     ctx: typer.Context,
     once: bool = typer.Option(
-        True,
-        "--once/--no-once",
-        help="Process what is due and exit (for cron); the daemon runs sagas continuously.",
+        True, "--once", help="Process what is due and exit (for cron; the only mode: `cqrsctl daemon` runs sagas continuously)."
     ),
     now: str = typer.Option(
         None, "--now", help="Take this UTC time as now for deadlines (testing, back-fills)."
@@ -131,8 +129,6 @@ def sagas_run(
     Example: cqrsctl --app samples/bank/app.py sagas run --once
     """
     rt = runtime(ctx)
-    if not once:
-        raise UsageError("sagas run runs once; use `cqrsctl daemon` to keep sagas running")
     when = _parse_now(now)
     runner = saga_service.SagaRunner(
         rt.app(), rt.store(), batch=batch, **({"clock": lambda: when} if when else {})

@@ -1,8 +1,9 @@
-"""Commands that need no app: init, append, streams, events, export, import, doctor."""
+"""Commands on the store itself: init, append, streams, events, export, import, doctor (an app, when set, checks appends and upcasts what is shown)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,13 @@ import orjson
 import typer
 
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
+from ..services import contract, journal, sources, transfer
 from ..services import doctor as doctor_service
-from ..services import journal, sources, transfer
-from ..services.events import follow, parse_append_lines
+from ..services.events import follow, parse_append_lines, start_position, upcast_all
 from ..services.outbox import parse_duration
 from ..store import NewEvent, parse_expected
 from ..store.base import utcnow
-from .runtime import MAX_INT, confirm, parse_json_object, runtime
+from .runtime import MAX_INT, confirm, parse_json_object, plural, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
 
@@ -57,7 +58,14 @@ def append(
         None, "--event-id", help="Event UUID (appending the same id again is a no-op)."
     ),
     schema_version: int = typer.Option(
-        1, "--schema-version", min=1, max=2**31 - 1, help="Schema version of the event's data."
+        None,
+        "--schema-version",
+        min=1,
+        max=2**31 - 1,
+        help="Schema version of the event's data (default: the app's current version of TYPE, else 1).",
+    ),
+    unchecked: bool = typer.Option(
+        False, "--unchecked", help="Do not check the data against the app's event class."
     ),
     file: str = typer.Option(
         None,
@@ -66,15 +74,23 @@ def append(
         help='JSONL batch, one {"stream","type","data","metadata","event_id","expected_version"} per line; - for stdin. All lines commit together or not at all.',
     ),
 ) -> None:
-    """Append an event to a stream, or a JSONL batch of events atomically.
+    """Append an event to a stream, or a JSONL batch atomically; checked against the app's classes when one is set.
 
-    Example: cqrsctl append Account-A-1 MoneyDeposited --data '{"amount": 10}' --expected-version 1
+    Example: cqrsctl append Audit-1 NoteAdded --data '{"text": "checked"}' --expected-version no-stream
     """
     rt = runtime(ctx)
+    app = rt.app(required=False)
+    check = app is not None and not unchecked
     if file is not None:
         if stream or event_type or data:
             raise typer.BadParameter("give either STREAM TYPE --data or --file, not both")
         items = parse_append_lines(_read_input(file))
+        if check:
+            for line, _, new_events, _ in items:
+                try:
+                    contract.check_new_events(app, new_events)
+                except ValidationError as exc:
+                    raise ValidationError(f"line {line}: {exc}") from None
         store = rt.store()
         results = []
         with rt.output.progress("appending", len(items)) as advance, store.transaction() as tx:
@@ -87,11 +103,10 @@ def append(
                     raise
                 advance(1)
         if rt.output.json:
-            rt.output.lines(results)
+            rt.output.records(results)
         else:
-            rt.output.say(
-                f"appended {sum(len(r.positions) for r in results)} events in {len(results)} appends"
-            )
+            n = sum(len(r.positions) for r in results)
+            rt.output.say(f"appended {plural(n, 'event')} in {plural(len(results), 'append')}")
         return
     if not stream or not event_type:
         raise typer.BadParameter("STREAM and TYPE are required (or use --file)")
@@ -102,8 +117,10 @@ def append(
         parse_json_object(data, "--data"),
         parse_json_object(metadata, "--metadata") if metadata else {},
         _uuid(event_id) if event_id else None,
-        schema_version,
+        schema_version or contract.current_version(app, event_type),
     )
+    if check:
+        contract.check_new_events(app, [event])
     expected = parse_expected(expected_version)
     result = rt.store().append(stream, [event], expected)
     if rt.output.json:
@@ -142,9 +159,9 @@ def streams_list(
     Example: cqrsctl streams list --category Account --limit 20
     """
     rt = runtime(ctx)
-    streams = rt.reading().list_streams(category, limit)
+    streams = rt.output.page(rt.reading().list_streams(category, limit + 1), limit)
     if rt.output.json:
-        rt.output.lines(streams)
+        rt.output.records(streams)
         return
     rt.output.table(
         ("stream", "category", "version", "first", "last", "updated"),
@@ -161,22 +178,26 @@ def streams_show(
     stream: str = typer.Argument(..., help="Stream id."),
     from_version: int = typer.Option(1, "--from-version", min=1, max=MAX_INT, help="First version to show."),
     limit: int = typer.Option(None, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Show events as stored, without the app's upcasters."
+    ),
 ) -> None:
-    """Show the events of one stream.
+    """Show the events of one stream (upcast to the app's current versions when an app is set).
 
-    Example: cqrsctl streams show Account-A-1 --from-version 3
+    Example: cqrsctl streams show Account-A-0001 --from-version 3
     """
     rt = runtime(ctx)
     store = rt.reading()
-    events = store.read_stream(stream, from_version, limit=limit)
+    events = store.read_stream(stream, from_version, limit=None if limit is None else limit + 1)
     if not events and store.stream_version(stream) == 0:
         raise NotFoundError(f"stream {stream!r} not found")
-    _render_events(rt, events)
+    shown = rt.output.page(events, limit)
+    _render_events(rt, shown if raw else list(upcast_all(rt.app(required=False), shown)))
 
 
-def _render_events(rt: Any, events: list[Any]) -> None:
+def _render_events(rt: Any, events: Sequence[Any]) -> None:
     if rt.output.json:
-        rt.output.lines(events)
+        rt.output.records(events)
         return
     rt.output.table(
         ("pos", "stream", "ver", "type", "data", "recorded"),
@@ -203,19 +224,33 @@ def events(
         100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events (without --follow)."
     ),
     follow_: bool = typer.Option(
-        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines)."
+        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines unless --format says otherwise)."
+    ),
+    start: str = typer.Option(
+        None, "--from", help="Where to start: start (the first event), end (only new ones) or a global position."
+    ),
+    raw: bool = typer.Option(
+        False, "--raw", help="Show events as stored, without the app's upcasters."
     ),
 ) -> None:
-    """Read events across all streams in global order.
+    """Read events across all streams in global order (upcast when an app is set).
 
     Example: cqrsctl events --category Account --from-position 100 --json
     """
     rt = runtime(ctx)
     store = rt.reading()
+    if start is not None:
+        if from_position:
+            raise UsageError("give --from or --from-position, not both")
+        from_position = start_position(store, start)
+    app = None if raw else rt.app(required=False)
     if follow_:
-        rt.output.lines(follow(store, from_position, category or None, event_type or None))
+        if not rt.output.json:
+            rt.output.format = "jsonl"  # a table cannot grow: following prints records as they come
+        rt.output.records(upcast_all(app, follow(store, from_position, category or None, event_type or None)))
         return
-    _render_events(rt, store.read_all(from_position, limit, category or None, event_type or None))
+    found = store.read_all(from_position, limit + 1, category or None, event_type or None)
+    _render_events(rt, list(upcast_all(app, rt.output.page(found, limit))))
 
 
 def export(
@@ -223,15 +258,19 @@ def export(
     stream: str = typer.Option(None, "--stream", help="Only this stream."),
     category: str = typer.Option(None, "--category", help="Only this category."),
     output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    upcast: bool = typer.Option(
+        False, "--upcast", help="Write events as the app's current versions (through its upcasters)."
+    ),
 ) -> None:
     """Export events as JSON Lines in global order (for `import` into any backend).
 
     Example: cqrsctl --db sqlite:///bank.db export -o bank.jsonl
     """
     rt = runtime(ctx)
+    app = rt.app() if upcast else None
     store = rt.reading()
     if output is None:
-        n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category)
+        n = transfer.export_events(store, sys.stdout.buffer, stream=stream, category=category, app=app)
     else:
         try:
             f = output.open("wb")
@@ -239,7 +278,7 @@ def export(
             raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
         try:
             with f:
-                n = transfer.export_events(store, f, stream=stream, category=category)
+                n = transfer.export_events(store, f, stream=stream, category=category, app=app)
         except OSError as exc:
             raise FileAccessError(f"cannot write {output}: {exc.strerror}") from None
     rt.output.say(f"exported {n} events")
@@ -326,10 +365,15 @@ def doctor(
 ) -> None:
     """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
 
-    Example: cqrsctl --db postgresql://postgres@localhost/prod doctor --json
+    The report is printed in every case, a failed connection included; exit 7 only when the
+    URL names no supported database.
+
+    Example: cqrsctl doctor --json
     """
     rt = runtime(ctx)
-    report = doctor_service.diagnose(rt.store(read_only=True), rt.app(required=False), max_lag)
+    report = doctor_service.examine(
+        rt.settings.db, lambda: rt.store(read_only=True), rt.app(required=False), max_lag
+    )
     if rt.output.json:
         rt.output.data(report)
     else:

@@ -7,7 +7,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new, fold, new_aggregate
+from ..app import (
+    Aggregate,
+    App,
+    Command,
+    CommandSpec,
+    Event,
+    apply_new,
+    fold,
+    fold_rows,
+    folds_data,
+    new_aggregate,
+)
 from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
 from ..store import NewEvent, Snapshot, Store, Transaction
 from ..store.base import new_id, utcnow
@@ -202,7 +213,7 @@ class Dispatcher:
         stream_id = spec.stream_id(cmd)
         agg = self._cache.pop(stream_id, None) if self.cache_size else None
         if agg is not None and type(agg) is spec.aggregate:
-            fold(self.app, agg, tx.read_stream(stream_id, agg.version + 1))
+            catch_up(self.app, tx, agg)
         else:
             agg = load(self.app, tx, spec.aggregate, stream_id)
         before = agg.version
@@ -307,8 +318,14 @@ def load(
             agg = new_aggregate(cls, stream_id, snap.version, snap.state)
     if agg is None:
         agg = new_aggregate(cls, stream_id)
-    events = tx.read_stream(stream_id, agg.version + 1, at_version, None, as_of)
-    return fold(app, agg, events)
+    return catch_up(app, tx, agg, at_version, as_of)
+
+
+def catch_up(app: App, tx: Transaction, agg: Aggregate, at_version: int | None = None, as_of: Any = None) -> Aggregate:
+    """Fold the events after `agg.version` into it (up to `at_version` / `as_of`)."""
+    if folds_data(app, type(agg)):
+        return fold_rows(app, agg, tx.read_stream_data(agg.stream_id, agg.version + 1, at_version, as_of))
+    return fold(app, agg, tx.read_stream(agg.stream_id, agg.version + 1, at_version, None, as_of))
 
 
 class DispatchLine(Line):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..store import Store, redact
+from ..errors import DatabaseError
+from ..store import Store, backend_of, redact
 from ..store.base import SCHEMA_VERSION
 
 
@@ -50,6 +52,18 @@ def durability(store: Store) -> str:
             return f"WAL, synchronous={mode}: commits survive process crash and power loss"
         return f"WAL, synchronous={mode}: commits survive a process crash; the last ones may be lost on power loss"
     return "PostgreSQL: commits survive a server or machine crash (synchronous_commit as configured on the server)"
+
+
+def examine(url: str, opener: Callable[[], Store], app: Any = None, max_lag: int | None = None) -> Report:
+    """The report for the store at `url`, always: a store that cannot be reached or read is a
+    failed `connection` check. Only a URL that names no supported backend raises (exit 7)."""
+    backend = backend_of(url)
+    try:
+        return diagnose(opener(), app, max_lag)
+    except DatabaseError as exc:
+        report = Report(redact(url), backend)
+        report.checks.append(Check("connection", False, str(exc).replace(url, redact(url))))
+        return report
 
 
 def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Report:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from ..errors import ValidationError
+from ..errors import UsageError, ValidationError
 from ..store import ExpectedVersion, NewEvent, Store, StoredEvent
 from .jsonl import EventType, Identifier, Line, SchemaVersion, StreamId, validated
+
+if TYPE_CHECKING:
+    from ..app import App
 
 FOLLOW_PAGE = 500
 
@@ -30,6 +33,29 @@ def follow(
             after = batch[-1].global_position
         if len(batch) < FOLLOW_PAGE:
             time.sleep(poll_interval)
+
+
+def upcast_all(app: App | None, events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+    """`events` as the app's current code reads them: data and schema version after its
+    upcasters (see App.upcast_stored). Without an app, or an app with no upcasters, the
+    events pass through untouched."""
+    if app is None or not app.upcasters:
+        yield from events
+        return
+    upcast = app.upcast_stored
+    for event in events:
+        yield upcast(event)
+
+
+def start_position(store: Store, where: str) -> int:
+    """`start`, `end` or a global position as the position to read after."""
+    if where == "start":
+        return 0
+    if where == "end":
+        return store.head()
+    if where.isdigit():
+        return int(where)
+    raise UsageError(f"--from takes start, end or a global position, not {where!r}")
 
 
 AppendItem = tuple[int, str, list[NewEvent], ExpectedVersion]

@@ -551,6 +551,15 @@ def list_messages(
         return tx.list_outbox(status, topic, limit)
 
 
+def peek(store: Store, topic: str | None = None, key: str | None = None, limit: int | None = 10) -> list[dict[str, Any]]:
+    """Pending messages in delivery order, as the stdout/file sinks would write them; nothing is
+    claimed or changed (`drain` would also wait for a message's next attempt time)."""
+    from ..sinks.stream import wire_form
+
+    with store.reader() as tx:
+        return [wire_form(m) for m in tx.list_outbox("pending", topic, limit, key=key)]
+
+
 def show(store: Store, ident: str) -> OutboxMessage:
     """One message by message id (or seq number)."""
     with store.reader() as tx:

@@ -32,6 +32,9 @@ from .owners import dead_here, owner_id
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
 REBUILD_BATCH = 20_000  # events per rebuild transaction
+REBUILD_WINDOW = 0.5  # seconds of handler work per rebuild transaction, whatever the batch
+SLICE = 50  # events between looks at the clock in a rebuild
+SWAP_TAIL = 0.1  # a rebuild swaps once a batch that reached the head took less than this
 PAGE = 5000  # events read at once: a rebuild's transaction reads several pages
 LEASE_SECONDS = 5.0  # a daemon's hold on a projection; renewed about every second
 REBUILD_LEASE_SECONDS = 30.0
@@ -450,6 +453,18 @@ class RebuildResult:
         }
 
 
+def version_number(stored: str | None) -> int | str | None:
+    """Checkpoints keep the version as text; JSON shows a number when it is one."""
+    return int(stored) if stored is not None and stored.isdigit() else stored
+
+
+def skip_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """A skipped position; entries written before the key was `reason` kept it under `error`."""
+    view = dict(entry)
+    view.setdefault("reason", entry.get("error"))
+    return view
+
+
 @dataclass
 class RebuildPlan:
     """What `rebuild --dry-run` reports."""
@@ -467,7 +482,7 @@ class RebuildPlan:
         return {
             "name": self.name,
             "version": self.version,
-            "live_version": self.live_version,
+            "live_version": version_number(self.live_version),
             "live_position": self.live_position,
             "head": self.head,
             "resume_from": self.resume_from,
@@ -555,65 +570,86 @@ def rebuild(
     lean = True  # until a handler asks for metadata, recorded_at or event_id
 
     def batch_step(tr: Tracking) -> bool:
-        """Pages into the shadow tables until `batch` events (or as many positions) are
-        done or the head read first is reached; True in that last case."""
+        """Pages into the shadow tables' cache until `batch` events (or as many positions,
+        or REBUILD_WINDOW seconds) are done or the head read first is reached; True in that
+        last case. The caller flushes."""
         nonlocal position, events, lean
         head_now = tr.head()
         start, done = position, 0
+        until_time = time.monotonic() + REBUILD_WINDOW
         rm.bind(tr)
         pages: list[EventPage] = []
         try:
-            while position < head_now and done < batch and position - start < batch:
+            while position < head_now and done < batch and position - start < batch and time.monotonic() < until_time:
                 until = _until(position, head_now, page_size)
                 rows = tr.scan(position, page_size, cls.handles, until, lean=lean)
                 page = EventPage(tr, rows, cls.handles) if lean and rows else None
                 if page is not None:
                     pages.append(page)
+                # In slices, so that a slow handler ends the batch on time, whatever the page.
+                cut = len(rows)
                 try:
-                    apply(app, handlers, rm, rows, skipped, page)
+                    for at in range(0, len(rows), SLICE):
+                        apply(app, handlers, rm, rows if len(rows) <= SLICE else rows[at : at + SLICE], skipped, page)
+                        if at + SLICE < len(rows) and time.monotonic() >= until_time:
+                            cut = at + SLICE
+                            break
                 except HandlerFailure as failure:
                     raise BatchError(
                         f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
                         f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
                     ) from None
-                done += len(rows)
-                position = _advance(position, until, rows, page_size)
+                done += cut
+                position = _advance(position, until, rows, page_size) if cut == len(rows) else rows[cut - 1][0]
                 lean = lean and (page is None or page.full is None)
-            rm.flush()
         finally:
             for page in pages:
                 page.close()
         events += done
         return position >= head_now
 
-    def fenced(tr: Tracking) -> Checkpoint:
-        cp = tr.get(rb_name, lock=True)
+    def fenced(tr: Tracking, swap: bool = False) -> Checkpoint:
+        # The swap runs handlers after taking its locks: no idle bound there, and it may
+        # wait for a daemon's commit to end.
+        cp = tr.fence(rb_name, wait=None, idle=None) if swap else tr.fence(rb_name)
         if cp is None or cp.owner != owner:
             raise LockedError(f"the rebuild of {name} was taken over by {cp.owner if cp else 'a reset'}")
         return cp
 
+    # Each batch runs its handlers in a deferred transaction and holds the write lock only
+    # to write what they made (SQLite has one for the whole database: dispatches wait for
+    # that much, not for the handlers).
+    caught_up = 0
     try:
         while True:
-            with store.transaction() as tx:
+            began = time.monotonic()
+            with store.transaction(deferred=True) as tx:
                 tr = tx.tracking
-                cp = fenced(tr)
                 done = batch_step(tr)
+                cp = fenced(tr)
+                rm.flush()
                 cp.position = position
                 cp.lease_until = tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
                 tr.put(cp)
             rm.trim(CACHE_ROWS)
             if on_progress:
                 on_progress(min(position - resumed_from, max(total, position - resumed_from)), total)
+            # Swap once the head was reached quickly: little can have come meanwhile, and
+            # that little is all the swap does under the locks. (While writers outpace the
+            # handlers it never is; after 20 tries the swap takes what is left.)
             if done:
-                break
+                caught_up += 1
+                if time.monotonic() - began < SWAP_TAIL or caught_up >= 20:
+                    break
         # The swap: catch up the last events and exchange the tables under the live
         # checkpoint's row lock, so no step of a daemon interleaves.
-        with store.transaction() as tx:
+        with store.transaction(deferred=True) as tx:
             tr = tx.tracking
-            cp = fenced(tr)
+            cp = fenced(tr, swap=True)
             live = tr.get(name, lock=True)
             while not batch_step(tr):
                 pass
+            rm.flush()
             for table, spec in cls.tables.items():
                 tr.drop_table(table)
                 tr.rename_table(shadow[table], table)
@@ -789,7 +825,7 @@ class ProjectionStatus:
         return {
             "name": self.name,
             "version": self.version,
-            "stored_version": self.stored_version,
+            "stored_version": version_number(self.stored_version),
             "position": self.position,
             "head": self.head,
             "lag_events": self.lag_events,
@@ -798,7 +834,7 @@ class ProjectionStatus:
             "owner": self.owner,
             "error": self.error,
             "error_position": self.error_position,
-            "skipped": self.skipped,
+            "skipped": [skip_view(s) for s in self.skipped],
             "rebuild_position": self.rebuild_position,
             "tables": self.tables,
             "handles": self.handles,

@@ -10,6 +10,7 @@ from ..app import App, fold, new_aggregate
 from ..errors import NotFoundError, UsageError
 from ..store import Snapshot, Store, StoredEvent, iso
 from .dispatch import load, snapshot_of
+from .events import upcast_all
 
 
 @dataclass
@@ -46,14 +47,18 @@ def replay(
 ) -> Replay:
     """The state of `stream_id` at its head, at a version, or as of a time."""
     cls = app.aggregate_for(stream_id) if app else None
-    with store.reader() as tx:
-        _check_exists(stream_id, tx.stream_version(stream_id), at_version)
+    # Events are only ever appended: whatever commits between the statements below, they
+    # fold a state the stream really had, so they need no transaction around them.
+    with store.reader(consistent=False) as tx:
         if app is not None and cls is not None:
             agg = load(app, tx, cls, stream_id, at_version=at_version, as_of=as_of, use_snapshot=use_snapshot)
             version, state, kind = agg.version, agg.state(), cls.__name__
         else:
-            events = tx.read_stream(stream_id, 1, at_version, None, as_of)
+            events = list(upcast_all(app, tx.read_stream(stream_id, 1, at_version, None, as_of)))
             version, state, kind = (events[-1].stream_version if events else 0), _generic(events), "generic"
+        # Only a short read asks for the head (one statement fewer for the common case).
+        if version == 0 or (at_version is not None and version < at_version):
+            _check_exists(stream_id, tx.stream_version(stream_id), at_version)
     if version == 0:  # the stream exists, but not yet at that time
         raise NotFoundError(f"stream {stream_id!r} has no events as of {iso(as_of) if as_of else as_of}")
     return Replay(stream_id, kind, version, state)
@@ -83,8 +88,10 @@ def history(
     *,
     at_version: int | None = None,
     as_of: datetime | None = None,
+    raw: bool = False,
 ) -> list[Step]:
-    """Each event of the stream with the state right after it."""
+    """Each event of the stream with the state right after it; the events as the app reads
+    them (upcast), or as stored with `raw`."""
     with store.reader() as tx:
         _check_exists(stream_id, tx.stream_version(stream_id), at_version)
         events = tx.read_stream(stream_id, 1, at_version, None, as_of)
@@ -96,12 +103,12 @@ def history(
         agg = new_aggregate(cls, stream_id)
         for e in events:
             fold(app, agg, [e])
-            steps.append(Step(e, agg.state()))
-    else:
-        state: dict[str, Any] = {}
-        for e in events:
-            state = {**state, **e.data}
-            steps.append(Step(e, state))
+            steps.append(Step(e if raw else app.upcast_stored(e), agg.state()))
+        return steps
+    state: dict[str, Any] = {}
+    for e in events if raw else upcast_all(app, events):
+        state = {**state, **e.data}
+        steps.append(Step(e, state))
     return steps
 
 

@@ -14,6 +14,7 @@ that does not get the lock skips that round.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -331,26 +332,40 @@ class SagaRunner:
             return record
 
 
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def _snake_keys(value: Any) -> Any:
+    """Our own bookkeeping (steps, results, compensations) is stored with the seeds' camelCase
+    keys; every JSON the CLI prints is snake_case, so the view converts them."""
+    if isinstance(value, dict):
+        return {_snake(k) if isinstance(k, str) else k: _snake_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snake_keys(v) for v in value]
+    return value
+
+
 def saga_view(record: SagaRecord, spec: SagaSpec | None, deadlines: list[Deadline]) -> dict[str, Any]:
-    """The inspection shape (the seeds' field names)."""
+    """The inspection shape (snake_case; `state` is the saga's own data, as stored)."""
     view: dict[str, Any] = {
-        "sagaId": record.saga_id,
-        "sagaType": record.saga_type,
+        "saga_id": record.saga_id,
+        "saga_type": record.saga_type,
         "status": record.status,
-        "currentStep": record.current_step,
-        "totalSteps": len(record.steps),
-        "steps": record.steps,
-        "results": record.results,
-        "compensationActions": record.compensations,
-        "correlationId": record.correlation_id,
+        "current_step": record.current_step,
+        "total_steps": len(record.steps),
+        "steps": _snake_keys(record.steps),
+        "results": _snake_keys(record.results),
+        "compensation_actions": _snake_keys(record.compensations),
+        "correlation_id": record.correlation_id,
         "state": record.state,
         "deadlines": [d.to_dict() for d in deadlines],
-        "createdAt": iso(record.created_at),
-        "updatedAt": iso(record.updated_at),
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
         "version": record.version,
     }
     if record.error_message:
-        view["errorMessage"] = record.error_message
+        view["error_message"] = record.error_message
     return view
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import orjson
 from pydantic import Field, field_validator
@@ -14,19 +14,30 @@ from pydantic import Field, field_validator
 from ..errors import FileAccessError
 from ..store import Store, StoredEvent
 from . import journal
+from .events import upcast_all
 from .jsonl import EventType, Identifier, Line, Position, SchemaVersion, StreamId, validated
+
+if TYPE_CHECKING:
+    from ..app import App
 
 IMPORT_BATCH = 1000
 
 
 def export_events(
-    store: Store, out: IO[bytes], *, stream: str | None = None, category: str | None = None
+    store: Store,
+    out: IO[bytes],
+    *,
+    stream: str | None = None,
+    category: str | None = None,
+    app: App | None = None,
 ) -> int:
-    """Write events as JSON Lines in global order; returns how many."""
+    """Write events as JSON Lines in global order; returns how many. With `app`, events are
+    written as its current code reads them (upcast, with the schema version reached)."""
     if stream is not None:
         events: Iterable[StoredEvent] = store.read_stream(stream)
     else:
         events = store.iter_all(0, 5000, categories=[category] if category else None)
+    events = upcast_all(app, events)
     n = 0
     for event in events:
         out.write(orjson.dumps(event.to_dict()) + b"\n")

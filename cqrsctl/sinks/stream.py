@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -20,18 +20,15 @@ from ..store.base import OutboxMessage
 from . import Sink
 
 
+def wire_form(m: OutboxMessage) -> dict[str, Any]:
+    """The message as the stdout and file sinks write it by default (and `outbox peek` shows it)."""
+    return {"message_id": m.message_id, "topic": m.topic, "key": m.key, "headers": m.headers, "payload": m.payload}
+
+
 def _line(sink: Sink, m: OutboxMessage) -> bytes:
     if sink.format != "cqrsctl":  # the formatted message alone: a NestJS value, a CloudEvent, …
         return sink.encode(m).body
-    return orjson.dumps(
-        {
-            "message_id": m.message_id,
-            "topic": m.topic,
-            "key": m.key,
-            "headers": m.headers,
-            "payload": m.payload,
-        }
-    )
+    return orjson.dumps(wire_form(m))
 
 
 class StdoutSink(Sink):

@@ -393,12 +393,12 @@ class Deadline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "deadlineId": self.deadline_id,
-            "sagaId": self.saga_id,
+            "deadline_id": self.deadline_id,
+            "saga_id": self.saga_id,
             "name": self.name,
-            "dueAt": iso(self.due_at),
+            "due_at": iso(self.due_at),
             "status": self.status,
-            "firedAt": None if self.fired_at is None else iso(self.fired_at),
+            "fired_at": None if self.fired_at is None else iso(self.fired_at),
         }
 
 
@@ -446,6 +446,9 @@ class StreamBusy(Exception):
 # One row per event as the backends insert it, in this column order:
 # stream_id, stream_version, event_id, event_type, schema_version, category, data, metadata, recorded_at
 EventRow = tuple[str, int, str, str, int, str, str, str, datetime]
+# One event as a fold reads it: (global_position, stream_version, event_type,
+# schema_version, data), data a decoded dict or JSON text depending on the backend.
+FoldRow = tuple[int, int, str, int, Any]
 
 
 class Transaction(ABC):
@@ -604,6 +607,16 @@ class Transaction(ABC):
         as_of: datetime | None = None,
     ) -> list[StoredEvent]: ...
 
+    def read_stream_data(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[FoldRow]:
+        """What a fold needs of a stream's events, as FoldRow tuples: cheaper than
+        read_stream, which also builds event ids, metadata and timestamps per event."""
+        return [
+            (e.global_position, e.stream_version, e.event_type, e.schema_version, e.data)
+            for e in self.read_stream(stream_id, from_version, to_version, None, as_of)
+        ]
+
     @abstractmethod
     def processed_command(self, command_id: str) -> dict[str, Any] | None: ...
 
@@ -627,7 +640,10 @@ class Transaction(ABC):
 
     @abstractmethod
     def try_lock(self, name: str) -> bool:
-        """Take a lock named `name` until this transaction ends; False if another holds it."""
+        """Take a lock named `name` until this transaction ends; False if another holds it.
+        On PostgreSQL a holder that then stops for more than LOCK_IDLE seconds between two
+        statements (SIGSTOP, a hung process) loses its session, and with it the lock and
+        its uncommitted work: another runner takes over."""
 
     @abstractmethod
     def get_position(self, name: str) -> int:
@@ -649,8 +665,8 @@ class Transaction(ABC):
     ) -> list[SagaRecord]: ...
 
     @abstractmethod
-    def saga_counts(self) -> dict[str, int]:
-        """Saga instances per status."""
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        """Saga instances per status (only these statuses when given: an index range, not a table count)."""
 
     @abstractmethod
     def add_deadline(self, deadline: Deadline) -> None: ...
@@ -714,12 +730,17 @@ class Transaction(ABC):
         """Record failed attempts on messages `owner` still leases."""
 
     @abstractmethod
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        """(pending, due at `now`, dead, oldest pending created_at, highest seq): read through
+        the status index and the key, never counting delivered rows."""
+
+    @abstractmethod
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         """(topic, status, count, due at `now`, oldest created_at) for each topic and status present."""
 
     @abstractmethod
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         """Outbox rows in seq order, optionally filtered."""
 
@@ -772,8 +793,12 @@ class Store(ABC):
         database)."""
 
     @abstractmethod
-    def reader(self) -> AbstractContextManager[Transaction]:
-        """A read-only view; cheaper than a write transaction, never blocks writers."""
+    def reader(self, *, consistent: bool = True) -> AbstractContextManager[Transaction]:
+        """A read-only view; cheaper than a write transaction, never blocks writers.
+
+        With `consistent=False` each statement reads the latest commits on its own, with
+        no transaction around them (no BEGIN and COMMIT to pay for): for reads that stay
+        right whatever is appended between their statements, as a stream's fold does."""
 
     def lazy_transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction whose commit does not wait for the disk: visible to everyone

@@ -39,6 +39,7 @@ from .base import (
     Deadline,
     EventRow,
     ExpectedVersion,
+    FoldRow,
     JournalEntry,
     NewMessage,
     OutboxFailure,
@@ -56,7 +57,16 @@ from .base import (
     stored_event,
     utcnow,
 )
-from .tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Table, Tracking, check_user_table
+from .tracking import (
+    FENCE_IDLE,
+    FENCE_WAIT,
+    LOCK_IDLE,
+    Checkpoint,
+    EventTuple,
+    Table,
+    Tracking,
+    check_user_table,
+)
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -437,6 +447,23 @@ class PostgresTransaction(Transaction):
         self.cur.execute(query, params)
         return list(map(_event, self.cur.fetchall()))
 
+    def read_stream_data(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[FoldRow]:
+        query = (
+            "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
+            " WHERE stream_id = %s AND stream_version >= %s"
+        )
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            query += " AND stream_version <= %s"
+            params.append(to_version)
+        if as_of is not None:
+            query += " AND recorded_at <= %s"
+            params.append(as_of)
+        self.cur.execute(query + " ORDER BY stream_version", params)
+        return self.cur.fetchall()
+
     def processed_command(self, command_id: str) -> dict[str, Any] | None:
         self.cur.execute("SELECT result FROM processed_commands WHERE command_id = %s", (command_id,))
         row = self.cur.fetchone()
@@ -616,6 +643,21 @@ class PostgresTransaction(Transaction):
             done += self.cur.rowcount
         return done
 
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        self.cur.execute(
+            "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %s), min(created_at) FROM outbox"
+            " WHERE status = 'pending'",
+            (now,),
+        )
+        pending = self.cur.fetchone()
+        assert pending is not None
+        self.cur.execute("SELECT count(*) FROM outbox WHERE status = 'dead'")
+        dead = self.cur.fetchone()
+        self.cur.execute("SELECT coalesce(max(seq), 0) FROM outbox")
+        top = self.cur.fetchone()
+        assert dead is not None and top is not None
+        return int(pending[0]), int(pending[1]), int(dead[0]), pending[2], int(top[0])
+
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         self.cur.execute(
             "SELECT topic, status, count(*), count(*) FILTER (WHERE next_attempt_at <= %s), min(created_at)"
@@ -625,7 +667,7 @@ class PostgresTransaction(Transaction):
         return [tuple(r) for r in self.cur.fetchall()]  # type: ignore[misc]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         query = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE true"
         params: list[Any] = []
@@ -635,6 +677,9 @@ class PostgresTransaction(Transaction):
         if topic:
             query += " AND topic = %s"
             params.append(topic)
+        if key is not None:
+            query += " AND key = %s"
+            params.append(key)
         query += " ORDER BY seq LIMIT %s"
         params.append(limit)
         self.cur.execute(query, params)
@@ -705,7 +750,10 @@ class PostgresTransaction(Transaction):
     # -- sagas ----------------------------------------------------------------------------
 
     def try_lock(self, name: str) -> bool:
-        self.cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(f"cqrsctl.{name}.{self.store.schema}"),))
+        self.cur.execute(
+            "SELECT pg_try_advisory_xact_lock(%s), set_config('idle_in_transaction_session_timeout', %s, true)",
+            (_lock_key(f"cqrsctl.{name}.{self.store.schema}"), f"{int(LOCK_IDLE * 1000)}ms"),
+        )
         return bool(self.cur.fetchone()[0])  # type: ignore[index]
 
     def get_position(self, name: str) -> int:
@@ -752,8 +800,13 @@ class PostgresTransaction(Transaction):
         )
         return [SagaRecord(*r) for r in self.cur.fetchall()]
 
-    def saga_counts(self) -> dict[str, int]:
-        self.cur.execute("SELECT status, count(*) FROM sagas GROUP BY status")
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        if statuses is None:
+            self.cur.execute("SELECT status, count(*) FROM sagas GROUP BY status")
+        else:
+            self.cur.execute(
+                "SELECT status, count(*) FROM sagas WHERE status = ANY(%s) GROUP BY status", (list(statuses),)
+            )
         return {r[0]: int(r[1]) for r in self.cur.fetchall()}
 
     def add_deadline(self, deadline: Deadline) -> None:
@@ -892,7 +945,17 @@ class PostgresStore(Store):
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
-    reader = transaction
+    @contextmanager
+    def reader(self, *, consistent: bool = True) -> Iterator[PostgresTransaction]:
+        if consistent:
+            with self.transaction() as tx:
+                yield tx
+            return
+        try:
+            with self.pool.connection() as conn:  # autocommit: each statement on its own
+                yield PostgresTransaction(conn, self)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
     @contextmanager
     def lazy_transaction(self) -> Iterator[PostgresTransaction]:
@@ -1070,6 +1133,17 @@ def _rm_in(kind: str, value: Any) -> Any:
     return dumps(value) if kind == "json" and value is not None else value
 
 
+# The window runs over three narrow columns; only the chosen rows are joined back for data.
+_SAMPLE = (
+    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data::text, s.n"
+    " FROM (SELECT global_position,"
+    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
+    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
+    " JOIN events e ON e.global_position = s.global_position"
+    " WHERE s.rn <= %s OR s.rn > s.n - %s ORDER BY e.global_position"
+)
+
+
 class PostgresTracking(Tracking):
     def __init__(self, cur: psycopg.Cursor[Any], head_sql: str) -> None:
         self.cur = cur
@@ -1111,18 +1185,27 @@ class PostgresTracking(Tracking):
         self.cur.execute(query, params)
         return self.cur.fetchall()
 
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        self.cur.execute(_SAMPLE, (first, last))
+        rows = self.cur.fetchall()
+        counts = {(r[3], r[4]): r[6] for r in rows}
+        return [r[:6] for r in rows], counts
+
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:
         self.cur.execute(_CP_SELECT + " WHERE name = %s" + (" FOR UPDATE" if lock else ""), (name,))
         row = self.cur.fetchone()
         return None if row is None else Checkpoint(*row)
 
-    def fence(self, name: str) -> Checkpoint | None:
+    def fence(
+        self, name: str, *, wait: float | None = FENCE_WAIT, idle: float | None = FENCE_IDLE
+    ) -> Checkpoint | None:
         # Both timeouts end with the transaction. The idle one ends the session of a process
         # stopped (SIGSTOP, a hung VM) while it holds the row: its locks go, and its commit fails.
-        self.cur.execute(
-            "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
-            (f"{int(FENCE_WAIT * 1000)}ms", f"{int(FENCE_IDLE * 1000)}ms"),
-        )
+        if wait is not None or idle is not None:
+            self.cur.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
+                (f"{int((wait or 0) * 1000)}ms", f"{int((idle or 0) * 1000)}ms"),
+            )
         try:
             return self.get(name, lock=True)
         except psycopg.errors.LockNotAvailable:

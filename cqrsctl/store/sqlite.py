@@ -25,6 +25,7 @@ from .base import (
     SCHEMA_VERSION,
     Deadline,
     EventRow,
+    FoldRow,
     JournalEntry,
     NewMessage,
     OutboxFailure,
@@ -40,7 +41,7 @@ from .base import (
     stored_event,
     utcnow,
 )
-from .tracking import Checkpoint, EventTuple, Table, Tracking, check_user_table
+from .tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Table, Tracking, check_user_table
 
 # Forward-only migrations: version -> statements. Never edit a released entry; add one.
 MIGRATIONS: dict[int, list[str]] = {
@@ -339,6 +340,28 @@ class SQLiteTransaction(Transaction):
                 self._known[stream_id] = 0
         return events
 
+    def read_stream_data(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[FoldRow]:
+        sql = (
+            "SELECT global_position, stream_version, event_type, schema_version, data FROM events"
+            " WHERE stream_id = ? AND stream_version >= ?"
+        )
+        params: list[Any] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND stream_version <= ?"
+            params.append(to_version)
+        if as_of is not None:
+            sql += " AND recorded_at <= ?"
+            params.append(_ts(as_of))
+        rows = self.conn.execute(sql + " ORDER BY stream_version", params).fetchall()
+        if to_version is None and as_of is None:
+            if rows:
+                self._known[stream_id] = rows[-1][1]
+            elif from_version == 1:
+                self._known[stream_id] = 0
+        return rows
+
     def processed_command(self, command_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT result FROM processed_commands WHERE command_id = ?", (command_id,)
@@ -501,6 +524,16 @@ class SQLiteTransaction(Transaction):
             ],
         ).rowcount
 
+    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        pending = self.conn.execute(
+            "SELECT count(*), coalesce(sum(next_attempt_at <= ?), 0), min(created_at) FROM outbox"
+            " WHERE status = 'pending'",
+            (_ts(now),),
+        ).fetchone()
+        dead = self.conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
+        top = self.conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        return pending[0], pending[1], dead, _opt_ts(pending[2]), top
+
     def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
         rows = self.conn.execute(
             "SELECT topic, status, count(*), sum(next_attempt_at <= ?), min(created_at) FROM outbox"
@@ -510,7 +543,7 @@ class SQLiteTransaction(Transaction):
         return [(r[0], r[1], r[2], r[3], _opt_ts(r[4])) for r in rows]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None
+        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
     ) -> list[OutboxMessage]:
         sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
         params: list[Any] = []
@@ -520,6 +553,9 @@ class SQLiteTransaction(Transaction):
         if topic:
             sql += " AND topic = ?"
             params.append(topic)
+        if key is not None:
+            sql += " AND key = ?"
+            params.append(key)
         sql += " ORDER BY seq LIMIT ?"
         params.append(-1 if limit is None else limit)
         return [_message(r) for r in self.conn.execute(sql, params)]
@@ -627,8 +663,11 @@ class SQLiteTransaction(Transaction):
         rows = self.conn.execute(sql, (status, status, saga_type, saga_type, -1 if limit is None else limit))
         return [_saga(r) for r in rows]
 
-    def saga_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall())
+    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        if statuses is None:
+            return dict(self.conn.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall())
+        sql = f"SELECT status, count(*) FROM sagas WHERE status IN ({','.join('?' * len(statuses))}) GROUP BY status"
+        return dict(self.conn.execute(sql, list(statuses)).fetchall())
 
     def add_deadline(self, deadline: Deadline) -> None:
         self.conn.execute(
@@ -727,18 +766,16 @@ class _WriteTransaction:
     only at `SQLiteTracking.fence()`, so slow work before that (projection handlers) never
     holds the database's write lock."""
 
-    __slots__ = ("store", "conn", "deferred", "turn", "changes")
+    __slots__ = ("store", "conn", "deferred", "turn")
 
     def __init__(self, store: SQLiteStore, deferred: bool = False) -> None:
         self.store, self.conn, self.deferred = store, store.conn, deferred
         self.turn = False
-        self.changes = 0
 
     def __enter__(self) -> SQLiteTransaction:
         conn = self.conn
         if self.deferred:
             conn.execute("BEGIN")
-            self.changes = conn.total_changes
             return SQLiteTransaction(conn, self)
         self.take_turn()
         try:
@@ -875,7 +912,7 @@ class SQLiteStore(Store):
                 self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     @contextmanager
-    def reader(self) -> Iterator[SQLiteTransaction]:
+    def reader(self, *, consistent: bool = True) -> Iterator[SQLiteTransaction]:
         conn = self.conn
         if conn.in_transaction:  # nested inside a write transaction: share it
             yield SQLiteTransaction(conn)
@@ -884,6 +921,9 @@ class SQLiteStore(Store):
         if shared:  # one connection for every thread: one of them at a time
             self.turns.acquire()
         try:
+            if not consistent:
+                yield SQLiteTransaction(conn)
+                return
             conn.execute("BEGIN")
             try:
                 yield SQLiteTransaction(conn)
@@ -1055,9 +1095,21 @@ def _checkpoint(row: tuple[Any, ...], now: str) -> Checkpoint:
     )  # fmt: skip
 
 
+# The window runs over three narrow columns; only the chosen rows are joined back for data.
+_SAMPLE = (
+    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data, s.n"
+    " FROM (SELECT global_position,"
+    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
+    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
+    " JOIN events e ON e.global_position = s.global_position"
+    " WHERE s.rn <= ? OR s.rn > s.n - ? ORDER BY e.global_position"
+)
+
+
 class SQLiteTracking(Tracking):
-    # Every write transaction is BEGIN IMMEDIATE, so holding one already excludes every
-    # other writer: `lock=True` needs no row lock here.
+    # A write transaction is BEGIN IMMEDIATE (a deferred one becomes it at its first write
+    # or fence), so holding one already excludes every other writer: `lock=True` needs no
+    # row lock here.
 
     def __init__(self, conn: sqlite3.Connection, outer: _WriteTransaction | None = None) -> None:
         self.conn, self.outer = conn, outer
@@ -1065,19 +1117,25 @@ class SQLiteTracking(Tracking):
     def now(self) -> datetime:
         return utcnow()
 
-    def fence(self, name: str) -> Checkpoint | None:
+    def fence(
+        self, name: str, *, wait: float | None = FENCE_WAIT, idle: float | None = FENCE_IDLE
+    ) -> Checkpoint | None:
+        self._writer()
+        return self.get(name, lock=True)
+
+    def _writer(self) -> None:
+        """A deferred transaction that is still a reader becomes the writer: it ends its
+        snapshot and begins again with BEGIN IMMEDIATE. (Upgrading in place would fail
+        whenever anyone committed since the snapshot.) What it read before can have been
+        changed only by a lease holder, whose token the caller compares when fencing."""
         outer = self.outer
-        if outer is not None and outer.deferred and not outer.turn and self.conn.total_changes == outer.changes:
-            # Still a reader: end the snapshot and come back as the writer. Nothing read
-            # before can have been changed by anyone but the lease holder, whose token the
-            # caller compares.
+        if outer is not None and outer.deferred and not outer.turn:
             self.conn.execute("COMMIT")
             outer.take_turn()
             try:
                 outer.store._retry_locked(lambda: self.conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.DatabaseError as exc:
                 raise DatabaseError(f"sqlite: {exc}") from None
-        return self.get(name, lock=True)
 
     def head(self) -> int:
         return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]
@@ -1106,6 +1164,11 @@ class SQLiteTracking(Tracking):
         params.append(limit)
         return self.conn.execute(sql, params).fetchall()
 
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        rows = self.conn.execute(_SAMPLE, (first, last)).fetchall()
+        counts = {(r[3], r[4]): r[6] for r in rows}
+        return [r[:6] for r in rows], counts
+
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:
         row = self.conn.execute(f"SELECT {_CP_COLUMNS} FROM checkpoints WHERE name = ?", (name,)).fetchone()
         return None if row is None else _checkpoint(row, _ts(utcnow()))
@@ -1114,6 +1177,7 @@ class SQLiteTracking(Tracking):
         return self.get(name, lock=True), self.head()
 
     def put(self, cp: Checkpoint, lease: float | None = None) -> datetime:
+        self._writer()
         from datetime import timedelta
 
         now = utcnow()
@@ -1134,6 +1198,7 @@ class SQLiteTracking(Tracking):
         return datetime.fromisoformat(stamp)
 
     def delete(self, name: str) -> None:
+        self._writer()
         self.conn.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
 
     def checkpoints(self, prefix: str | None = None) -> list[Checkpoint]:
@@ -1148,6 +1213,7 @@ class SQLiteTracking(Tracking):
         return [_checkpoint(r, now) for r in rows]
 
     def acquire(self, name: str, owner: str, seconds: float) -> bool:
+        self._writer()
         from datetime import timedelta
 
         now = utcnow()
@@ -1159,6 +1225,7 @@ class SQLiteTracking(Tracking):
         return cur.rowcount == 1
 
     def renew(self, names: Sequence[str], owner: str, seconds: float) -> list[str]:
+        self._writer()
         from datetime import timedelta
 
         if not names:
@@ -1173,6 +1240,7 @@ class SQLiteTracking(Tracking):
         return [r[0] for r in rows]
 
     def release(self, names: Sequence[str], owner: str) -> None:
+        self._writer()
         if names:
             self.conn.execute(
                 "UPDATE checkpoints SET owner = NULL, lease_until = NULL"
@@ -1186,11 +1254,13 @@ class SQLiteTracking(Tracking):
 
     def create_table(self, name: str, table: Table) -> None:
         check_user_table(name)
+        self._writer()
         cols = ", ".join(f"{_q(c)} {_RM_TYPES[k]}" for c, k in table.columns.items())
         key = ", ".join(_q(c) for c in table.key)
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(name)} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID")
 
     def create_indexes(self, name: str, table: Table) -> None:
+        self._writer()
         for i, cols in enumerate(table.indexes):
             self.conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {_q(f'{name}__ix{i}')} ON {_q(name)}"
@@ -1199,10 +1269,12 @@ class SQLiteTracking(Tracking):
 
     def drop_table(self, name: str) -> None:
         check_user_table(name)
+        self._writer()
         self.conn.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
     def rename_table(self, old: str, new: str) -> None:
         check_user_table(old), check_user_table(new)
+        self._writer()
         # The primary key index is named after the table and follows it.
         self.conn.execute(f"ALTER TABLE {_q(old)} RENAME TO {_q(new)}")
 
@@ -1240,6 +1312,7 @@ class SQLiteTracking(Tracking):
         return out
 
     def write(self, name: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        self._writer()
         if not rows:
             return
         names = list(table.columns)
@@ -1258,6 +1331,7 @@ class SQLiteTracking(Tracking):
         )
 
     def remove(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> None:
+        self._writer()
         for i in range(0, len(keys), 400):
             chunk = keys[i : i + 400]
             self.conn.execute(
@@ -1291,6 +1365,8 @@ class SQLiteTracking(Tracking):
         return self._rows_out(table, self.conn.execute(sql, params))
 
     def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if text.lstrip()[:6].upper() != "SELECT":
+            self._writer()
         cursor = self.conn.execute(text, params or {})
         if cursor.description is None:
             return []

@@ -26,6 +26,7 @@ COLUMN_TYPES = ("text", "int", "float", "decimal", "bool", "json", "timestamp")
 # Bounds of a fenced commit (see Tracking.fence).
 FENCE_WAIT = 1.0
 FENCE_IDLE = 2.0
+LOCK_IDLE = 5.0  # a try_lock holder's (saga work) longest pause between statements
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
@@ -168,6 +169,11 @@ class Tracking(ABC):
         the planner believes about the table (fresh statistics or none). `lean` rows stop
         after `data` (no metadata, recorded_at, event_id): cheaper to fetch."""
 
+    @abstractmethod
+    def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
+        """For each (event type, schema version) stored, its `first` oldest and `last` newest
+        events as lean rows (in position order), and how many events each pair has."""
+
     # -- checkpoints and leases --------------------------------------------------------
 
     @abstractmethod
@@ -179,13 +185,16 @@ class Tracking(ABC):
         """Lock a checkpoint's row and read the head, in one round trip (a step's start)."""
 
     @abstractmethod
-    def fence(self, name: str) -> Checkpoint | None:
-        """Make this transaction the writer and lock checkpoint `name` until it ends, waiting
-        only briefly: the start of a commit that only the lease holder may make (the caller
-        compares owner and token). In a `deferred` transaction the work before this held no
-        write lock. On PostgreSQL a row lock not had within FENCE_WAIT seconds raises
-        LockedError, and a process that stops for more than FENCE_IDLE seconds after this
-        call loses its session, so a stopped holder never keeps the row from others."""
+    def fence(
+        self, name: str, *, wait: float | None = FENCE_WAIT, idle: float | None = FENCE_IDLE
+    ) -> Checkpoint | None:
+        """Make this transaction the writer and lock checkpoint `name` until it ends: the
+        start of a commit that only the lease holder may make (the caller compares owner
+        and token). In a `deferred` transaction the work before this held no write lock.
+        On PostgreSQL a row lock not had within `wait` seconds raises LockedError, and a
+        process that stops for more than `idle` seconds between statements from here on
+        loses its session, so a stopped holder never keeps the row from others (None: no
+        bound; for transactions that still run handlers after this)."""
 
     @abstractmethod
     def put(self, cp: Checkpoint, lease: float | None = None) -> datetime:
