@@ -144,10 +144,13 @@ def test_projection_json_shapes(store_url: str) -> None:
     assert all(isinstance(s["stored_version"], int) for s in status)
     plans = bank(store_url, "projections", "rebuild", "--all", "--dry-run", "--format", "json").ok().json()
     assert all(isinstance(p["live_version"], int) for p in plans)
-    position = status[0]["head"] + 5
-    bank(store_url, "projections", "skip", "balances", "--position", str(position), "--reason", "bad data").ok()
+    bank(store_url, "dispatch", "Deposit", "--data", '{"account_id": "A-0001", "amount": "1"}').ok()
+    position = status[0]["head"] + 1  # the event just stored, not yet projected
+    bank(store_url, "projections", "skip", "balances", "--position", str(position), "--reason", "bad data", "--yes").ok()
     (balances,) = bank(store_url, "projections", "status", "balances", "--json").ok().jsonl()
-    assert balances["skipped"] == [{"position": position, "at": balances["skipped"][0]["at"], "reason": "bad data"}]
+    assert balances["skipped"] == [
+        {"position": position, "at": balances["skipped"][0]["at"], "error": None, "reason": "bad data"}
+    ]
 
 
 def test_saga_json_is_snake_case(store_url: str) -> None:
