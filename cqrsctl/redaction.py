@@ -59,9 +59,12 @@ def redact(url: str) -> str:
 
 def secrets_of(url: str) -> list[str]:
     """Every secret string in `url`, as written and decoded, longest first."""
-    _, userinfo, _, query, _ = _split(url)
+    scheme, userinfo, _, query, _ = _split(url)
     found: set[str] = set()
-    if userinfo:
+    # A PostgreSQL user alone is a role name, not a token: masked in the URL, but not
+    # hunted through free text, where "postgres" is also an extra's and a backend's name.
+    role_only = scheme.lower() in ("postgresql://", "postgres://") and ":" not in userinfo
+    if userinfo and not role_only:
         user, colon, password = userinfo.partition(":")
         for raw in (password,) if colon else (user,):
             found.update((raw, unquote(raw)))

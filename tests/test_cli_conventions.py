@@ -173,6 +173,7 @@ def test_saga_json_is_snake_case(store_url: str) -> None:
 
 
 def test_errors_are_json_under_json_formats(store_url: str) -> None:
+    cli("--db", store_url, "init").ok()
     for flags in (("--json",), ("--format", "json"), ("--format", "jsonl")):
         result = cli("--db", store_url, *flags, "streams", "show", "Nope-1")
         assert result.code == 6 and result.stdout == ""

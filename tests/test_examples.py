@@ -18,7 +18,7 @@ import pytest
 from helpers import BANK_COMMANDS, ROOT, cli, subprocess_env
 
 from cqrsctl.cli.reference import _root, example, walk
-from cqrsctl.store import open_store
+from cqrsctl.store import NewEvent, open_store
 
 # The order the examples run in: each leaves the store as the next expects. Commands not
 # listed (new ones) run after these, by name.
@@ -60,9 +60,11 @@ def sample_store(url: str) -> None:
 
 
 def fail_saga_and_projection(url: str) -> None:
-    """`sagas retry` and `projections retry` act on failures only: make one of each. (The
-    bank sample has no way to make a compensation fail, so the state is written directly.)"""
+    """`sagas retry`, `projections retry` and `projections skip` (of the failed event) act on
+    failures only: make one of each. (The bank sample has no way to make a compensation or a
+    handler fail, so the state is written directly, at an event that exists.)"""
     with open_store(url) as store:
+        store.append("Audit-1", [NewEvent("NoteAdded", {"text": "to fail on"})])
         with store.transaction() as tx:
             record = tx.get_saga("TransferSaga-Transfer-T9")
             assert record is not None
@@ -110,9 +112,14 @@ def test_every_help_example_runs_against_the_sample_store(store_url: str, sample
     sample_store(store_url)
     env = {"CQRSCTL_DB": store_url}
     for name, line in EXAMPLES:
-        if name == "projections retry":
+        if name in ("projections skip", "projections retry"):
             fail_saga_and_projection(store_url)
         args = args_of(line, store_url, sample_dir)
+        if name == "projections unskip":  # the position the skip example took: it depends on the store
+            with open_store(store_url) as store, store.transaction() as tx:
+                cp = tx.tracking.get("balances")
+                assert cp is not None and cp.skipped, "the skip example skipped nothing"
+                args[args.index("--position") + 1] = str(cp.skipped[-1]["position"])
         if name in LONG_RUNNING:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cqrsctl", *args], cwd=sample_dir, env=subprocess_env(env),

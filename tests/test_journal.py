@@ -110,7 +110,7 @@ def test_retry_is_journaled_with_the_error_it_cleared_and_status_shows_it(
     assert cli(*base, "projections", "catch-up", "--retries", "0", env=env).code == 14
     flag.unlink()
     cli(*base, "projections", "retry", "totals", env=env).ok()
-    status = cli(*base, "--json", "projections", "status", "totals").ok().json()[0]
+    status = cli(*base, "--json", "projections", "status", "totals").ok().jsonl()[0]
     assert status["last_retry"]["actor"] == "ops@test"
     assert f"at position {bad}" in status["last_retry"]["result"]["error"]
     text = cli(*base, "projections", "status", "totals").ok().stdout
@@ -196,7 +196,7 @@ def test_reset_dry_run_says_what_it_would_drop(store_url: str) -> None:
     cli(*base, "projections", "rebuild", "balances").ok()
     plan = cli(*base, "--json", "projections", "reset", "balances", "--dry-run").ok().json()
     assert plan["reset"] is False and plan["tables"]["balances"] > 0
-    status = cli(*base, "--json", "projections", "status", "balances").ok().json()[0]
+    status = cli(*base, "--json", "projections", "status", "balances").ok().jsonl()[0]
     assert status["position"] == plan["position"] > 0
 
 

@@ -413,7 +413,7 @@ def test_poison_event_fails_only_its_projection_then_skip(store: Store, tmp_path
     P.skip(store, app, "totals", bad)
     P.check_catch_up(P.catch_up(store, app))
     s = {s.name: s for s in P.status(store, app)}["totals"]
-    assert s.state == "idle" and [k["position"] for k in s.skipped] == [bad] and "poison" in s.skipped[0]["reason"]
+    assert s.state == "idle" and [k["position"] for k in s.skipped] == [bad] and "poison" in s.skipped[0]["error"]
     expected = oracle_totals(store)
     total, events = expected.pop("S-1")
     if events > 1:
