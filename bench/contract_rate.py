@@ -65,8 +65,10 @@ def main() -> None:
                 result = rebuild(store, app, "balances")
                 rebuild_rates.append(result.events / (time.perf_counter() - t))
             check, rb = statistics.median(check_rates), statistics.median(rebuild_rates)
-            print(f"{args.backend}: contract check {check:,.0f} events/s; rebuild balances {rb:,.0f} events/s;"
-                  f" ratio {check / rb:.2f}")
+            print(
+                f"{args.backend}: contract check {check:,.0f} events/s; rebuild balances {rb:,.0f} events/s;"
+                f" ratio {check / rb:.2f}"
+            )
         finally:
             if args.backend == "postgres":
                 import psycopg

@@ -78,7 +78,9 @@ def measure(url: str, events: int, handler_ms: float, pause: float) -> dict[str,
         from cqrsctl.store import NewEvent
 
         for i in range(0, events, 100):
-            store.append(f"Account-A{i % 10}", [NewEvent("MoneyDeposited", {"amount": "1.00"})] * min(100, events - i))
+            store.append(
+                f"Account-A{i % 10}", [NewEvent("MoneyDeposited", {"amount": "1.00"})] * min(100, events - i)
+            )
     env = {**os.environ, "CQRSCTL_BENCH_HANDLER_MS": str(handler_ms)}
     child = subprocess.Popen(
         [sys.executable, "-m", "cqrsctl", "--db", url, "--app", f"{__file__}:app", "projections", "rebuild",
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2000, help="deposits the rebuild replays")
     parser.add_argument("--handler-ms", type=float, default=15.0, help="handler time per event")
     parser.add_argument("--pause-ms", type=float, default=30.0, help="pause between dispatches")
-    parser.add_argument("--pg-dsn", default=os.environ.get("CQRSCTL_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("CQRSCTL_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.backend == "sqlite":

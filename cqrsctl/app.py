@@ -379,7 +379,9 @@ class App:
         if not isinstance(on, str):
             self.event(on)
         event_type = type_name(on)
-        self.reactions.append(Reaction(name or f"{event_type}->{getattr(make, '__name__', 'command')}", event_type, make))
+        self.reactions.append(
+            Reaction(name or f"{event_type}->{getattr(make, '__name__', 'command')}", event_type, make)
+        )
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -532,7 +534,9 @@ def fold_rows(app: App, agg: Aggregate, rows: list[FoldRow]) -> Aggregate:
             event = cls.__pydantic_validator__.validate_python(data)
         except (ValueError, pydantic.ValidationError):
             # decode words the error (pydantic's ValidationError is a ValueError).
-            stored = stored_event(position, agg.stream_id, version, "", event_type, schema_version, data, {}, None)
+            stored = stored_event(
+                position, agg.stream_id, version, "", event_type, schema_version, data, {}, None
+            )
             event = app.decode(stored, cls)
         handler(agg, event)
     if rows:

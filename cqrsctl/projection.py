@@ -61,7 +61,9 @@ class Projection:
         found = tuple(n[3:] for n, _ in inspect.getmembers(cls, inspect.isfunction) if n.startswith("on_"))
         cls.handles = tuple(handles) if handles is not None else found
         for event_type in cls.handles:
-            if not callable(getattr(cls, f"on_{event_type}", None)) and not callable(getattr(cls, "on_event", None)):
+            if not callable(getattr(cls, f"on_{event_type}", None)) and not callable(
+                getattr(cls, "on_event", None)
+            ):
                 raise UsageError(f"projection {cls.name!r} handles {event_type!r} but has no on_{event_type}")
 
     @classmethod
@@ -72,7 +74,9 @@ class Projection:
         for table in cls.tables:
             check_name(table, "table")
             if table.endswith("__rebuild"):
-                raise UsageError(f"table {table!r}: names ending in __rebuild are the rebuild's shadow tables")
+                raise UsageError(
+                    f"table {table!r}: names ending in __rebuild are the rebuild's shadow tables"
+                )
         if not cls.handles:
             raise UsageError(f"projection {cls.name!r} has no on_<EventType> handlers")
 
@@ -289,7 +293,9 @@ class ReadModel:
         try:
             return self._slots[table]
         except KeyError:
-            raise UsageError(f"unknown read-model table {table!r} (tables: {', '.join(self._slots)})") from None
+            raise UsageError(
+                f"unknown read-model table {table!r} (tables: {', '.join(self._slots)})"
+            ) from None
 
     def _load(self, slot: _Slot, key: Any) -> dict[str, Any] | None:
         row = slot.cache.get(key, _MISSING)

@@ -37,7 +37,9 @@ class Totals(Projection, name="totals", version=1):
         if event.data.get("poison") and flag and os.path.exists(flag):
             raise RuntimeError(f"poison at {event.position}")
         row = rm.get("totals", stream=event.stream_id) or {"total": 0, "events": 0}
-        rm.upsert("totals", {"stream": event.stream_id, "total": row["total"] + n, "events": row["events"] + 1})
+        rm.upsert(
+            "totals", {"stream": event.stream_id, "total": row["total"] + n, "events": row["events"] + 1}
+        )
 
 
 class Counts(Projection, name="counts", version=1):
@@ -90,7 +92,9 @@ for _name in TRACED:
 # -- filling a store and the oracle --------------------------------------------------------
 
 
-def append_random(store: Store, count: int, streams: int = 20, seed: int | None = None, batch: int = 50) -> None:
+def append_random(
+    store: Store, count: int, streams: int = 20, seed: int | None = None, batch: int = 50
+) -> None:
     """Append `count` Added/Removed events over `streams` streams, `batch` per transaction."""
     rng = random.Random(seed)
     done = 0
@@ -98,7 +102,8 @@ def append_random(store: Store, count: int, streams: int = 20, seed: int | None 
         n = min(batch, count - done)
         stream = f"S-{rng.randrange(streams)}"
         events = [
-            NewEvent("Added" if rng.random() < 0.7 else "Removed", {"n": rng.randrange(1, 100)}) for _ in range(n)
+            NewEvent("Added" if rng.random() < 0.7 else "Removed", {"n": rng.randrange(1, 100)})
+            for _ in range(n)
         ]
         store.append(stream, events)
         done += n

@@ -360,7 +360,9 @@ def test_undecodable_events_name_the_position_without_upcasters(store: Store) ->
     with pytest.raises(DecodeError, match=f"position {bad}"):
         d.dispatch("Deposit", {"account_id": "D-1", "amount": "1"})
     d.dispatch("OpenAccount", {"account_id": "D-2", "owner": "Eve"})
-    newer = store.append("Account-D-2", [NewEvent("MoneyDeposited", {"amount": "1"}, schema_version=2)]).positions[0]
+    newer = store.append(
+        "Account-D-2", [NewEvent("MoneyDeposited", {"amount": "1"}, schema_version=2)]
+    ).positions[0]
     with pytest.raises(DecodeError, match=f"position {newer} .*schema version 2"):
         replay(store, bank_app, "Account-D-2")
     assert replay(store, bank_app, "Account-D-2", at_version=1).state["owner"] == "Eve"

@@ -33,12 +33,16 @@ def every_row(url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(conninfo) as conn:
         names = [
             r[0]
-            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
+            ).fetchall()
         ]
         return {
             n: sorted(
                 repr(r)
-                for r in conn.execute(sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(n)))
+                for r in conn.execute(
+                    sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(n))
+                )
             )
             for n in names
         }  # type: ignore[misc]
@@ -144,13 +148,22 @@ def test_bad_input_writes_nothing(
     assert every_row(seeded) == before
 
 
-def test_import_is_all_or_nothing_for_a_bad_line_after_the_first_thousand(seeded: str, tmp_path: Path) -> None:
+def test_import_is_all_or_nothing_for_a_bad_line_after_the_first_thousand(
+    seeded: str, tmp_path: Path
+) -> None:
     lines = [
-        export_line(stream_id=f"Imp-{i // 10}", stream_version=i % 10 + 1, event_id=f"00000000-0000-4000-8000-{i:012d}")
+        export_line(
+            stream_id=f"Imp-{i // 10}",
+            stream_version=i % 10 + 1,
+            event_id=f"00000000-0000-4000-8000-{i:012d}",
+        )
         for i in range(1500)
     ]
     path = tmp_path / "big.jsonl"
-    for broken, code in ((dict(lines[1199], stream_version=True), 3), (dict(lines[1199], stream_version=9), 4)):
+    for broken, code in (
+        (dict(lines[1199], stream_version=True), 3),
+        (dict(lines[1199], stream_version=9), 4),
+    ):
         path.write_text(jsonl([*lines[:1199], broken, *lines[1200:]]))
         before = every_row(seeded)
         assert_error(cli("--db", seeded, "import", str(path)), code, "line 1200")
@@ -170,7 +183,9 @@ def test_import_is_all_or_nothing_for_a_bad_line_after_the_first_thousand(seeded
 def test_an_export_of_one_backend_imports_into_the_other(store_url_factory: Any, tmp_path: Path) -> None:
     source = store_url_factory()
     with open_store(source) as store:
-        store.append("Acc-1", [NewEvent("Opened", {"n": 2**63 - 1, "f": 1.5, "s": "é"}), NewEvent("Closed", {})])
+        store.append(
+            "Acc-1", [NewEvent("Opened", {"n": 2**63 - 1, "f": 1.5, "s": "é"}), NewEvent("Closed", {})]
+        )
     path = tmp_path / "e.jsonl"
     cli("--db", source, "export", "-o", str(path)).ok()
     target = f"sqlite:///{tmp_path / 'target.db'}"

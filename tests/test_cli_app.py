@@ -452,7 +452,10 @@ def test_upcasters_apply_on_every_read_path(store_url: str, tmp_path: Path) -> N
     assert result["state"] == {"first": "Ada", "last": "King", "renames": 2}
     steps = cli(*people, "--json", "replay", "-a", "Person-1", "--events").ok().jsonl()
     # The events as the app reads them (upcast to v3); --raw shows what is stored.
-    assert [(s["event"]["schema_version"], s["event"]["data"]["last"]) for s in steps] == [(3, "Byron"), (3, "King")]
+    assert [(s["event"]["schema_version"], s["event"]["data"]["last"]) for s in steps] == [
+        (3, "Byron"),
+        (3, "King"),
+    ]
     raw = cli(*people, "--json", "replay", "-a", "Person-1", "--events", "--raw").ok().jsonl()
     assert [(s["event"]["schema_version"], s["state"]["last"]) for s in raw] == [(1, "Byron"), (2, "King")]
     # Dispatch loads through the upcasters too, and writes the current version.

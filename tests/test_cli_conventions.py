@@ -44,7 +44,9 @@ def test_global_options_before_or_after_the_command(store_url: str) -> None:
     seed(store_url)
     before = cli("--db", store_url, "--json", "streams", "list", "--category", "Account").ok().jsonl()
     after = cli("streams", "list", "--category", "Account", "--db", store_url, "--json").ok().jsonl()
-    mixed = cli("streams", "--db", store_url, "list", "--json", "-n", "100", "--category", "Account").ok().jsonl()
+    mixed = (
+        cli("streams", "--db", store_url, "list", "--json", "-n", "100", "--category", "Account").ok().jsonl()
+    )
     assert before == after == mixed and len(before) > 5
     assert cli("doctor", "--db", store_url, "--json").ok().json()["healthy"] is True
     assert cli("doctor", f"--db={store_url}", "--format=json").ok().json()["healthy"] is True
@@ -70,7 +72,9 @@ def parse(fmt: str, text: str) -> list[dict[str, Any]]:
     if fmt == "csv":
         return list(csv.DictReader(io.StringIO(text)))
     return list(
-        csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar="\\")
+        csv.DictReader(
+            io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar="\\"
+        )
     )
 
 
@@ -146,7 +150,17 @@ def test_projection_json_shapes(store_url: str) -> None:
     assert all(isinstance(p["live_version"], int) for p in plans)
     bank(store_url, "dispatch", "Deposit", "--data", '{"account_id": "A-0001", "amount": "1"}').ok()
     position = status[0]["head"] + 1  # the event just stored, not yet projected
-    bank(store_url, "projections", "skip", "balances", "--position", str(position), "--reason", "bad data", "--yes").ok()
+    bank(
+        store_url,
+        "projections",
+        "skip",
+        "balances",
+        "--position",
+        str(position),
+        "--reason",
+        "bad data",
+        "--yes",
+    ).ok()
     (balances,) = bank(store_url, "projections", "status", "balances", "--json").ok().jsonl()
     assert balances["skipped"] == [
         {"position": position, "at": balances["skipped"][0]["at"], "error": None, "reason": "bad data"}
@@ -272,7 +286,9 @@ def test_doctor_prints_its_report_when_healthy_and_when_not(store_url: str) -> N
 
 def test_dispatch_file_exit_code_is_the_same_on_a_rerun(store_url: str, tmp_path: Path) -> None:
     lines = BANK_COMMANDS.read_text().splitlines()[:5]
-    bad = orjson.dumps({"command": "Withdraw", "id": "w-too-much", "data": {"account_id": "A-0001", "amount": "99999"}})
+    bad = orjson.dumps(
+        {"command": "Withdraw", "id": "w-too-much", "data": {"account_id": "A-0001", "amount": "99999"}}
+    )
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join([*lines, bad.decode()]) + "\n")
     first = bank(store_url, "dispatch", "--file", str(batch))
@@ -317,9 +333,13 @@ def test_sqlite_never_imports_the_postgres_driver(tmp_path: Path) -> None:
         "r = CliRunner().invoke(app, ['--db', 'postgresql://postgres@127.0.0.1:1/x', 'streams', 'list'])\n"
         "print(r.exit_code, r.stderr.strip())\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "7 error: PostgreSQL needs the psycopg driver: pip install 'cqrsctl[postgres]'"
+    assert (
+        proc.stdout.strip() == "7 error: PostgreSQL needs the psycopg driver: pip install 'cqrsctl[postgres]'"
+    )
 
 
 def test_run_as_a_process_too() -> None:
@@ -398,13 +418,19 @@ def test_top_once_and_metrics_while_a_daemon_works(store_url: str, tmp_path: Pat
         assert metrics["cqrsctl_events_head_position"] == status[0]["head"]
         assert metrics['cqrsctl_outbox_messages{status="pending"}'] == 0
         assert metrics['cqrsctl_outbox_messages{status="dead"}'] == outbox["dead"]
-        assert metrics["cqrsctl_outbox_delivered_total"] == outbox["delivered"] == len(sink.read_text().splitlines())
+        assert (
+            metrics["cqrsctl_outbox_delivered_total"]
+            == outbox["delivered"]
+            == len(sink.read_text().splitlines())
+        )
         assert metrics['cqrsctl_daemon_events_processed_total{worker="projections"}'] > 0
         assert [k for k in metrics if k.startswith("cqrsctl_daemon_heartbeat_age_seconds")]
 
         view = bank(store_url, "top", "--once", "--interval", "0.2s", "--format", "json").ok().json()
         assert view["head"] == status[0]["head"]
-        assert {p["name"]: p["position"] for p in view["projections"]} == {s["name"]: s["position"] for s in status}
+        assert {p["name"]: p["position"] for p in view["projections"]} == {
+            s["name"]: s["position"] for s in status
+        }
         assert all(p["owner"] and p["state"] == "running" for p in view["projections"])
         (d,) = view["daemons"]
         assert d["status"] == "running" and d["heartbeat_age_seconds"] < 30 and "projections" in d["holds"]

@@ -538,8 +538,12 @@ def test_exit_7_bad_database_url(url: str) -> None:
     else:
         assert doctor.code == 10, str(doctor)
         report = doctor.json()
-        assert report["healthy"] is False and report["database"].endswith("/x") and "***" in report["database"]
-        assert report["checks"] == [{"name": "connection", "ok": False, "detail": report["checks"][0]["detail"]}]
+        assert (
+            report["healthy"] is False and report["database"].endswith("/x") and "***" in report["database"]
+        )
+        assert report["checks"] == [
+            {"name": "connection", "ok": False, "detail": report["checks"][0]["detail"]}
+        ]
         assert "cannot connect" in report["checks"][0]["detail"]
     env_result = cli("streams", "list", env={"CQRSCTL_DB": url})
     assert_error(env_result, 7)

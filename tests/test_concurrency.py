@@ -176,7 +176,9 @@ def test_concurrent_writers_and_a_gap_free_follower(store: Store, store_url: str
     ]
     writers_done = threading.Event()
     followers = [Follower(store_url, writers_done, deadline, by_scan) for by_scan in (False, True)]
-    readers = [threading.Thread(target=f.run, name=f"follower-{i}", daemon=True) for i, f in enumerate(followers)]
+    readers = [
+        threading.Thread(target=f.run, name=f"follower-{i}", daemon=True) for i, f in enumerate(followers)
+    ]
     outcomes: list[dict[str, Any]] = []
     try:
         for p in writers:

@@ -16,7 +16,7 @@ from cqrsctl.services.replay import replay
 from cqrsctl.store import NewEvent, open_store
 
 # Three versions of PriceChanged: v1 {"euros": "1.25"}, v2 {"cents": 125}, v3 {"cents", "currency"}.
-PRICES_APP = '''
+PRICES_APP = """
 from cqrsctl.app import Aggregate, App, Command, Event
 from cqrsctl.projection import Projection, Table
 
@@ -71,7 +71,7 @@ class Catalogue(Projection, name="catalogue"):
 
 app.projection(Catalogue)
 app.event(Discontinued)
-'''
+"""
 
 
 @pytest.fixture
@@ -85,16 +85,24 @@ def seed(url: str) -> dict[str, int]:
     """Events of three versions, one broken v2 event, and a type with no class."""
     with open_store(url) as store:
         pos = {}
-        pos["v1"] = store.append("Product-p1", [NewEvent("PriceChanged", {"euros": "1.25"}, schema_version=1)]).positions[0]
-        pos["v2"] = store.append("Product-p1", [NewEvent("PriceChanged", {"cents": 150}, schema_version=2)]).positions[0]
+        pos["v1"] = store.append(
+            "Product-p1", [NewEvent("PriceChanged", {"euros": "1.25"}, schema_version=1)]
+        ).positions[0]
+        pos["v2"] = store.append(
+            "Product-p1", [NewEvent("PriceChanged", {"cents": 150}, schema_version=2)]
+        ).positions[0]
         pos["v3"] = store.append(
             "Product-p1", [NewEvent("PriceChanged", {"cents": 175, "currency": "USD"}, schema_version=3)]
         ).positions[0]
-        store.append("Product-p2", [NewEvent("PriceChanged", {"cents": 9, "currency": "EUR"}, schema_version=3)])
+        store.append(
+            "Product-p2", [NewEvent("PriceChanged", {"cents": 9, "currency": "EUR"}, schema_version=3)]
+        )
         pos["broken"] = store.append(
             "Product-p3", [NewEvent("PriceChanged", {"cents": "lots"}, schema_version=2)]
         ).positions[0]
-        store.append("Product-p2", [NewEvent("PriceChanged", {"cents": 10, "currency": "EUR"}, schema_version=3)])
+        store.append(
+            "Product-p2", [NewEvent("PriceChanged", {"cents": 10, "currency": "EUR"}, schema_version=3)]
+        )
         store.append("Legacy-1", [NewEvent("OldThing", {"x": 1})])
     return pos
 
@@ -118,11 +126,16 @@ def test_app_show_lists_everything_the_app_declares(prices_app: str) -> None:
     assert info["name"] == "prices"
     [command] = info["commands"]
     assert command["name"] == "ChangePrice" and command["aggregate"] == "Product"
-    assert [(f["name"], f["type"], f["required"]) for f in command["fields"]] == [("sku", "str", True), ("cents", "int", True)]
+    assert [(f["name"], f["type"], f["required"]) for f in command["fields"]] == [
+        ("sku", "str", True),
+        ("cents", "int", True),
+    ]
     events = {e["type"]: e for e in info["events"]}
     assert events["PriceChanged"]["schema_version"] == 3
     assert events["PriceChanged"]["upcasters"] == ["v1->v2", "v2->v3"]
-    assert events["Discontinued"]["fields"] == [{"name": "reason", "type": "str", "required": False, "default": ""}]
+    assert events["Discontinued"]["fields"] == [
+        {"name": "reason", "type": "str", "required": False, "default": ""}
+    ]
     [proj] = info["projections"]
     assert proj["tables"] == {"products": {"sku": "text", "cents": "int"}}
     assert proj["handles"] == ["PriceChanged", "PriceRetired"]
@@ -191,11 +204,15 @@ def test_read_paths_show_upcast_data_and_raw_shows_what_is_stored(
     bad = pos["broken"]
     [shown_bad] = cli(*app, "streams", "show", "Product-p3").ok().jsonl()
     assert shown_bad["data"] == {"cents": "lots", "currency": "EUR"}
-    assert_error(cli(*app, "replay", "-a", "Product-p3"), 9, f"position {bad}", "stored as v2, upcast to v3", "cents")
+    assert_error(
+        cli(*app, "replay", "-a", "Product-p3"), 9, f"position {bad}", "stored as v2, upcast to v3", "cents"
+    )
     assert cli(*app, "streams", "show", "Product-p3", "--raw").ok().jsonl()[0]["data"] == {"cents": "lots"}
     # An upcaster that raises stops the read path itself.
     with open_store(store_url) as store:
-        worse = store.append("Product-p4", [NewEvent("PriceChanged", {"price": 1}, schema_version=1)]).positions[0]
+        worse = store.append(
+            "Product-p4", [NewEvent("PriceChanged", {"price": 1}, schema_version=1)]
+        ).positions[0]
     line = assert_error(cli(*app, "events", "--type", "PriceChanged"), 9, f"position {worse}", "stored as v1")
     assert "KeyError" in line
     assert len(cli(*app, "events", "--type", "PriceChanged", "--raw").ok().jsonl()) == 7
@@ -205,11 +222,17 @@ def test_read_paths_show_upcast_data_and_raw_shows_what_is_stored(
 def test_decode_errors_name_the_stored_version(store_url: str, prices_app: str) -> None:
     app = load_app(prices_app)
     with open_store(store_url) as store:
-        store.append("Product-x", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=4)])
-        with pytest.raises(DecodeError, match="stored as v4.*has schema version 4, newer than PriceChanged's v3"):
+        store.append(
+            "Product-x", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=4)]
+        )
+        with pytest.raises(
+            DecodeError, match="stored as v4.*has schema version 4, newer than PriceChanged's v3"
+        ):
             replay(store, app, "Product-x")
         p = store.append("Product-y", [NewEvent("PriceChanged", {"price": 1}, schema_version=1)]).positions[0]
-        with pytest.raises(DecodeError, match=f"position {p} \\(PriceChanged stored as v1\\) could not be upcast: KeyError"):
+        with pytest.raises(
+            DecodeError, match=f"position {p} \\(PriceChanged stored as v1\\) could not be upcast: KeyError"
+        ):
             replay(store, app, "Product-y")
 
 
@@ -258,7 +281,9 @@ def test_contract_check_names_type_version_and_position(store_url: str, prices_a
     assert price["first_failure"]["schema_version"] == 2
     assert data["without_class"] == ["OldThing"]
     assert data["never_stored"] == ["Discontinued"]
-    assert data["orphan_handlers"] == [{"kind": "projection", "name": "catalogue", "event_type": "PriceRetired"}]
+    assert data["orphan_handlers"] == [
+        {"kind": "projection", "name": "catalogue", "event_type": "PriceRetired"}
+    ]
 
     # From Python, the same report.
     with open_store(store_url) as store:
@@ -269,20 +294,32 @@ def test_contract_check_names_type_version_and_position(store_url: str, prices_a
 def test_contract_check_passes_when_everything_decodes(store_url: str, prices_app: str) -> None:
     with open_store(store_url) as store:
         store.append("Product-p1", [NewEvent("PriceChanged", {"euros": "2"}, schema_version=1)])
-        store.append("Product-p1", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)])
+        store.append(
+            "Product-p1", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)]
+        )
     result = cli("--db", store_url, "--app", prices_app, "contract", "check").ok()
     assert "ok: every checked event decodes" in result.stderr
     # Warnings fail only under --strict (the projection handles a type that no longer exists).
-    error_line(cli("--db", store_url, "--app", prices_app, "contract", "check", "--strict"), 17, "PriceRetired")
+    error_line(
+        cli("--db", store_url, "--app", prices_app, "contract", "check", "--strict"), 17, "PriceRetired"
+    )
 
 
-def test_contract_check_reports_a_missing_upcaster_and_a_newer_version(store_url: str, tmp_path: Path) -> None:
+def test_contract_check_reports_a_missing_upcaster_and_a_newer_version(
+    store_url: str, tmp_path: Path
+) -> None:
     path = tmp_path / "gap.py"
     path.write_text(PRICES_APP.replace('@app.upcaster("PriceChanged", from_version=2)', ""))
     with open_store(store_url) as store:
-        store.append("Product-a", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)])
-        p2 = store.append("Product-a", [NewEvent("PriceChanged", {"cents": 2}, schema_version=2)]).positions[0]
-        p4 = store.append("Product-b", [NewEvent("PriceChanged", {"cents": 2}, schema_version=4)]).positions[0]
+        store.append(
+            "Product-a", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)]
+        )
+        p2 = store.append("Product-a", [NewEvent("PriceChanged", {"cents": 2}, schema_version=2)]).positions[
+            0
+        ]
+        p4 = store.append("Product-b", [NewEvent("PriceChanged", {"cents": 2}, schema_version=4)]).positions[
+            0
+        ]
     data = cli("--db", store_url, "--app", str(path), "--json", "contract", "check").json()
     [price] = data["types"]
     assert price["missing_upcasters"] == ["v2->v3"]
@@ -293,23 +330,33 @@ def test_contract_check_reports_a_missing_upcaster_and_a_newer_version(store_url
     assert p4 > p2
 
 
-def test_contract_check_sample_reads_the_oldest_and_newest_of_each_version(store_url: str, prices_app: str) -> None:
+def test_contract_check_sample_reads_the_oldest_and_newest_of_each_version(
+    store_url: str, prices_app: str
+) -> None:
     with open_store(store_url) as store:
         store.append(
             "Product-s",
             [NewEvent("PriceChanged", {"cents": i, "currency": "EUR"}, schema_version=3) for i in range(20)],
         )
         # A bad one in the middle of the v3 events is not sampled; one at the end is.
-        store.append("Product-t", [NewEvent("PriceChanged", {"cents": "x", "currency": "EUR"}, schema_version=3)])
+        store.append(
+            "Product-t", [NewEvent("PriceChanged", {"cents": "x", "currency": "EUR"}, schema_version=3)]
+        )
         store.append(
             "Product-s",
             [NewEvent("PriceChanged", {"cents": i, "currency": "EUR"}, schema_version=3) for i in range(20)],
         )
-    data = cli("--db", store_url, "--app", prices_app, "--json", "contract", "check", "--sample", "4").ok().json()
+    data = (
+        cli("--db", store_url, "--app", prices_app, "--json", "contract", "check", "--sample", "4")
+        .ok()
+        .json()
+    )
     [price] = data["types"]
     assert (price["stored"], price["checked"], data["sample"]) == (41, 4, 4)
     with open_store(store_url) as store:
-        bad = store.append("Product-t", [NewEvent("PriceChanged", {"cents": "y"}, schema_version=3)]).positions[0]
+        bad = store.append(
+            "Product-t", [NewEvent("PriceChanged", {"cents": "y"}, schema_version=3)]
+        ).positions[0]
     result = cli("--db", store_url, "--app", prices_app, "--json", "contract", "check", "--sample", "4")
     assert result.code == 17
     assert result.json()["types"][0]["first_failure"]["position"] == bad
@@ -320,7 +367,11 @@ def test_contract_check_sample_reads_the_oldest_and_newest_of_each_version(store
 
 def test_contract_check_on_an_empty_store_and_usage(store_url: str, prices_app: str) -> None:
     data = cli("--db", store_url, "--app", prices_app, "--json", "contract", "check").ok().json()
-    assert data["events"] == 0 and data["types"] == [] and data["never_stored"] == ["Discontinued", "PriceChanged"]
+    assert (
+        data["events"] == 0
+        and data["types"] == []
+        and data["never_stored"] == ["Discontinued", "PriceChanged"]
+    )
     assert_error(cli("--db", store_url, "contract", "check"), 2, "no app given")
     assert cli("--db", store_url, "--app", prices_app, "contract", "check", "--sample", "0").code == 2
 
@@ -330,7 +381,9 @@ def test_contract_check_on_an_empty_store_and_usage(store_url: str, prices_app: 
 
 def test_append_with_an_app_checks_the_data(store_url: str, prices_app: str, tmp_path: Path) -> None:
     app = ("--db", store_url, "--app", prices_app)
-    ok = cli(*app, "--json", "append", "Product-1", "PriceChanged", "-d", '{"cents": 5, "currency": "EUR"}').ok()
+    ok = cli(
+        *app, "--json", "append", "Product-1", "PriceChanged", "-d", '{"cents": 5, "currency": "EUR"}'
+    ).ok()
     assert ok.json()["version"] == 1
     assert all_events(store_url)[0].schema_version == 3  # the class's current version by default
     # Old-version data is checked through the upcasters (and stored as given).
@@ -340,17 +393,30 @@ def test_append_with_an_app_checks_the_data(store_url: str, prices_app: str, tmp
     refused = [
         (('{"cents": "five", "currency": "EUR"}',), "PriceChanged v3 does not match PriceChanged: cents"),
         (('{"cents": 5}',), "currency: Field required"),
-        (('{"price": 1}', "--schema-version", "1"), "PriceChanged v1: the upcaster cannot read this data: KeyError"),
+        (
+            ('{"price": 1}', "--schema-version", "1"),
+            "PriceChanged v1: the upcaster cannot read this data: KeyError",
+        ),
         (('{"cents": 5, "currency": "EUR"}', "--schema-version", "4"), "PriceChanged v4 is newer than"),
     ]
     for args, needle in refused:
         assert_error(cli(*app, "append", "Product-1", "PriceChanged", "-d", *args), 3, needle)
-    assert_error(cli(*app, "append", "Product-1", "PriceChangd", "-d", "{}"), 3, "'PriceChangd' is not an event type", "--unchecked")
+    assert_error(
+        cli(*app, "append", "Product-1", "PriceChangd", "-d", "{}"),
+        3,
+        "'PriceChangd' is not an event type",
+        "--unchecked",
+    )
     assert len(all_events(store_url)) == 2  # nothing written
 
     batch = tmp_path / "batch.jsonl"
     lines = [
-        {"stream": "Product-2", "type": "PriceChanged", "data": {"cents": 1, "currency": "EUR"}, "schema_version": 3},
+        {
+            "stream": "Product-2",
+            "type": "PriceChanged",
+            "data": {"cents": 1, "currency": "EUR"},
+            "schema_version": 3,
+        },
         {"stream": "Product-2", "type": "PriceChanged", "data": {"cents": []}, "schema_version": 3},
     ]
     batch.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in lines))
@@ -365,22 +431,43 @@ def test_append_with_an_app_checks_the_data(store_url: str, prices_app: str, tmp
     # From Python.
     with open_store(store_url) as store:
         with pytest.raises(ValidationError, match="cents"):
-            contract.append_checked(store, load_app(prices_app), "Product-4", [NewEvent("PriceChanged", {"cents": "x"}, schema_version=3)])
+            contract.append_checked(
+                store,
+                load_app(prices_app),
+                "Product-4",
+                [NewEvent("PriceChanged", {"cents": "x"}, schema_version=3)],
+            )
         result = contract.append_checked(
-            store, load_app(prices_app), "Product-4", [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)]
+            store,
+            load_app(prices_app),
+            "Product-4",
+            [NewEvent("PriceChanged", {"cents": 1, "currency": "EUR"}, schema_version=3)],
         )
         assert result.version == 1
 
 
-def test_repairing_a_stream_with_an_undecodable_event(store_url: str, prices_app: str, tmp_path: Path) -> None:
+def test_repairing_a_stream_with_an_undecodable_event(
+    store_url: str, prices_app: str, tmp_path: Path
+) -> None:
     """The documented repair: an event that does not decode at the current version is made
     readable by a new version whose upcaster fixes the malformed shape; a correcting event
     then puts the state right."""
     app = ("--db", store_url, "--app", prices_app)
     cli(*app, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 100}').ok()
-    bad = cli(*app, "--json", "append", "Product-p1", "PriceChanged", "-d", '{"cents": "1OO", "currency": "EUR"}', "--unchecked")
+    bad = cli(
+        *app,
+        "--json",
+        "append",
+        "Product-p1",
+        "PriceChanged",
+        "-d",
+        '{"cents": "1OO", "currency": "EUR"}',
+        "--unchecked",
+    )
     position = bad.ok().json()["positions"][0]
-    assert_error(cli(*app, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 120}'), 9, f"position {position}")
+    assert_error(
+        cli(*app, "dispatch", "ChangePrice", "-d", '{"sku": "p1", "cents": 120}'), 9, f"position {position}"
+    )
     error_line(cli(*app, "contract", "check"), 17, f"PriceChanged v3 at position {position}")
 
     fixed = tmp_path / "prices_fixed.py"
@@ -416,4 +503,8 @@ def test_read_paths_from_python(store_url: str, prices_app: str) -> None:
         assert [s.event.schema_version for s in history(store, app, "Product-p1", raw=True)] == [1, 2, 3]
         out = io.BytesIO()
         assert export_events(store, out, stream="Product-p1", app=app) == 3
-        assert [orjson.loads(line)["data"]["currency"] for line in out.getvalue().splitlines()] == ["EUR", "EUR", "USD"]
+        assert [orjson.loads(line)["data"]["currency"] for line in out.getvalue().splitlines()] == [
+            "EUR",
+            "EUR",
+            "USD",
+        ]

@@ -14,7 +14,7 @@ from cqrsctl.errors import BreakingChangeError
 from cqrsctl.loader import load_app
 from cqrsctl.services import contract
 
-BASE = '''
+BASE = """
 from decimal import Decimal
 from cqrsctl.app import App, Event
 
@@ -29,7 +29,7 @@ class OrderShipped(Event):
 app.event(OrderPlaced)
 app.event(OrderShipped)
 {extra}
-'''
+"""
 FIELDS = "    order_id: str\n    total: Decimal\n    note: str = ''"
 
 
@@ -61,7 +61,11 @@ def test_the_lock_file_holds_each_type_and_version_as_json_schema(tmp_path: Path
     placed = doc["events"]["OrderPlaced"]
     assert placed["current"] == 1 and placed["upcasters"] == []
     schema = placed["versions"]["1"]
-    assert schema["required"] == ["order_id", "total"] and set(schema["properties"]) == {"order_id", "total", "note"}
+    assert schema["required"] == ["order_id", "total"] and set(schema["properties"]) == {
+        "order_id",
+        "total",
+        "note",
+    }
     # Unchanged code: no changes, exit 0.
     code, changes, _ = diff(tmp_path, locked, "same")
     assert (code, changes) == (0, [])
@@ -74,7 +78,11 @@ def test_the_lock_file_holds_each_type_and_version_as_json_schema(tmp_path: Path
 @pytest.mark.parametrize(
     ("name", "kw", "expected"),
     [
-        ("removed", {"fields": "    order_id: str\n    note: str = ''"}, "OrderPlaced: field 'total' removed"),
+        (
+            "removed",
+            {"fields": "    order_id: str\n    note: str = ''"},
+            "OrderPlaced: field 'total' removed",
+        ),
         (
             "renamed",
             {"fields": "    order_id: str\n    amount: Decimal\n    note: str = ''"},
@@ -90,7 +98,11 @@ def test_the_lock_file_holds_each_type_and_version_as_json_schema(tmp_path: Path
             {"fields": FIELDS + "\n    currency: str"},
             "OrderPlaced: new required field 'currency' without a default",
         ),
-        ("bumped", {"version": 2}, "OrderPlaced: schema_version bumped from v1 to v2 without an upcaster from v1"),
+        (
+            "bumped",
+            {"version": 2},
+            "OrderPlaced: schema_version bumped from v1 to v2 without an upcaster from v1",
+        ),
         (
             "no_default",
             {"fields": "    order_id: str\n    total: Decimal\n    note: str"},
@@ -108,8 +120,12 @@ def test_each_breaking_change_exits_18_naming_it(
 ) -> None:
     code, changes, stderr = diff(tmp_path, locked, name, **kw)
     assert code == 18
-    assert any(c["breaking"] and f"{c['event_type']}: {c['change']}".startswith(expected) for c in changes), changes
-    line = assert_error(cli("--app", str(tmp_path / f"{name}.py"), "contract", "diff", "--file", str(locked)), 18)
+    assert any(c["breaking"] and f"{c['event_type']}: {c['change']}".startswith(expected) for c in changes), (
+        changes
+    )
+    line = assert_error(
+        cli("--app", str(tmp_path / f"{name}.py"), "contract", "diff", "--file", str(locked)), 18
+    )
     assert expected in line
     # From Python too.
     with pytest.raises(BreakingChangeError, match=expected.split(": ", 1)[1][:20]):
@@ -119,7 +135,11 @@ def test_each_breaking_change_exits_18_naming_it(
 @pytest.mark.parametrize(
     ("name", "kw", "expected"),
     [
-        ("optional", {"fields": FIELDS + "\n    gift: bool = False"}, "OrderPlaced: new optional field 'gift'"),
+        (
+            "optional",
+            {"fields": FIELDS + "\n    gift: bool = False"},
+            "OrderPlaced: new optional field 'gift'",
+        ),
         (
             "new_type",
             {"extra": "class OrderCancelled(Event):\n    reason: str\napp.event(OrderCancelled)"},
@@ -136,7 +156,9 @@ def test_each_breaking_change_exits_18_naming_it(
         ),
     ],
 )
-def test_compatible_changes_exit_0(tmp_path: Path, locked: Path, name: str, kw: dict[str, object], expected: str) -> None:
+def test_compatible_changes_exit_0(
+    tmp_path: Path, locked: Path, name: str, kw: dict[str, object], expected: str
+) -> None:
     code, changes, _ = diff(tmp_path, locked, name, **kw)
     assert code == 0, changes
     assert [f"{c['event_type']}: {c['change']}" for c in changes] == [expected]
@@ -145,7 +167,9 @@ def test_compatible_changes_exit_0(tmp_path: Path, locked: Path, name: str, kw: 
     assert "compatible" in human.stdout
 
 
-def test_locking_a_new_version_keeps_the_old_schema_and_guards_its_upcaster(tmp_path: Path, locked: Path) -> None:
+def test_locking_a_new_version_keeps_the_old_schema_and_guards_its_upcaster(
+    tmp_path: Path, locked: Path
+) -> None:
     extra = "@app.upcaster('OrderPlaced', from_version=1)\ndef _eur(d):\n    return {**d, 'currency': 'EUR'}"
     v2 = app_file(tmp_path, "v2", fields=FIELDS + "\n    currency: str", version=2, extra=extra)
     cli("--app", v2, "contract", "lock", "--file", str(locked)).ok()
@@ -153,14 +177,18 @@ def test_locking_a_new_version_keeps_the_old_schema_and_guards_its_upcaster(tmp_
     assert sorted(placed["versions"]) == ["1", "2"] and placed["current"] == 2 and placed["upcasters"] == [1]
     assert "currency" not in placed["versions"]["1"]["properties"]
     # Dropping the upcaster later is breaking: v1 events are still stored.
-    code, changes, _ = diff(tmp_path, locked, "v2_no_upcaster", fields=FIELDS + "\n    currency: str", version=2)
+    code, changes, _ = diff(
+        tmp_path, locked, "v2_no_upcaster", fields=FIELDS + "\n    currency: str", version=2
+    )
     assert code == 18
     assert any("upcaster from v1 removed" in c["change"] for c in changes)
 
 
 def test_diff_without_a_lock_file_and_with_a_bad_one(tmp_path: Path) -> None:
     ref = app_file(tmp_path, "base")
-    assert_error(cli("--app", ref, "contract", "diff", "--file", str(tmp_path / "none.json")), 15, "contract lock")
+    assert_error(
+        cli("--app", ref, "contract", "diff", "--file", str(tmp_path / "none.json")), 15, "contract lock"
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert_error(cli("--app", ref, "contract", "diff", "--file", str(bad)), 3, "not a cqrsctl contract file")

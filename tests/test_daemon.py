@@ -73,7 +73,9 @@ def caught_up(store: Store) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_daemon_follows_appends_and_stops_cleanly(store: Store, store_url: str, tmp_path: Path, sig: int) -> None:
+def test_daemon_follows_appends_and_stops_cleanly(
+    store: Store, store_url: str, tmp_path: Path, sig: int
+) -> None:
     append_random(store, 200, seed=1)
     log = tmp_path / "daemon.log"
     proc = start_daemon(store_url, log=log)
@@ -82,7 +84,9 @@ def test_daemon_follows_appends_and_stops_cleanly(store: Store, store_url: str, 
         for seed in range(3):
             append_random(store, 50, seed=10 + seed, batch=5)
             wait_for(lambda: caught_up(store), 10, "new events to show")
-        beats = wait_for(lambda: [d for d in daemons(store) if d.alive and "totals" in d.workers], 5, "a heartbeat")
+        beats = wait_for(
+            lambda: [d for d in daemons(store) if d.alive and "totals" in d.workers], 5, "a heartbeat"
+        )
         assert len(beats) == 1 and len(daemons(store)) == 1
         status = {s.name: s for s in P.status(store, app)}
         assert status["totals"].state == "running" and status["totals"].owner == beats[0].daemon_id
@@ -127,7 +131,9 @@ def test_daemon_stop_from_another_thread(store: Store, store_url: str) -> None:
     assert not thread.is_alive() and time.monotonic() - started < 2
 
 
-def test_poison_event_in_the_daemon_fails_one_projection(store: Store, store_url: str, tmp_path: Path) -> None:
+def test_poison_event_in_the_daemon_fails_one_projection(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
     flag = tmp_path / "poison"
     flag.touch()
     append_random(store, 20, seed=4)
@@ -171,7 +177,9 @@ def test_gap_safety_with_concurrent_writers(store: Store, store_url: str) -> Non
     proc = start_daemon(store_url, "--projections", "counts,totals")
     try:
         procs = [
-            subprocess.Popen([sys.executable, "-c", _WRITER, store_url, str(i), str(per_writer)], env=subprocess_env())
+            subprocess.Popen(
+                [sys.executable, "-c", _WRITER, store_url, str(i), str(per_writer)], env=subprocess_env()
+            )
             for i in range(writers)
         ]
         for p in procs:
@@ -180,7 +188,9 @@ def test_gap_safety_with_concurrent_writers(store: Store, store_url: str) -> Non
 
         def counted() -> bool:
             with store.reader() as tx:
-                rows = tx.tracking.execute("SELECT n FROM counts") if tx.tracking.table_exists("counts") else []
+                rows = (
+                    tx.tracking.execute("SELECT n FROM counts") if tx.tracking.table_exists("counts") else []
+                )
             return sum(r["n"] for r in rows) == total
 
         wait_for(counted, 30, "the projection to count every event")
@@ -219,7 +229,9 @@ def test_kill_dash_nine_of_daemon_and_rebuild(store: Store, store_url: str) -> N
         proc.wait()
         # Whatever moment it died at, the checkpoint and the table are a consistent pair.
         position, rows = checkpoint_and_totals(store)
-        assert rows == oracle_totals(store, position), f"round {i}: table differs from events up to {position}"
+        assert rows == oracle_totals(store, position), (
+            f"round {i}: table differs from events up to {position}"
+        )
     assert kills >= rounds  # most rounds must really have died mid-work
     # Restarted: a rerun rebuild resumes or starts afresh, and then equals the events.
     done = subprocess.run(
@@ -241,7 +253,11 @@ def test_kill_dash_nine_of_daemon_and_rebuild(store: Store, store_url: str) -> N
 
 def _owners(store: Store) -> dict[str, str | None]:
     with store.reader() as tx:
-        return {cp.name: (cp.owner if cp.lease_valid else None) for cp in tx.tracking.checkpoints() if cp.name in TRACED}
+        return {
+            cp.name: (cp.owner if cp.lease_valid else None)
+            for cp in tx.tracking.checkpoints()
+            if cp.name in TRACED
+        }
 
 
 def _check_trace(path: Path, killed: int) -> dict[str, set[int]]:
@@ -266,7 +282,9 @@ def _check_trace(path: Path, killed: int) -> dict[str, set[int]]:
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_three_daemons_share_work_exclusively_and_take_over(store: Store, store_url: str, tmp_path: Path) -> None:
+def test_three_daemons_share_work_exclusively_and_take_over(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
     trace = tmp_path / "trace"
     env = {"CQRSCTL_TEST_TRACE": str(trace)}
     traced_ref = SUPPORT + ":traced_app"
@@ -285,6 +303,7 @@ def test_three_daemons_share_work_exclusively_and_take_over(store: Store, store_
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+
         def spread() -> dict[str, str | None] | None:
             o = _owners(store)
             return o if len(o) == 4 and None not in o.values() and len(set(o.values())) == 3 else None
@@ -330,12 +349,16 @@ def test_three_daemons_share_work_exclusively_and_take_over(store: Store, store_
     with store.reader() as tx:
         for name in TRACED:
             rows = tx.tracking.execute(f"SELECT stream, events FROM {name}")
-            assert {r["stream"]: r["events"] for r in rows} == expected, f"{name} counted an event twice or never"
+            assert {r["stream"]: r["events"] for r in rows} == expected, (
+                f"{name} counted an event twice or never"
+            )
     print(f"takeover after kill -9: {takeover:.1f}s")
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_daemon_survives_dropped_connections(store: Store, store_url: str, pg_dsn: str, tmp_path: Path) -> None:
+def test_daemon_survives_dropped_connections(
+    store: Store, store_url: str, pg_dsn: str, tmp_path: Path
+) -> None:
     tag = f"t_{uuid.uuid4().hex[:12]}"
     url = store_url + f"&application_name={tag}"
     log = tmp_path / "daemon.log"

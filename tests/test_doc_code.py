@@ -67,6 +67,8 @@ def test_the_readme_app_upcasts_a_stored_v1_deposit(tmp_path: Path) -> None:
     store.append("Account-A-1", [NewEvent("MoneyDeposited", {"cents": 1050}, schema_version=1)])
     state = replay(store, ns["app"], "Account-A-1").state
     assert state["owner"] == "Ada" and Decimal(state["balance"]) == Decimal("20.50")
-    deposits = [e.schema_version for e in store.read_stream("Account-A-1") if e.event_type == "MoneyDeposited"]
+    deposits = [
+        e.schema_version for e in store.read_stream("Account-A-1") if e.event_type == "MoneyDeposited"
+    ]
     assert deposits == [2, 1]  # dispatched at the current version; the hand-written v1
     store.close()

@@ -102,7 +102,9 @@ def args_of(line: str, url: str, tmp: Path) -> list[str]:
 
 @pytest.fixture
 def sample_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(ROOT / "samples" / "bank", tmp_path / "samples" / "bank", ignore=shutil.ignore_patterns("*.db*"))
+    shutil.copytree(
+        ROOT / "samples" / "bank", tmp_path / "samples" / "bank", ignore=shutil.ignore_patterns("*.db*")
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -212,7 +214,9 @@ def test_console_lines_of_the_docs_run(doc: Path, tmp_path: Path, monkeypatch: p
         from conftest import require_service
 
         require_service("NATS", "127.0.0.1", 4222)
-    shutil.copytree(ROOT / "samples", tmp_path / "samples", ignore=shutil.ignore_patterns("*.db*", "__pycache__"))
+    shutil.copytree(
+        ROOT / "samples", tmp_path / "samples", ignore=shutil.ignore_patterns("*.db*", "__pycache__")
+    )
     for commands in (tmp_path / "samples").glob("*/commands.jsonl"):
         commands.write_text("".join(commands.read_text().splitlines(keepends=True)[:SAMPLE_LINES]))
     run_blocks(blocks, tmp_path, monkeypatch)

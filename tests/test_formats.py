@@ -93,7 +93,9 @@ def check_cloudevent(event: dict[str, Any], message: tuple[str, str, str, int]) 
 def test_cloudevents_structured_over_http(store: Store) -> None:
     fill(store, accounts=2, deposits=4)
     with Receiver() as rx:
-        report = outbox.drain(store, open_sink(f"{rx.url}?format=cloudevents&source=urn:cqrsctl:test", timeout=5))
+        report = outbox.drain(
+            store, open_sink(f"{rx.url}?format=cloudevents&source=urn:cqrsctl:test", timeout=5)
+        )
         assert report.exit_code == 0, report.error
         requests = list(rx.requests)
     assert len(requests) == 6
@@ -155,7 +157,9 @@ def test_cloudevents_binary_on_kafka(store: Store, kafka_url: str) -> None:
     pytest.importorskip("confluent_kafka")
     topic = unique("ce-")
     fill(store, accounts=1, deposits=2)
-    report = outbox.drain(store, open_sink(f"{kafka_url}?topic={topic}&format=cloudevents-binary&source=urn:cqrsctl:test"))
+    report = outbox.drain(
+        store, open_sink(f"{kafka_url}?topic={topic}&format=cloudevents-binary&source=urn:cqrsctl:test")
+    )
     assert report.exit_code == 0, report.error
     records = _kafka_read(kafka_url, topic, 3)
     for r, message in zip(records, published(store), strict=True):
@@ -170,10 +174,17 @@ def test_cloudevents_binary_on_kafka(store: Store, kafka_url: str) -> None:
 def test_eventbridge_entries_for_put_events(store: Store, tmp_path: Path) -> None:
     fill(store, accounts=1, deposits=1)
     path = tmp_path / "entries.jsonl"
-    assert outbox.drain(store, open_sink(f"file://{path}?format=eventbridge&source=bank.accounts&bus=bank")).exit_code == 0
+    assert (
+        outbox.drain(
+            store, open_sink(f"file://{path}?format=eventbridge&source=bank.accounts&bus=bank")
+        ).exit_code
+        == 0
+    )
     entries = read_jsonl(path)
     assert [set(e) for e in entries] == [{"Source", "DetailType", "Detail", "EventBusName", "Time"}] * 2
-    assert {e["Source"] for e in entries} == {"bank.accounts"} and {e["EventBusName"] for e in entries} == {"bank"}
+    assert {e["Source"] for e in entries} == {"bank.accounts"} and {e["EventBusName"] for e in entries} == {
+        "bank"
+    }
     assert all(isinstance(e["Detail"], str) for e in entries)  # PutEvents takes Detail as JSON text
 
 
@@ -237,11 +248,15 @@ def test_format_errors_are_usage_errors(store_url: str, tmp_path: Path) -> None:
         open_sink(f"file://{tmp_path}/x.jsonl?format=avro")
     with pytest.raises(UsageError, match="cloudevents-binary needs a sink with headers"):
         open_sink(f"file://{tmp_path}/x.jsonl?format=cloudevents-binary")
-    r = CliRunner().invoke(cli, ["--db", store_url, "outbox", "drain", "--sink", f"file://{tmp_path}/x?format=xml"])
+    r = CliRunner().invoke(
+        cli, ["--db", store_url, "outbox", "drain", "--sink", f"file://{tmp_path}/x?format=xml"]
+    )
     assert r.exit_code == 2 and "unknown message format 'xml'" in r.output
 
 
-def test_app_outbox_format_is_the_default_and_the_url_wins(store: Store, store_url: str, tmp_path: Path) -> None:
+def test_app_outbox_format_is_the_default_and_the_url_wins(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
     fill(store, accounts=1, deposits=1)
     module = tmp_path / "nestjs_app.py"
     module.write_text("from cqrsctl.app import App\n\napp = App('nestjs-out', outbox_format='nestjs')\n")
@@ -266,7 +281,12 @@ def test_formats_on_redis_nats_and_amqp(store: Store, redis_url: str, nats_url: 
     stream = unique("cqrsctl-fmt-")
     client = redis.Redis.from_url(redis_url)
     try:
-        assert outbox.drain(store, open_sink(f"{redis_url}?stream={stream}&format=cloudevents&source=urn:x")).exit_code == 0
+        assert (
+            outbox.drain(
+                store, open_sink(f"{redis_url}?stream={stream}&format=cloudevents&source=urn:x")
+            ).exit_code
+            == 0
+        )
         events = [orjson.loads(f[b"payload"]) for _, f in client.xrange(stream)]
     finally:
         client.delete(stream)

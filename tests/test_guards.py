@@ -19,7 +19,7 @@ from cqrsctl.store import NewEvent, Store, open_store
 
 # -- core tables and read-model collisions ----------------------------------------------------
 
-APP_WITH_TABLE = '''
+APP_WITH_TABLE = """
 from cqrsctl.app import App
 from cqrsctl.projection import Projection, Table
 
@@ -31,17 +31,25 @@ class Bad(Projection, name="bad"):
 
     def on_Added(self, event, rm):
         rm.upsert("{table}", {{"id": event.stream_id}})
-'''
+"""
 
 
 def _projection(name: str, table: str) -> type[Projection]:
     def on_Added(self: Projection, event: object, rm: object) -> None:  # noqa: N802
         pass
 
-    return type(name, (Projection,), {"tables": {table: Table({"id": "text"}, key=["id"])}, "on_Added": on_Added}, name=name)  # type: ignore[return-value]
+    return type(
+        name,
+        (Projection,),
+        {"tables": {table: Table({"id": "text"}, key=["id"])}, "on_Added": on_Added},
+        name=name,
+    )  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("table", ["events", "outbox", "checkpoints", "snapshots", "cqrsctl_schema", "cqrsctl_journal", "events_pkey"])
+@pytest.mark.parametrize(
+    "table",
+    ["events", "outbox", "checkpoints", "snapshots", "cqrsctl_schema", "cqrsctl_journal", "events_pkey"],
+)
 def test_a_read_model_table_named_like_a_core_table_is_refused_when_the_app_is_built(table: str) -> None:
     app = App("t")
     with pytest.raises(errors.AppError, match=f"'{table}'"):
@@ -54,7 +62,9 @@ def test_two_projections_declaring_one_table_are_refused_naming_both() -> None:
     app.projection(_projection("first", "shared"))
     with pytest.raises(errors.AppError) as caught:
         app.projection(_projection("second", "shared"))
-    assert "'first'" in str(caught.value) and "'second'" in str(caught.value) and "'shared'" in str(caught.value)
+    assert (
+        "'first'" in str(caught.value) and "'second'" in str(caught.value) and "'shared'" in str(caught.value)
+    )
     assert list(app.projections) == ["first"]
 
 
@@ -85,8 +95,12 @@ def test_read_model_operations_never_touch_core_tables(store: Store) -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE events SET event_type = 'Changed'", "DELETE FROM events", "UPDATE cqrsctl_journal SET actor = 'x'",
-     "DELETE FROM cqrsctl_journal"],
+    [
+        "UPDATE events SET event_type = 'Changed'",
+        "DELETE FROM events",
+        "UPDATE cqrsctl_journal SET actor = 'x'",
+        "DELETE FROM cqrsctl_journal",
+    ],
 )
 def test_the_database_refuses_to_change_or_delete_stored_events(store: Store, statement: str) -> None:
     store.append("A-1", [NewEvent("Added", {"n": 1}), NewEvent("Added", {"n": 2})])
@@ -163,7 +177,10 @@ def test_init_names_what_it_cannot_repair(store_url: str) -> None:
         ("postgresql://u@127.0.0.1/db?password=pw1", ["pw1"]),
         ("postgresql://u:p@ss@127.0.0.1/db", ["p@ss"]),
         ("redis://127.0.0.1:6379/0?password=rpw", ["rpw"]),
-        ("http://127.0.0.1/h?token=t0k&secret=a%40b&secret=second&api_key=kk&Pass%77ord=enc", ["t0k", "a%40b", "a@b", "second", "kk", "enc"]),
+        (
+            "http://127.0.0.1/h?token=t0k&secret=a%40b&secret=second&api_key=kk&Pass%77ord=enc",
+            ["t0k", "a%40b", "a@b", "second", "kk", "enc"],
+        ),
         ("amqp://guest:gu%40est@127.0.0.1:5672/%2F", ["gu%40est", "gu@est"]),
     ],
 )

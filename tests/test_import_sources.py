@@ -44,7 +44,9 @@ def stored(store: Store) -> list[tuple[str, int, str, str]]:
 
 
 def expected(values: list[dict[str, Any]]) -> set[tuple[str, int, str, str]]:
-    return {(f"Account-{v['aggregateId']}", v["aggregateVersion"], v["eventId"], v["eventType"]) for v in values}
+    return {
+        (f"Account-{v['aggregateId']}", v["aggregateVersion"], v["eventId"], v["eventType"]) for v in values
+    }
 
 
 def check_stream_order(store: Store) -> None:
@@ -82,7 +84,10 @@ def test_kafka_history_imported_per_aggregate_with_duplicates_and_gaps_reported(
     assert set(stored(store)) == expected(want) and len(stored(store)) == len(want)
     check_stream_order(store)
     assert (report["read"], report["imported"], report["duplicates"], report["gaps"]) == (
-        len(values), len(want), 1, 1
+        len(values),
+        len(want),
+        1,
+        1,
     )
     assert report["cut_after_gaps"] == len(after_gap) - 1  # the missing one was never read
     [dup] = report["duplicate_list"]
@@ -111,7 +116,9 @@ def test_kafka_gap_under_on_gap_stop_writes_nothing(store: Store, store_url: str
     assert stored(store) == []
 
 
-def test_kafka_clean_history_imports_everything_in_order(store: Store, store_url: str, kafka_url: str) -> None:
+def test_kafka_clean_history_imports_everything_in_order(
+    store: Store, store_url: str, kafka_url: str
+) -> None:
     source, values = kafka_history(kafka_url, flaws=False)
     report = cli("--db", store_url, "--json", "import", "--from", source).ok().json()
     assert (report["imported"], report["duplicates"], report["gaps"]) == (len(values), 0, 0)
@@ -185,7 +192,12 @@ def test_dynamodb_export_imported_in_version_order_and_idempotent(
     path.write_bytes(gzip.compress(b"".join(line + b"\n" for line in gen.dynamodb_lines(values))))
     args = ("--db", store_url, "--json", "import", "--input-format", "dynamodb-export", str(path))
     report = cli(*args).ok().json()
-    assert (report["imported"], report["ignored"], report["gaps"], report["streams"]) == (len(values), 1, 0, 4)
+    assert (report["imported"], report["ignored"], report["gaps"], report["streams"]) == (
+        len(values),
+        1,
+        0,
+        4,
+    )
     assert set(stored(store)) == expected(values)
     check_stream_order(store)  # the export is scrambled; each stream still goes in version order
     first = next(iter(store.iter_all(0, 10)))
@@ -222,7 +234,9 @@ def test_import_usage_errors(store_url: str, tmp_path: Path) -> None:
     assert cli("--db", store_url, "import").code == 2
     run = cli("--db", store_url, "import", "--input-format", "csv", str(tmp_path / "x"))
     assert run.code == 2 and "--input-format" in run.stderr
-    run = cli("--db", store_url, "import", "--input-format", "dynamodb-export", str(tmp_path / "missing.json"))
+    run = cli(
+        "--db", store_url, "import", "--input-format", "dynamodb-export", str(tmp_path / "missing.json")
+    )
     assert run.code == 15 and "cannot read" in run.stderr, run
 
 
@@ -248,6 +262,10 @@ def test_nestjs_migration_walkthrough(store: Store, store_url: str, kafka_url: s
     cli(*base, "outbox", "drain", "--sink", f"{kafka_url}?topic={topic}").ok()  # nestjs: the app's default
     [record] = _kafka_read(kafka_url, topic, 1)
     value = orjson.loads(record.value())
-    assert (value["aggregateType"], value["aggregateId"], value["eventType"]) == ("Account", "A-1", "MoneyDeposited")
+    assert (value["aggregateType"], value["aggregateId"], value["eventType"]) == (
+        "Account",
+        "A-1",
+        "MoneyDeposited",
+    )
     assert value["aggregateVersion"] == len(deposits) + 3 and value["data"] == {"amount": "7.50"}
     assert record.key() == b"A-1" and dict(record.headers())["eventType"] == b"MoneyDeposited"

@@ -59,7 +59,11 @@ def test_skip_without_a_position_takes_the_failed_event_and_keeps_reason_beside_
     cp = P.skip(store, app, "totals", reason="bad import, TICKET-12", actor="ops@test")
     assert cp.status == "idle"
     [skipped] = cp.skipped
-    assert skipped["position"] == bad and skipped["reason"] == "bad import, TICKET-12" and "poison" in skipped["error"]
+    assert (
+        skipped["position"] == bad
+        and skipped["reason"] == "bad import, TICKET-12"
+        and "poison" in skipped["error"]
+    )
     [entry] = journal.entries(store, kinds=["projections skip"])
     assert entry.actor == "ops@test" and entry.args["position"] == bad and "poison" in entry.result["error"]
 
@@ -117,7 +121,9 @@ def test_retry_is_journaled_with_the_error_it_cleared_and_status_shows_it(
     assert "last retry" in text and "ops@test" in text
 
 
-def test_cli_skip_names_the_failed_event_and_unskip_says_when_it_applies(store_url: str, tmp_path: Path) -> None:
+def test_cli_skip_names_the_failed_event_and_unskip_says_when_it_applies(
+    store_url: str, tmp_path: Path
+) -> None:
     flag = tmp_path / "poison"
     flag.touch()
     env = {"CQRSCTL_TEST_POISON_FLAG": str(flag)}
@@ -125,7 +131,9 @@ def test_cli_skip_names_the_failed_event_and_unskip_says_when_it_applies(store_u
     with open_store(store_url) as s:
         bad = s.append("S-2", [NewEvent("Added", {"n": 3, "poison": True})]).positions[0]
     assert cli(*base, "projections", "catch-up", "--retries", "0", env=env).code == 14
-    assert_error(cli(*base, "projections", "skip", "totals", "--position", "99"), 6, "no event at position 99")
+    assert_error(
+        cli(*base, "projections", "skip", "totals", "--position", "99"), 6, "no event at position 99"
+    )
     skipped = cli(*base, "projections", "skip", "totals", "--reason", "known bad", env=env).ok()
     assert f"position {bad}" in skipped.stderr
     text = cli(*base, "projections", "status", "totals").ok().stdout

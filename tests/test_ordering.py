@@ -91,7 +91,9 @@ def run_schedule(store: Store, seed: int) -> tuple[bool, int]:
                 # A stream another open transaction holds would wait for it, for ever in
                 # one thread: pick one of this transaction's or a free one.
                 held = set().union(*(other.streams for other in opened if other is not o))
-                stream = rng.choice([s for s in (f"{prefix}-{i}" for i in range(4 * MAX_OPEN)) if s not in held])
+                stream = rng.choice(
+                    [s for s in (f"{prefix}-{i}" for i in range(4 * MAX_OPEN)) if s not in held]
+                )
                 n = rng.choice((1, 1, 2, 3))
                 result = o.tx.append(stream, [NewEvent("Step", {"step": step, "i": i}) for i in range(n)])
                 o.positions += result.positions

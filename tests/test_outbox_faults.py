@@ -130,7 +130,9 @@ def test_sigterm_stops_a_drain_stuck_in_a_send_and_a_second_signal_at_once(
 
         # Second signal: no waiting for the send (whose timeout is now 60 s).
         seen = peer.requests
-        proc = subprocess.Popen(drain_cmd(store_url, peer.url, "--send-timeout", "60"), stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            drain_cmd(store_url, peer.url, "--send-timeout", "60"), stderr=subprocess.PIPE
+        )
         wait_for(lambda: peer.requests > seen, 60, "a request of the second run")
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)

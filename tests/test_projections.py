@@ -208,7 +208,15 @@ def test_read_model_api(store: Store) -> None:
     class Kitchen(Projection, name="kitchen"):
         tables = {
             "kv": Table(
-                {"k": "text", "n": "int", "f": "float", "d": "decimal", "b": "bool", "j": "json", "t": "timestamp"},
+                {
+                    "k": "text",
+                    "n": "int",
+                    "f": "float",
+                    "d": "decimal",
+                    "b": "bool",
+                    "j": "json",
+                    "t": "timestamp",
+                },
                 key=["k"],
             ),
             "pairs": Table({"a": "text", "b": "int", "v": "text"}, key=["a", "b"], indexes=[["v"]]),
@@ -261,7 +269,10 @@ def test_read_model_api(store: Store) -> None:
 
 def test_read_model_rows_are_written_in_bulk_even_when_a_column_mixes_python_types(store: Store) -> None:
     spec = Table({"k": "text", "f": "float", "d": "decimal", "j": "json", "n": "int"}, key=["k"])
-    mixed = [{"k": "a", "f": 1, "d": 2, "j": [1], "n": 3}, {"k": "b", "f": 2.5, "d": Decimal("0.5"), "j": None}]
+    mixed = [
+        {"k": "a", "f": 1, "d": 2, "j": [1], "n": 3},
+        {"k": "b", "f": 2.5, "d": Decimal("0.5"), "j": None},
+    ]
     plain = [{"k": f"p{i}", "f": i / 2, "d": Decimal(i) / 4, "j": {"i": i}, "n": i} for i in range(300)]
     with store.transaction() as tx:
         tx.tracking.create_table("mixed", spec)
@@ -283,7 +294,9 @@ class Churn(Projection, name="churn"):
 
     tables = {
         "live": Table({"stream": "text", "n": "int", "total": "int"}, key=["stream"]),
-        "seen": Table({"position": "int", "live_rows": "int", "event_id": "text", "at": "timestamp"}, key=["position"]),
+        "seen": Table(
+            {"position": "int", "live_rows": "int", "event_id": "text", "at": "timestamp"}, key=["position"]
+        ),
     }
 
     def on_Added(self, event: EventView, rm: ReadModel) -> None:
@@ -329,7 +342,9 @@ def _churn_tables(store: Store) -> tuple[dict[str, tuple[int, int]], dict[int, t
     )
 
 
-def test_read_model_cache_agrees_with_the_tables_across_pages_and_batches(store: Store, monkeypatch: Any) -> None:
+def test_read_model_cache_agrees_with_the_tables_across_pages_and_batches(
+    store: Store, monkeypatch: Any
+) -> None:
     churn = App("churn")
     churn.projection(Churn)
     append_random(store, 400, streams=6, seed=5, batch=7)
@@ -393,7 +408,9 @@ def test_projection_declarations_are_checked() -> None:
 # -- poison events ---------------------------------------------------------------------------------
 
 
-def test_poison_event_fails_only_its_projection_then_skip(store: Store, tmp_path: Path, monkeypatch: Any) -> None:
+def test_poison_event_fails_only_its_projection_then_skip(
+    store: Store, tmp_path: Path, monkeypatch: Any
+) -> None:
     flag = tmp_path / "poison"
     flag.touch()
     monkeypatch.setenv("CQRSCTL_TEST_POISON_FLAG", str(flag))
@@ -413,7 +430,11 @@ def test_poison_event_fails_only_its_projection_then_skip(store: Store, tmp_path
     P.skip(store, app, "totals", bad)
     P.check_catch_up(P.catch_up(store, app))
     s = {s.name: s for s in P.status(store, app)}["totals"]
-    assert s.state == "idle" and [k["position"] for k in s.skipped] == [bad] and "poison" in s.skipped[0]["error"]
+    assert (
+        s.state == "idle"
+        and [k["position"] for k in s.skipped] == [bad]
+        and "poison" in s.skipped[0]["error"]
+    )
     expected = oracle_totals(store)
     total, events = expected.pop("S-1")
     if events > 1:
@@ -504,7 +525,18 @@ def test_cli_poison_skip_and_retry(store_url: str, tmp_path: Path) -> None:
         bad = s.append("S-2", [NewEvent("Added", {"n": 3, "poison": True})]).positions[0]
         bad2 = s.append("S-3", [NewEvent("Removed", {"n": 4, "poison": True})]).positions[0]
         append_random(s, 30, seed=12)
-    failed = cli(*base, "--format", "json", "projections", "catch-up", "--retries", "1", "--retry-delay", "0.01", env=env)
+    failed = cli(
+        *base,
+        "--format",
+        "json",
+        "projections",
+        "catch-up",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.01",
+        env=env,
+    )
     assert failed.code == 14, str(failed)
     by_name = {r["name"]: r for r in failed.json()}
     assert by_name["totals"]["outcome"] == "failed" and by_name["counts"]["outcome"] == "caught-up"

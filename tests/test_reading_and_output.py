@@ -108,7 +108,9 @@ INTERNAL_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "code", "needle"), INTERNAL_ERRORS, ids=[" ".join(a)[:60] for a, _, _ in INTERNAL_ERRORS])
+@pytest.mark.parametrize(
+    ("args", "code", "needle"), INTERNAL_ERRORS, ids=[" ".join(a)[:60] for a, _, _ in INTERNAL_ERRORS]
+)
 def test_formerly_internal_errors_have_their_code_and_one_line(
     store_url: str, args: tuple[str, ...], code: int, needle: str
 ) -> None:

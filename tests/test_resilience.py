@@ -79,14 +79,18 @@ def exact_counts(store: Store, names: list[str]) -> None:
     with store.reader() as tx:
         for name in names:
             rows = tx.tracking.execute(f"SELECT stream, events FROM {name}")
-            assert {r["stream"]: r["events"] for r in rows} == expected, f"{name} counted an event twice or never"
+            assert {r["stream"]: r["events"] for r in rows} == expected, (
+                f"{name} counted an event twice or never"
+            )
 
 
 # -- a slow handler, then a stopped daemon (PostgreSQL: several daemons share one database) --------
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_slow_then_stopped_daemon_never_holds_up_the_fleet(store: Store, store_url: str, tmp_path: Path) -> None:
+def test_slow_then_stopped_daemon_never_holds_up_the_fleet(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
     trace, flag = tmp_path / "trace", tmp_path / "slow"
     flag.touch()
     env = {"CQRSCTL_TEST_TRACE": str(trace), "CQRSCTL_TEST_SLOW_FLAG": str(flag)}
@@ -122,6 +126,7 @@ def test_slow_then_stopped_daemon_never_holds_up_the_fleet(store: Store, store_u
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+
         def spread() -> dict[str, tuple[int, str | None]] | None:
             cps = checkpoints(store)
             owners = [o for _, o in cps.values()]
@@ -231,7 +236,9 @@ def test_restarted_daemon_does_not_wait_for_its_ghost(store: Store, store_url: s
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # signals are the same on both
 @pytest.mark.parametrize("signals", [1, 2])
-def test_sigterm_stops_a_daemon_stuck_in_a_handler(store: Store, store_url: str, tmp_path: Path, signals: int) -> None:
+def test_sigterm_stops_a_daemon_stuck_in_a_handler(
+    store: Store, store_url: str, tmp_path: Path, signals: int
+) -> None:
     trace, flag, log = tmp_path / "trace", tmp_path / "slow", tmp_path / "d.log"
     flag.touch()
     store.append("S-slow", [NewEvent("Added", {"n": 1, "slow": 120, "only": "p_0"})])
@@ -324,7 +331,9 @@ def test_store_shared_by_eight_threads(store: Store) -> None:
 # -- a SQLite rebuild with a slow handler never holds dispatches up -------------------------------------------
 
 
-def test_rebuild_with_a_slow_handler_lets_writers_through(store: Store, store_url: str, tmp_path: Path) -> None:
+def test_rebuild_with_a_slow_handler_lets_writers_through(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
     for i in range(40):
         store.append(f"S-{i % 5}", [NewEvent("Added", {"n": 1})] * 10)
     log = tmp_path / "rebuild.log"
@@ -375,7 +384,9 @@ def test_stopped_saga_runner_lets_another_take_over(store: Store, store_url: str
     first = start_daemon(store_url, app_ref=SUPPORT + ":saga_app", env=env, log=logs[0])
     second = None
     try:
-        wait_for(lambda: trace.exists() and "slow-pong P1" in trace.read_text(), 30, "the slow command to start")
+        wait_for(
+            lambda: trace.exists() and "slow-pong P1" in trace.read_text(), 30, "the slow command to start"
+        )
         first.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         flag.unlink()

@@ -348,7 +348,10 @@ def test_daemon_runs_sagas_and_doctor_reports_failed_ones(store_url: str) -> Non
         orjson.loads(ok(run_cli(store_url, BANK, "--json", "sagas", "list")).stdout)["status"] == "completed"
     )
     # The projections saw the saga's commands in the same --once run.
-    rows = [orjson.loads(line) for line in ok(run_cli(store_url, BANK, "--json", "query", "balances")).stdout.splitlines()]
+    rows = [
+        orjson.loads(line)
+        for line in ok(run_cli(store_url, BANK, "--json", "query", "balances")).stdout.splitlines()
+    ]
     assert {r["account_id"]: Decimal(str(r["balance"])) for r in rows} == {"A": -10, "B": 10}, rows
     report = orjson.loads(ok(run_cli(store_url, BANK, "--json", "doctor")).stdout)
     assert {c["name"]: c["ok"] for c in report["checks"]}["sagas"] is True

@@ -54,7 +54,13 @@ def raw(ctx: Ctx, synchronous: str | None = None, publish: bool = False) -> dict
             )
             cur.execute(insert, row)
             if publish:
-                message = {"event_id": row[2], "type": kind_, "stream_id": sid, "version": version_, "data": data}
+                message = {
+                    "event_id": row[2],
+                    "type": kind_,
+                    "stream_id": sid,
+                    "version": version_,
+                    "data": data,
+                }
                 cur.execute(outbox, ("Account.events", sid, orjson.dumps(message).decode()))
             cur.execute("COMMIT")
         elapsed = time.perf_counter() - started
@@ -137,9 +143,25 @@ MEASUREMENT = Measurement(
     rows=[
         *durability_rows("dispatch", "rate", "commands/s"),
         # What publishing costs: compare with the plain dispatch rows above.
-        Row("dispatch + outbox row, synchronous=NORMAL", "rate", "commands/s", "raw+outbox@NORMAL", None,
-            "cqrsctl+outbox@NORMAL", True, ("sqlite",)),
-        Row("dispatch + outbox row", "rate", "commands/s", "raw+outbox", None, "cqrsctl+outbox", True,
-            ("postgres",)),
+        Row(
+            "dispatch + outbox row, synchronous=NORMAL",
+            "rate",
+            "commands/s",
+            "raw+outbox@NORMAL",
+            None,
+            "cqrsctl+outbox@NORMAL",
+            True,
+            ("sqlite",),
+        ),
+        Row(
+            "dispatch + outbox row",
+            "rate",
+            "commands/s",
+            "raw+outbox",
+            None,
+            "cqrsctl+outbox",
+            True,
+            ("postgres",),
+        ),
     ],  # fmt: skip
 )

@@ -56,7 +56,9 @@ def _hoist_globals(root: Any, args: list[str]) -> list[str]:
         name, eq, _ = arg.partition("=")
         if arg.startswith("-") and len(arg) > 1:
             own = _declares(command, name)
-            takes_value = own is not None and not getattr(own, "is_flag", False) and not getattr(own, "count", False)
+            takes_value = (
+                own is not None and not getattr(own, "is_flag", False) and not getattr(own, "count", False)
+            )
             if own is None and command is not root and (name in _GLOBAL_VALUED or name in _GLOBAL_FLAGS):
                 take = 2 if name in _GLOBAL_VALUED and not eq else 1
                 hoisted.extend(args[i : i + take])
@@ -176,7 +178,9 @@ def _parser_error(exc: Any) -> None:
         raise exc  # `cqrsctl streams` alone: the help is already printed
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    _error_line(f"{' '.join(exc.format_message().split())}{hint}", exc.exit_code, "UsageError", _Group.machine_errors)
+    _error_line(
+        f"{' '.join(exc.format_message().split())}{hint}", exc.exit_code, "UsageError", _Group.machine_errors
+    )
     raise typer.Exit(exc.exit_code) from None
 
 
@@ -212,12 +216,16 @@ def _global(
         "--format",
         help="Output: table (people), json (one document), jsonl (one object per line), csv or tsv.",
     ),
-    json: bool = typer.Option(False, "--json", help="Shorthand for --format jsonl (--format wins when both are given)."),
+    json: bool = typer.Option(
+        False, "--json", help="Shorthand for --format jsonl (--format wins when both are given)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only data and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say more about what happens."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     actor: str = typer.Option(
-        None, "--actor", help="Who runs this, for the operations journal (env CQRSCTL_ACTOR; default user@host)."
+        None,
+        "--actor",
+        help="Who runs this, for the operations journal (env CQRSCTL_ACTOR; default user@host).",
     ),
     version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."

@@ -35,7 +35,11 @@ def dispatch(
     ),
     actor: str = typer.Option(None, "--actor", help="Who dispatches (recorded in event metadata)."),
     retries: int = typer.Option(
-        None, "--retries", min=0, max=MAX_INT, help="Re-runs on a concurrency conflict (default: the app's, 3)."
+        None,
+        "--retries",
+        min=0,
+        max=MAX_INT,
+        help="Re-runs on a concurrency conflict (default: the app's, 3).",
     ),
     continue_on_error: bool = typer.Option(
         False, "--continue-on-error", help="In a batch, go on past failed lines."
@@ -95,7 +99,11 @@ def dispatch(
     if report.failures:
         first = report.failures[0]
         # Lines already done count as done: a re-run of the same file exits as the first run did.
-        if len(report.failures) == 1 and not continue_on_error and not (report.dispatched or report.duplicates):
+        if (
+            len(report.failures) == 1
+            and not continue_on_error
+            and not (report.dispatched or report.duplicates)
+        ):
             if rt.output.json:  # the report went to stdout; the reason still goes to stderr
                 rt.output.error(f"line {first.line} ({first.command}): {first.message}", first.exit_code)
             raise _exit_with(first.exit_code)
@@ -198,7 +206,8 @@ def _show(value: Any) -> str:
 
 @snapshots_app.command("list")
 def snapshots_list(
-    ctx: typer.Context, limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many.")
+    ctx: typer.Context,
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many."),
 ) -> None:
     """List stored snapshots.
 

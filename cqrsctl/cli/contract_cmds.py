@@ -38,7 +38,13 @@ def app_show(ctx: typer.Context) -> None:
     out.table(
         ("event", "class", "version", "upcasters", "fields"),
         (
-            (e["type"], e["class"] or "(none)", e["schema_version"] or "", ", ".join(e["upcasters"]), _fields(e["fields"]))
+            (
+                e["type"],
+                e["class"] or "(none)",
+                e["schema_version"] or "",
+                ", ".join(e["upcasters"]),
+                _fields(e["fields"]),
+            )
             for e in info["events"]
         ),
         title="events",
@@ -83,7 +89,9 @@ def contract_check(
         None, "--sample", min=1, help="Decode only the N oldest and newest events of each type and version."
     ),
     strict: bool = typer.Option(
-        False, "--strict", help="Also fail (exit 17) on warnings: stored types without a class, orphan handlers."
+        False,
+        "--strict",
+        help="Also fail (exit 17) on warnings: stored types without a class, orphan handlers.",
     ),
 ) -> None:
     """Decode the stored events with the app's current classes and upcasters; exit 17 when any fails.
@@ -99,7 +107,17 @@ def contract_check(
         rt.output.data(report)
     else:
         rt.output.table(
-            ("event type", "class", "current", "stored", "versions", "upcasters", "checked", "failed", "first failure"),
+            (
+                "event type",
+                "class",
+                "current",
+                "stored",
+                "versions",
+                "upcasters",
+                "checked",
+                "failed",
+                "first failure",
+            ),
             (
                 (
                     t.event_type,
@@ -127,7 +145,9 @@ def contract_check(
         if not rt.output.json:
             for line in failures[1:]:
                 rt.output.error(line)
-        raise ContractError(failures[0] if len(failures) == 1 else f"{failures[0]} (and {len(failures) - 1} more types)")
+        raise ContractError(
+            failures[0] if len(failures) == 1 else f"{failures[0]} (and {len(failures) - 1} more types)"
+        )
     rt.output.say(f"ok: every checked event decodes with {app.name}")
 
 
@@ -186,6 +206,3 @@ def _chain(t: contract.TypeCheck) -> str:
 def register(app: typer.Typer) -> None:
     app.add_typer(app_group, name="app")
     app.add_typer(contract_app, name="contract")
-
-
-

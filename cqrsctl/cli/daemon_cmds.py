@@ -36,18 +36,29 @@ def daemon(
     no_outbox: bool = typer.Option(False, "--no-outbox", help="Do not drain the outbox (overrides the env)."),
     once: bool = typer.Option(False, "--once", help="Process what is there, then exit."),
     poll_interval: float = typer.Option(
-        None, "--poll-interval", parser=duration, metavar="DURATION",
+        None,
+        "--poll-interval",
+        parser=duration,
+        metavar="DURATION",
         help="Time between looks at the store (default 0.15s SQLite, 1s PostgreSQL).",
     ),
     lease: float = typer.Option(
-        f"{projection_service.LEASE_SECONDS:g}s", "--lease", parser=duration, metavar="DURATION",
+        f"{projection_service.LEASE_SECONDS:g}s",
+        "--lease",
+        parser=duration,
+        metavar="DURATION",
         help="How long a dead daemon's work stays locked.",
     ),
     retry_delay: float = typer.Option(
-        "0.2s", "--retry-delay", parser=duration, metavar="DURATION",
+        "0.2s",
+        "--retry-delay",
+        parser=duration,
+        metavar="DURATION",
         help="First back-off after a handler fails (×5 per attempt).",
     ),
-    retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
+    retries: int = typer.Option(
+        3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."
+    ),
     metrics: str = typer.Option(
         None, "--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."
     ),
@@ -77,7 +88,9 @@ def daemon(
         from ..services.outbox_relay import OutboxWorker
         from ..sinks import open_sink
 
-        workers.append(OutboxWorker(open_sink(outbox_sink, format=app.outbox_format)))  # a bad sink URL fails here, before starting
+        workers.append(
+            OutboxWorker(open_sink(outbox_sink, format=app.outbox_format))
+        )  # a bad sink URL fails here, before starting
     if not workers:
         log("nothing to run: the app has no projections or sagas (or all were turned off)")
         return

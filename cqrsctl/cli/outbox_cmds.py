@@ -216,13 +216,19 @@ def drain(
         help="stdout, file:///x.jsonl, http(s)://…, redis://…, nats://…?stream=S, amqp://…?exchange=E, kafka://…,"
         " bullmq://…/QUEUE; ?format=cqrsctl|nestjs|cloudevents|cloudevents-binary|eventbridge.",
     ),
-    max_messages: int = typer.Option(None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."),
+    max_messages: int = typer.Option(
+        None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."
+    ),
     timeout: float = typer.Option(
         None, "--timeout", parser=duration, metavar="DURATION", help="Stop after this long: 50, 50s, 5m."
     ),
-    batch: int = typer.Option(100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."),
+    batch: int = typer.Option(
+        100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."
+    ),
     topic: list[str] = typer.Option(None, "--topic", "-t", help="Only these topics (repeatable)."),
-    max_attempts: int = typer.Option(10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."),
+    max_attempts: int = typer.Option(
+        10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."
+    ),
     backoff: float = typer.Option(
         "5s", "--backoff", parser=duration, metavar="DURATION", help="First retry delay; doubles per failure."
     ),
@@ -230,11 +236,18 @@ def drain(
         "1h", "--backoff-max", parser=duration, metavar="DURATION", help="Longest retry delay."
     ),
     lease: float = typer.Option(
-        "60s", "--lease", parser=duration, metavar="DURATION",
+        "60s",
+        "--lease",
+        parser=duration,
+        metavar="DURATION",
         help="How long a claim holds messages (renewed while sending).",
     ),
     send_timeout: float = typer.Option(
-        "10s", "--send-timeout", parser=duration, metavar="DURATION", help="How long a sink may take per send."
+        "10s",
+        "--send-timeout",
+        parser=duration,
+        metavar="DURATION",
+        help="How long a sink may take per send.",
     ),
     now: str = typer.Option(None, "--now", hidden=True, help="Pretend the clock starts here (tests)."),
 ) -> None:

@@ -37,7 +37,9 @@ def list_(ctx: typer.Context) -> None:
         [
             (
                 s.name,
-                s.version if s.stored_version in (None, str(s.version)) else f"{s.stored_version} → {s.version}",
+                s.version
+                if s.stored_version in (None, str(s.version))
+                else f"{s.stored_version} → {s.version}",
                 s.state,
                 s.position,
                 s.head,
@@ -66,7 +68,12 @@ def status(
     for s in rows:
         fields: list[tuple[str, Any]] = [
             ("state", s.state),
-            ("version", s.version if s.stored_version in (None, str(s.version)) else f"{s.stored_version} (code: {s.version})"),
+            (
+                "version",
+                s.version
+                if s.stored_version in (None, str(s.version))
+                else f"{s.stored_version} (code: {s.version})",
+            ),
             ("position", s.position),
             ("head", s.head),
             ("lag", f"{s.lag_events} events, {_lag(s.lag_seconds)}"),
@@ -79,13 +86,18 @@ def status(
         if s.rebuild_position is not None:
             fields.append(("rebuild", f"shadow tables built to position {s.rebuild_position}"))
         for skipped in s.skipped:
-            why = "; ".join(
-                f"{k} {skipped[k]}" for k in ("reason", "error") if skipped.get(k)
+            why = "; ".join(f"{k} {skipped[k]}" for k in ("reason", "error") if skipped.get(k))
+            fields.append(
+                (
+                    "skipped",
+                    f"position {skipped['position']} at {skipped['at']}" + (f": {why}" if why else ""),
+                )
             )
-            fields.append(("skipped", f"position {skipped['position']} at {skipped['at']}" + (f": {why}" if why else "")))
         if s.last_retry:
             r = s.last_retry
-            fields.append(("last retry", f"{r['at']} by {r['actor']}: cleared {r['result'].get('error') or 'no error'}"))
+            fields.append(
+                ("last retry", f"{r['at']} by {r['actor']}: cleared {r['result'].get('error') or 'no error'}")
+            )
         rt.output.fields(fields, title=s.name)
 
 
@@ -95,7 +107,9 @@ def rebuild(
     names: list[str] = typer.Argument(None, help="Projections to rebuild."),
     all_: bool = typer.Option(False, "--all", help="Rebuild every projection."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would happen; change nothing."),
-    batch: int = typer.Option(service.REBUILD_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
+    batch: int = typer.Option(
+        service.REBUILD_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."
+    ),
 ) -> None:
     """Replay all events into shadow tables, then swap them in atomically.
 
@@ -176,12 +190,24 @@ def catch_up(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Projections to run (default: all)."),
     timeout: float = typer.Option(
-        None, "--timeout", parser=duration, metavar="DURATION", help="Stop after this long (exit 13): 50, 50s, 5m."
+        None,
+        "--timeout",
+        parser=duration,
+        metavar="DURATION",
+        help="Stop after this long (exit 13): 50, 50s, 5m.",
     ),
-    batch: int = typer.Option(service.STEP_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
-    retries: int = typer.Option(3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."),
+    batch: int = typer.Option(
+        service.STEP_BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."
+    ),
+    retries: int = typer.Option(
+        3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."
+    ),
     retry_delay: float = typer.Option(
-        "0.2s", "--retry-delay", parser=duration, metavar="DURATION", help="First back-off after a handler fails (×5 per attempt)."
+        "0.2s",
+        "--retry-delay",
+        parser=duration,
+        metavar="DURATION",
+        help="First back-off after a handler fails (×5 per attempt).",
     ),
 ) -> None:
     """Process what is new and exit (for cron). Exit 14 when a projection is failed or stale,
@@ -211,7 +237,12 @@ def skip(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The projection."),
     position: int = typer.Option(
-        None, "--position", "-p", min=1, max=MAX_INT, help="Global position of the event to skip (default: the failed one)."
+        None,
+        "--position",
+        "-p",
+        min=1,
+        max=MAX_INT,
+        help="Global position of the event to skip (default: the failed one).",
     ),
     reason: str = typer.Option(None, "--reason", help="Why (recorded with the skip and in the journal)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

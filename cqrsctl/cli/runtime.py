@@ -86,8 +86,6 @@ def duration(value: Any) -> float:
     return seconds
 
 
-
-
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")
@@ -98,9 +96,9 @@ FORMATS = ("table", "json", "jsonl", "csv", "tsv")
 
 # Control characters (C0, DEL, C1) and the invisible ones that reorder text: data must
 # never move the cursor, retitle the window or clear the screen.
-_UNSAFE = {
-    c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))
-} | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 
 
 def safe(text: str) -> str:
@@ -111,7 +109,6 @@ def safe(text: str) -> str:
 # Off a terminal (cron logs, pipes) tables are as wide as their content: nothing is
 # wrapped or cut, whatever the width of the terminal that is not there.
 _UNBOUNDED = 1_000_000
-
 
 
 class Output:
@@ -195,7 +192,10 @@ class Output:
         table = Table(*columns, title=None if title is None else Text(safe(title)), header_style="bold")
         for row in rows:
             table.add_row(
-                *(Text("" if v is None else (iso(v) if isinstance(v, datetime) else safe(str(v)))) for v in row)
+                *(
+                    Text("" if v is None else (iso(v) if isinstance(v, datetime) else safe(str(v))))
+                    for v in row
+                )
             )
         self.out.print(table)
 
@@ -251,7 +251,9 @@ class Runtime:
     def store(self, migrate: bool = True, *, read_only: bool = False) -> Store:
         """The store; `read_only` neither creates a missing SQLite file nor migrates."""
         if self._store is None:
-            self._store = open_store(self.settings.db, migrate=migrate and not read_only, create=not read_only)
+            self._store = open_store(
+                self.settings.db, migrate=migrate and not read_only, create=not read_only
+            )
         return self._store
 
     def reading(self) -> Store:

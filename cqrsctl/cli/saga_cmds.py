@@ -117,12 +117,16 @@ def sagas_show(
 def sagas_run(
     ctx: typer.Context,
     once: bool = typer.Option(
-        True, "--once", help="Process what is due and exit (for cron; the only mode: `cqrsctl daemon` runs sagas continuously)."
+        True,
+        "--once",
+        help="Process what is due and exit (for cron; the only mode: `cqrsctl daemon` runs sagas continuously).",
     ),
     now: str = typer.Option(
         None, "--now", help="Take this UTC time as now for deadlines (testing, back-fills)."
     ),
-    batch: int = typer.Option(saga_service.BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."),
+    batch: int = typer.Option(
+        saga_service.BATCH, "--batch", min=1, max=MAX_INT, help="Events per transaction."
+    ),
 ) -> None:
     """Advance sagas: handle new events, fire due deadlines, dispatch their commands.
 

@@ -38,7 +38,9 @@ def init(
     store = rt.store(migrate=False)
     result = store.initialise(rt.actor)
     if rt.output.json:
-        rt.output.data({"schema_version": result["to_version"], "backend": store.backend, "repaired": result["repaired"]})
+        rt.output.data(
+            {"schema_version": result["to_version"], "backend": store.backend, "repaired": result["repaired"]}
+        )
         return
     for problem in result["repaired"]:
         rt.output.say(f"repaired: {problem}")
@@ -178,9 +180,7 @@ def streams_show(
     stream: str = typer.Argument(..., help="Stream id."),
     from_version: int = typer.Option(1, "--from-version", min=1, max=MAX_INT, help="First version to show."),
     limit: int = typer.Option(None, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events."),
-    raw: bool = typer.Option(
-        False, "--raw", help="Show events as stored, without the app's upcasters."
-    ),
+    raw: bool = typer.Option(False, "--raw", help="Show events as stored, without the app's upcasters."),
 ) -> None:
     """Show the events of one stream (upcast to the app's current versions when an app is set).
 
@@ -217,21 +217,26 @@ def _render_events(rt: Any, events: Sequence[Any]) -> None:
 
 def events(
     ctx: typer.Context,
-    from_position: int = typer.Option(0, "--from-position", min=0, max=MAX_INT, help="Start after this global position."),
+    from_position: int = typer.Option(
+        0, "--from-position", min=0, max=MAX_INT, help="Start after this global position."
+    ),
     category: list[str] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
     event_type: list[str] = typer.Option(None, "--type", "-t", help="Only these event types (repeatable)."),
     limit: int = typer.Option(
         100, "--limit", "-n", min=1, max=MAX_INT, help="At most this many events (without --follow)."
     ),
     follow_: bool = typer.Option(
-        False, "--follow", "-f", help="Keep printing new events as they commit (JSON Lines unless --format says otherwise)."
+        False,
+        "--follow",
+        "-f",
+        help="Keep printing new events as they commit (JSON Lines unless --format says otherwise).",
     ),
     start: str = typer.Option(
-        None, "--from", help="Where to start: start (the first event), end (only new ones) or a global position."
+        None,
+        "--from",
+        help="Where to start: start (the first event), end (only new ones) or a global position.",
     ),
-    raw: bool = typer.Option(
-        False, "--raw", help="Show events as stored, without the app's upcasters."
-    ),
+    raw: bool = typer.Option(False, "--raw", help="Show events as stored, without the app's upcasters."),
 ) -> None:
     """Read events across all streams in global order (upcast when an app is set).
 
@@ -290,10 +295,14 @@ def import_(
         None, help="A JSONL file written by `cqrsctl export`, or a DynamoDB export with --input-format."
     ),
     source: str = typer.Option(
-        None, "--from", help="Read a NestJS Kafka event store instead: kafka://host:port?topics=PATTERN (globs, comma-separated)."
+        None,
+        "--from",
+        help="Read a NestJS Kafka event store instead: kafka://host:port?topics=PATTERN (globs, comma-separated).",
     ),
     input_format: str = typer.Option(
-        "cqrsctl", "--input-format", help="What FILE is: cqrsctl (an export) or dynamodb-export (plain or .gz)."
+        "cqrsctl",
+        "--input-format",
+        help="What FILE is: cqrsctl (an export) or dynamodb-export (plain or .gz).",
     ),
     on_gap: str = typer.Option(
         "stop",
@@ -301,8 +310,12 @@ def import_(
         help="With --from or dynamodb-export, a stream that skips versions: stop (import nothing, exit 19)"
         " or report (import each stream up to its first gap).",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and say what would be imported; write nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before importing into a store that has events."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check everything and say what would be imported; write nothing."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask before importing into a store that has events."
+    ),
 ) -> None:
     """Import events keeping event ids, stream versions and order; re-importing is a no-op.
 
@@ -322,7 +335,9 @@ def import_(
         total = transfer.check_export(file)
         store = rt.store()
         if not dry_run and store.head() > 0:
-            confirm(rt, f"The store already holds events (head {store.head()}): import {total} more into it?", yes)
+            confirm(
+                rt, f"The store already holds events (head {store.head()}): import {total} more into it?", yes
+            )
         with rt.output.progress("importing", total) as advance:
             result = transfer.import_file(store, file, dry_run=dry_run, actor=rt.actor, on_progress=advance)
         if rt.output.json:
@@ -347,7 +362,9 @@ def import_(
         return
     for d in report.duplicates[:10]:
         what = "re-delivered" if d["same_event"] else f"another event ({d['event_id']}) at that version"
-        rt.output.say(f"duplicate: {d['stream_id']} version {d['version']} at {d['at']}: {what}; kept {d['first_at']}")
+        rt.output.say(
+            f"duplicate: {d['stream_id']} version {d['version']} at {d['at']}: {what}; kept {d['first_at']}"
+        )
     for g in report.gaps[:10]:
         after = f"version {g['after_version']}" if g["after_version"] else "the start"
         rt.output.say(
@@ -360,7 +377,11 @@ def import_(
 def doctor(
     ctx: typer.Context,
     max_lag: int = typer.Option(
-        None, "--max-lag", min=0, max=MAX_INT, help="Unhealthy when a projection is more than N events behind."
+        None,
+        "--max-lag",
+        min=0,
+        max=MAX_INT,
+        help="Unhealthy when a projection is more than N events behind.",
     ),
 ) -> None:
     """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
@@ -391,9 +412,14 @@ def doctor(
 
 def audit(
     ctx: typer.Context,
-    since: str = typer.Option(None, "--since", help="Only entries this recent (7d, 12h) or since this ISO 8601 time."),
+    since: str = typer.Option(
+        None, "--since", help="Only entries this recent (7d, 12h) or since this ISO 8601 time."
+    ),
     kind: list[str] = typer.Option(
-        None, "--kind", "-k", help="Only this kind of operation, e.g. 'outbox purge' or 'projections' (repeatable)."
+        None,
+        "--kind",
+        "-k",
+        help="Only this kind of operation, e.g. 'outbox purge' or 'projections' (repeatable).",
     ),
     limit: int = typer.Option(None, "--limit", "-n", min=1, max=MAX_INT, help="Only the last N entries."),
 ) -> None:

@@ -62,7 +62,9 @@ def render(view: dict[str, Any], source: str) -> Group:
             Text(p["name"]), Text(p["state"], style=style), _n(p["position"]), _n(p["lag_events"]),
             sparkline(p.get("lag_history", [])), _n(p.get("rate")), Text(p["owner"] or "-"),
         )  # fmt: skip
-    daemons = Table("daemon", "status", "heartbeat age", "holds", "processed", title="daemons", title_justify="left")
+    daemons = Table(
+        "daemon", "status", "heartbeat age", "holds", "processed", title="daemons", title_justify="left"
+    )
     for d in view["daemons"]:
         style = "" if d["status"] == "running" else "red"
         daemons.add_row(
@@ -70,7 +72,9 @@ def render(view: dict[str, Any], source: str) -> Group:
             Text(d["holds"] or "-"), _n(d["processed"]),
         )  # fmt: skip
     ob = view["outbox"]
-    outbox = Table("pending", "due", "dead", "oldest pending", "delivered/s", title="outbox", title_justify="left")
+    outbox = Table(
+        "pending", "due", "dead", "oldest pending", "delivered/s", title="outbox", title_justify="left"
+    )
     outbox.add_row(
         _n(ob["pending"]), _n(ob["due"]), Text(_n(ob["dead"]), style="red" if ob["dead"] else ""),
         _age(ob["oldest_pending_age_seconds"]), _n(ob["delivered_per_second"]),
@@ -83,7 +87,9 @@ def render(view: dict[str, Any], source: str) -> Group:
 def top(
     ctx: typer.Context,
     once: bool = typer.Option(
-        False, "--once", help="Look twice, --interval apart (for the rates), print once and exit (for scripts)."
+        False,
+        "--once",
+        help="Look twice, --interval apart (for the rates), print once and exit (for scripts).",
     ),
     interval: float = typer.Option(
         "1s", "--interval", parser=duration, metavar="DURATION", help="Time between refreshes."
@@ -111,7 +117,9 @@ def top(
         else:
             rt.output.out.print(render(view, source))
         return
-    with Live(render(monitor.refresh(), source), console=rt.output.out, auto_refresh=False, screen=False) as live:
+    with Live(
+        render(monitor.refresh(), source), console=rt.output.out, auto_refresh=False, screen=False
+    ) as live:
         try:
             while True:
                 time.sleep(interval)

@@ -41,7 +41,11 @@ def model_fields(cls: type[BaseModel]) -> list[dict[str, Any]]:
     """Each field of a pydantic model: name, type, required, and the default when there is one."""
     out = []
     for name, info in cls.model_fields.items():
-        entry: dict[str, Any] = {"name": name, "type": type_name(info.annotation), "required": info.is_required()}
+        entry: dict[str, Any] = {
+            "name": name,
+            "type": type_name(info.annotation),
+            "required": info.is_required(),
+        }
         if not info.is_required():
             entry["default"] = None if info.default_factory is not None else info.default
         out.append(entry)
@@ -96,7 +100,13 @@ def describe(app: App) -> dict[str, Any]:
     ]
     # Upcasters of types without a class still matter to read paths: list them too.
     events += [
-        {"type": t, "class": None, "schema_version": None, "upcasters": [f"v{v}->v{v + 1}" for v in vs], "fields": []}
+        {
+            "type": t,
+            "class": None,
+            "schema_version": None,
+            "upcasters": [f"v{v}->v{v + 1}" for v in vs],
+            "fields": [],
+        }
         for t, vs in sorted(upcasters.items())
         if t not in app.events
     ]
@@ -114,7 +124,11 @@ def describe(app: App) -> dict[str, Any]:
         {
             "name": q.name,
             "params": [
-                {"name": n, "type": type_name(getattr(a, "_type", str)), "required": d is inspect.Parameter.empty}
+                {
+                    "name": n,
+                    "type": type_name(getattr(a, "_type", str)),
+                    "required": d is inspect.Parameter.empty,
+                }
                 for n, (a, d) in q.params.items()
             ],
             "doc": q.doc.split("\n\n")[0].strip(),
@@ -136,7 +150,11 @@ def describe(app: App) -> dict[str, Any]:
             "class": s.cls.__name__,
             "starts_on": list(s.starts_on),
             "steps": [
-                {"name": st.name, "waits_for": st.event_type, "timeout": None if st.timeout is None else st.timeout.total_seconds()}
+                {
+                    "name": st.name,
+                    "waits_for": st.event_type,
+                    "timeout": None if st.timeout is None else st.timeout.total_seconds(),
+                }
                 for st in s.steps
             ],
         }
@@ -262,12 +280,18 @@ class ContractReport:
 
     @property
     def warnings(self) -> list[str]:
-        out = [f"{t}: stored, but the app has no Event class for it (read as raw data)" for t in self.without_class]
+        out = [
+            f"{t}: stored, but the app has no Event class for it (read as raw data)"
+            for t in self.without_class
+        ]
         out += [
             f"{h['kind']} {h['name']} handles {h['event_type']}, which has no Event class and was never stored"
             for h in self.orphan_handlers
         ]
-        out += [f"upcaster {u} never runs: the class is already at that version or later" for u in self.stale_upcasters]
+        out += [
+            f"upcaster {u} never runs: the class is already at that version or later"
+            for u in self.stale_upcasters
+        ]
         return out
 
     def failures(self) -> list[str]:
@@ -379,7 +403,11 @@ class _Checker:
                 try:
                     payload.append(self.app.upcast(event, target)[1])
                 except Exception as exc:  # DecodeError: the upcaster raised
-                    tc.fail(_failure(r, str(exc).partition("could not be upcast: ")[2] or str(exc), "upcaster failed: "))
+                    tc.fail(
+                        _failure(
+                            r, str(exc).partition("could not be upcast: ")[2] or str(exc), "upcaster failed: "
+                        )
+                    )
                     continue
                 kept.append(r)
             validate = adapter.validate_python
@@ -390,7 +418,9 @@ class _Checker:
             for err in exc.errors():
                 loc = err["loc"]
                 if loc and isinstance(loc[0], int):
-                    by_index.setdefault(loc[0], []).append(f"{'.'.join(str(p) for p in loc[1:]) or '(data)'}: {err['msg']}")
+                    by_index.setdefault(loc[0], []).append(
+                        f"{'.'.join(str(p) for p in loc[1:]) or '(data)'}: {err['msg']}"
+                    )
             if not by_index:  # not about one item (the array itself): blame them all
                 by_index = {i: [_pydantic_message(exc)] for i in range(len(kept))}
             first = min(by_index)
@@ -532,7 +562,11 @@ def read_lock(path: Path) -> dict[str, Any]:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValidationError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("cqrsctl_contract") != LOCK_FORMAT or not isinstance(doc.get("events"), dict):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("cqrsctl_contract") != LOCK_FORMAT
+        or not isinstance(doc.get("events"), dict)
+    ):
         raise ValidationError(f"{path} is not a cqrsctl contract file (format {LOCK_FORMAT})")
     return doc
 
@@ -575,7 +609,10 @@ def diff(app: App, locked: dict[str, Any]) -> list[Change]:
         elif new_version > old_version:
             missing = [v for v in range(old_version, new_version) if (event_type, v) not in app.upcasters]
             if missing:
-                add(True, f"schema_version bumped from v{old_version} to v{new_version} without an upcaster from v{missing[0]}")
+                add(
+                    True,
+                    f"schema_version bumped from v{old_version} to v{new_version} without an upcaster from v{missing[0]}",
+                )
             else:
                 add(False, f"schema_version bumped from v{old_version} to v{new_version}, with upcasters")
         else:
@@ -610,7 +647,10 @@ def _field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[bool,
     for name in old_props.keys() & new_props.keys():
         if old_props[name] != new_props[name]:
             out.append(
-                (True, f"field {name!r} changed type from {_shown(old_props[name])} to {_shown(new_props[name])}")
+                (
+                    True,
+                    f"field {name!r} changed type from {_shown(old_props[name])} to {_shown(new_props[name])}",
+                )
             )
         elif name in new_req and name not in old_req:
             out.append((True, f"field {name!r} is now required (it had a default)"))
@@ -707,12 +747,16 @@ def check_new_events(app: App, events: Sequence[NewEvent]) -> None:
                 data = app.upcast(stored, target)[1]
             except Exception as exc:  # DecodeError from the upcaster
                 reason = str(exc).partition("could not be upcast: ")[2] or str(exc)
-                raise ValidationError(f"{event_type} v{version}: the upcaster cannot read this data: {reason}") from None
+                raise ValidationError(
+                    f"{event_type} v{version}: the upcaster cannot read this data: {reason}"
+                ) from None
         try:
             cls.__pydantic_validator__.validate_python(data)
         except pydantic.ValidationError as exc:
             shown = f"{event_type} v{version}" + ("" if version == target else f" (upcast to v{target})")
-            raise ValidationError(f"{shown} does not match {cls.__name__}: {_pydantic_message(exc)}") from None
+            raise ValidationError(
+                f"{shown} does not match {cls.__name__}: {_pydantic_message(exc)}"
+            ) from None
 
 
 def current_version(app: App | None, event_type: str) -> int:
@@ -728,4 +772,6 @@ def append_checked(
     from ..store import parse_expected
 
     check_new_events(app, events)
-    return store.append(stream_id, events, parse_expected(expected) if isinstance(expected, str | int) else expected)
+    return store.append(
+        stream_id, events, parse_expected(expected) if isinstance(expected, str | int) else expected
+    )

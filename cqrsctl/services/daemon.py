@@ -146,7 +146,9 @@ class ProjectionWorker(Worker):
                     self.owned.discard(name)
                 if step.outcome == "stale":
                     self.runners[name].release()
-                self.daemon.log(f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}")
+                self.daemon.log(
+                    f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}"
+                )
             elif step.outcome == "failed" and name not in self.failed:
                 self.failed.add(name)
             elif step.outcome == "caught-up":
@@ -154,7 +156,9 @@ class ProjectionWorker(Worker):
         return more
 
     def next_due(self) -> float | None:
-        waits = [r.retry_at - time.monotonic() for n, r in self.runners.items() if n in self.owned and r.retry_at]
+        waits = [
+            r.retry_at - time.monotonic() for n, r in self.runners.items() if n in self.owned and r.retry_at
+        ]
         waits.append(self.claim_every if len(self.owned) < len(self.runners) else math.inf)
         due = min(waits)
         return None if due == math.inf else max(due, 0.0)
@@ -332,7 +336,9 @@ class Daemon:
                 self._force("a second signal")
                 return
             self.stop()
-            timer = threading.Timer(self.stop_within, self._force, (f"the step in hand ran past {self.stop_within:g}s",))
+            timer = threading.Timer(
+                self.stop_within, self._force, (f"the step in hand ran past {self.stop_within:g}s",)
+            )
             timer.daemon = True
             timer.start()
 
@@ -391,7 +397,9 @@ class Daemon:
                     backoff = 0.0
                 except Exception as exc:  # the database went away, most likely: back off, go on
                     self.errors += 1
-                    self.last_error = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)[:500]
+                    self.last_error = scrub(
+                        f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url
+                    )[:500]
                     backoff = min(max(backoff * 2, 0.1), 5.0)
                     self.log(f"error: {self.last_error} (retrying in {backoff:.1f}s)")
                     self._sleep(backoff)
@@ -449,7 +457,10 @@ class Daemon:
             tr = tx.tracking
             tr.put(
                 Checkpoint(
-                    self._row(), status="running", version=self._describe(), owner=self.id,
+                    self._row(),
+                    status="running",
+                    version=self._describe(),
+                    owner=self.id,
                     lease_until=tr.now() + timedelta(seconds=self.lease),
                 )  # fmt: skip
             )
@@ -536,7 +547,9 @@ class SagaWorker(Worker):
 
     name = "sagas"
 
-    def __init__(self, batch: int = 100, deadline_check: float = 1.0, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, batch: int = 100, deadline_check: float = 1.0, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.batch, self.deadline_check, self.clock = batch, deadline_check, clock
         self.processed = 0
         self.runner: Any = None
@@ -565,4 +578,3 @@ def restart_process() -> None:
     """An `on_stall` for command-line daemons: replace this process with a fresh copy."""
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-

@@ -321,7 +321,9 @@ def load(
     return catch_up(app, tx, agg, at_version, as_of)
 
 
-def catch_up(app: App, tx: Transaction, agg: Aggregate, at_version: int | None = None, as_of: Any = None) -> Aggregate:
+def catch_up(
+    app: App, tx: Transaction, agg: Aggregate, at_version: int | None = None, as_of: Any = None
+) -> Aggregate:
     """Fold the events after `agg.version` into it (up to `at_version` / `as_of`)."""
     if folds_data(app, type(agg)):
         return fold_rows(app, agg, tx.read_stream_data(agg.stream_id, agg.version + 1, at_version, as_of))

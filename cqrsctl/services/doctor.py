@@ -81,7 +81,11 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
     )
     problems = store.schema_problems()
     report.checks.append(
-        Check("core tables", not problems, "; ".join(problems) + " (run `cqrsctl init`)" if problems else "all present, events append-only")
+        Check(
+            "core tables",
+            not problems,
+            "; ".join(problems) + " (run `cqrsctl init`)" if problems else "all present, events append-only",
+        )
     )
     report.counts = store.counts()
     report.checks.append(Check("durability", True, durability(store)))

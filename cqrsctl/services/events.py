@@ -69,7 +69,9 @@ class AppendLine(Line):
     data: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     event_id: Identifier | None = None
-    expected_version: Annotated[int, Field(ge=0, le=2**63 - 1)] | Literal["any", "no-stream", "exists"] = "any"
+    expected_version: Annotated[int, Field(ge=0, le=2**63 - 1)] | Literal["any", "no-stream", "exists"] = (
+        "any"
+    )
     schema_version: SchemaVersion = 1
 
 

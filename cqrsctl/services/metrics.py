@@ -33,7 +33,9 @@ class StoreCollector(Collector):
     """Collects on every scrape. `open_store` gives a fresh store for the scraping thread
     (a SQLite connection belongs to the thread that opened it)."""
 
-    def __init__(self, open_store: Callable[[], Store], app: Any, workers: Callable[[], Sequence[Any]]) -> None:
+    def __init__(
+        self, open_store: Callable[[], Store], app: Any, workers: Callable[[], Sequence[Any]]
+    ) -> None:
         self.open_store, self.app, self.workers = open_store, app, workers
 
     def collect(self) -> Iterator[Metric]:
@@ -42,9 +44,13 @@ class StoreCollector(Collector):
             seen = look(store, self.app)
         finally:
             store.close()
-        yield GaugeMetricFamily("cqrsctl_events_head_position", "Global position of the newest event.", value=seen.head)
+        yield GaugeMetricFamily(
+            "cqrsctl_events_head_position", "Global position of the newest event.", value=seen.head
+        )
         position = GaugeMetricFamily(
-            "cqrsctl_projection_position", "Global position a projection has processed up to.", labels=["projection"]
+            "cqrsctl_projection_position",
+            "Global position a projection has processed up to.",
+            labels=["projection"],
         )
         lag = GaugeMetricFamily(
             "cqrsctl_projection_lag_events", "Events a projection is behind the head.", labels=["projection"]
@@ -65,12 +71,16 @@ class StoreCollector(Collector):
                 state.add_metric([p["name"], st], 1.0 if p["state"] == st else 0.0)
         yield from (position, lag, lag_s, state)
         outbox = GaugeMetricFamily(
-            "cqrsctl_outbox_messages", "Outbox messages waiting (pending) or given up on (dead).", labels=["status"]
+            "cqrsctl_outbox_messages",
+            "Outbox messages waiting (pending) or given up on (dead).",
+            labels=["status"],
         )
         outbox.add_metric(["pending"], seen.outbox["pending"])
         outbox.add_metric(["dead"], seen.outbox["dead"])
         yield outbox
-        yield GaugeMetricFamily("cqrsctl_outbox_due_messages", "Pending messages due now.", value=seen.outbox["due"])
+        yield GaugeMetricFamily(
+            "cqrsctl_outbox_due_messages", "Pending messages due now.", value=seen.outbox["due"]
+        )
         yield GaugeMetricFamily(
             "cqrsctl_outbox_oldest_pending_age_seconds", "Age of the oldest pending message (0 when none).",
             value=seen.outbox["oldest_pending_age_seconds"] or 0.0,
@@ -94,9 +104,13 @@ class StoreCollector(Collector):
             "cqrsctl_daemon_events_processed", "Events this daemon's workers processed since it started.",
             labels=["worker"],
         )  # fmt: skip
-        delivered = CounterMetricFamily("cqrsctl_outbox_delivered", "Messages this daemon delivered to its sink.")
+        delivered = CounterMetricFamily(
+            "cqrsctl_outbox_delivered", "Messages this daemon delivered to its sink."
+        )
         failures = CounterMetricFamily(
-            "cqrsctl_outbox_failures", "Failed delivery attempts of this daemon (dead: given up).", labels=["kind"]
+            "cqrsctl_outbox_failures",
+            "Failed delivery attempts of this daemon (dead: given up).",
+            labels=["kind"],
         )
         total = {"delivered": 0, "failed": 0, "dead": 0}
         stopped = 0

@@ -84,7 +84,9 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
         projections = [
             {
                 "name": cp.name,
-                "state": "failed" if cp.status == "failed" else ("running" if cp.owner and cp.lease_valid else "idle"),
+                "state": "failed"
+                if cp.status == "failed"
+                else ("running" if cp.owner and cp.lease_valid else "idle"),
                 "position": cp.position,
                 "lag_events": max(head - cp.position, 0),
                 "lag_seconds": None,
@@ -97,7 +99,9 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
         "pending": pending,
         "due": due,
         "dead": dead,
-        "oldest_pending_age_seconds": None if oldest is None else round(max((now - oldest).total_seconds(), 0.0), 3),
+        "oldest_pending_age_seconds": None
+        if oldest is None
+        else round(max((now - oldest).total_seconds(), 0.0), 3),
     }
     return Look(now, time.monotonic(), head, projections, daemons, outbox, seq, sagas)
 
@@ -143,7 +147,9 @@ class Monitor:
         if prev is not None and seconds > 0:
             # Rows that left the backlog = new rows - growth of the backlog (delivered, mostly).
             added = current.outbox_seq - prev.outbox_seq
-            grew = (current.outbox["pending"] + current.outbox["dead"]) - (prev.outbox["pending"] + prev.outbox["dead"])
+            grew = (current.outbox["pending"] + current.outbox["dead"]) - (
+                prev.outbox["pending"] + prev.outbox["dead"]
+            )
             delivered = round(max(added - grew, 0) / seconds, 2)
         self.previous = current
         return {

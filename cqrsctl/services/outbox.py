@@ -355,7 +355,12 @@ class _Run:
         on_progress: Callable[[int], None] | None,
     ) -> None:
         self.store, self.sink, self.owner, self.lease = store, sink, owner, lease
-        self.max_attempts, self.backoff, self.clock, self.on_progress = max_attempts, backoff, clock, on_progress
+        self.max_attempts, self.backoff, self.clock, self.on_progress = (
+            max_attempts,
+            backoff,
+            clock,
+            on_progress,
+        )
         self.report = DrainReport(sink.name)
         self.out_of_bounds: Callable[[], str | None] = lambda: None
         # A send must end this long before the lease does (clock steps, the record's commit).
@@ -476,7 +481,9 @@ class _Run:
                 retry_at = now + timedelta(seconds=self.backoff.delay(attempts))
                 self.failures.append(OutboxFailure(m.seq, r, attempts, retry_at, dead))
                 blocked.add((m.topic, m.key))
-                report.errors.append({"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r})
+                report.errors.append(
+                    {"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r}
+                )
                 if dead:
                     report.dead += 1
                 else:
@@ -551,7 +558,9 @@ def list_messages(
         return tx.list_outbox(status, topic, limit)
 
 
-def peek(store: Store, topic: str | None = None, key: str | None = None, limit: int | None = 10) -> list[dict[str, Any]]:
+def peek(
+    store: Store, topic: str | None = None, key: str | None = None, limit: int | None = 10
+) -> list[dict[str, Any]]:
     """Pending messages in delivery order, as the stdout/file sinks would write them; nothing is
     claimed or changed (`drain` would also wait for a message's next attempt time)."""
     from ..sinks.stream import wire_form
@@ -570,7 +579,12 @@ def show(store: Store, ident: str) -> OutboxMessage:
 
 
 def retry(
-    store: Store, ident: str | None = None, *, dead: bool = False, now: datetime | None = None, actor: str | None = None
+    store: Store,
+    ident: str | None = None,
+    *,
+    dead: bool = False,
+    now: datetime | None = None,
+    actor: str | None = None,
 ) -> int:
     """Make one message (pending or dead) or every dead message due now with fresh attempts; journaled."""
     if (ident is None) == (not dead):

@@ -580,7 +580,12 @@ def rebuild(
         rm.bind(tr)
         pages: list[EventPage] = []
         try:
-            while position < head_now and done < batch and position - start < batch and time.monotonic() < until_time:
+            while (
+                position < head_now
+                and done < batch
+                and position - start < batch
+                and time.monotonic() < until_time
+            ):
                 until = _until(position, head_now, page_size)
                 rows = tr.scan(position, page_size, cls.handles, until, lean=lean)
                 page = EventPage(tr, rows, cls.handles) if lean and rows else None
@@ -590,7 +595,14 @@ def rebuild(
                 cut = len(rows)
                 try:
                     for at in range(0, len(rows), SLICE):
-                        apply(app, handlers, rm, rows if len(rows) <= SLICE else rows[at : at + SLICE], skipped, page)
+                        apply(
+                            app,
+                            handlers,
+                            rm,
+                            rows if len(rows) <= SLICE else rows[at : at + SLICE],
+                            skipped,
+                            page,
+                        )
                         if at + SLICE < len(rows) and time.monotonic() >= until_time:
                             cut = at + SLICE
                             break
@@ -600,7 +612,9 @@ def rebuild(
                         f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
                     ) from None
                 done += cut
-                position = _advance(position, until, rows, page_size) if cut == len(rows) else rows[cut - 1][0]
+                position = (
+                    _advance(position, until, rows, page_size) if cut == len(rows) else rows[cut - 1][0]
+                )
                 lean = lean and (page is None or page.full is None)
         finally:
             for page in pages:
@@ -687,7 +701,9 @@ def _count(tr: Tracking, table: str) -> int:
     return int(tr.execute(f'SELECT count(*) AS n FROM "{table}"')[0]["n"])
 
 
-def reset(store: Store, app: App, name: str, *, dry_run: bool = False, actor: str | None = None) -> dict[str, Any]:
+def reset(
+    store: Store, app: App, name: str, *, dry_run: bool = False, actor: str | None = None
+) -> dict[str, Any]:
     """Drop the projection's tables (live and shadow) and forget its checkpoint; the next
     catch-up or daemon run builds it again from the first event. Journaled. With
     `dry_run`, only says what it would drop. Returns {tables: {table: rows}, position}."""
@@ -873,10 +889,22 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
                 state = "idle"
             out.append(
                 ProjectionStatus(
-                    cls.name, cls.version, stored_version, position, head, max(head - position, 0), lag_seconds,
-                    state, cp.owner if cp and cp.lease_valid else None, cp.error if cp else None,
-                    cp.error_position if cp else None, cp.skipped if cp else [],
-                    rb.position if rb else None, list(cls.tables), list(cls.handles), retries.get(cls.name),
+                    cls.name,
+                    cls.version,
+                    stored_version,
+                    position,
+                    head,
+                    max(head - position, 0),
+                    lag_seconds,
+                    state,
+                    cp.owner if cp and cp.lease_valid else None,
+                    cp.error if cp else None,
+                    cp.error_position if cp else None,
+                    cp.skipped if cp else [],
+                    rb.position if rb else None,
+                    list(cls.tables),
+                    list(cls.handles),
+                    retries.get(cls.name),
                 )  # fmt: skip
             )
     return out

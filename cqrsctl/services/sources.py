@@ -96,7 +96,9 @@ def _object(value: Any, name: str, where: str) -> dict[str, Any]:
 def _stream(kind: str, ident: str, where: str) -> str:
     # The category is the part of the stream id before the first '-'.
     if "-" in kind:
-        raise ValidationError(f"{where}: aggregate type {kind!r} contains '-', which would split the stream id")
+        raise ValidationError(
+            f"{where}: aggregate type {kind!r} contains '-', which would split the stream id"
+        )
     return f"{kind}-{ident}"
 
 
@@ -263,7 +265,7 @@ def dynamodb_event(line: dict[str, Any], where: str) -> SourceEvent | None:
     """The event in one export line, or None for an item that is not an event (SK not EVENT#…)."""
     raw = line.get("Item", line)
     if not isinstance(raw, dict):
-        raise ValidationError(f"{where}: expected {{\"Item\": {{…}}}}")
+        raise ValidationError(f'{where}: expected {{"Item": {{…}}}}')
     try:
         item = {k: _attribute(v) for k, v in raw.items()}
     except ValueError as exc:
@@ -355,7 +357,12 @@ class _Staging:
         self.db = sqlite3.connect(Path(directory) / "staged.db", isolation_level=None)
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
 
-    def load(self, events: Iterable[SourceEvent | None], report: SourceReport, on_read: Callable[[int], None] | None) -> None:
+    def load(
+        self,
+        events: Iterable[SourceEvent | None],
+        report: SourceReport,
+        on_read: Callable[[int], None] | None,
+    ) -> None:
         chunk: list[tuple[Any, ...]] = []
 
         def flush() -> None:
@@ -420,7 +427,8 @@ class _Staging:
         ).fetchall()
         report.gap_count = len(gaps)
         report.gaps = [
-            {"stream_id": s, "after_version": prev, "next_version": v, "at": place} for s, prev, v, place in gaps[:LISTED]
+            {"stream_id": s, "after_version": prev, "next_version": v, "at": place}
+            for s, prev, v, place in gaps[:LISTED]
         ]
         if gaps and on_gap == "stop":
             s, prev, v, place = gaps[0]
@@ -468,7 +476,9 @@ class Staged:
     """A source read and checked, not yet imported (from :func:`stage`); close it, or use it
     as a context manager, to remove its scratch file."""
 
-    def __init__(self, report: SourceReport, staging: _Staging, directory: tempfile.TemporaryDirectory[str]) -> None:
+    def __init__(
+        self, report: SourceReport, staging: _Staging, directory: tempfile.TemporaryDirectory[str]
+    ) -> None:
         self.report, self._staging, self._directory = report, staging, directory
 
     def import_into(self, store: Store, *, on_progress: Callable[[int], None] | None = None) -> SourceReport:
@@ -517,16 +527,22 @@ def stage(
     return staged
 
 
-def import_source(store: Store, events: Iterable[SourceEvent | None], *, on_gap: str = "stop") -> SourceReport:
+def import_source(
+    store: Store, events: Iterable[SourceEvent | None], *, on_gap: str = "stop"
+) -> SourceReport:
     """:func:`stage`, then import: `import_source(store, read_kafka(url), on_gap="report")`."""
     with stage(events, on_gap=on_gap) as staged:
         return staged.import_into(store)
 
 
-def open_source(url: str | None = None, path: Path | None = None, input_format: str = "dynamodb-export") -> Iterator[SourceEvent | None]:
+def open_source(
+    url: str | None = None, path: Path | None = None, input_format: str = "dynamodb-export"
+) -> Iterator[SourceEvent | None]:
     """The events of `url` (kafka://…?topics=…) or of the file `path` in `input_format`."""
     if url is not None:
         return read_kafka(url)
     if path is None or input_format != "dynamodb-export":
-        raise UsageError("give kafka://host:port?topics=PATTERN, or a file with --input-format dynamodb-export")
+        raise UsageError(
+            "give kafka://host:port?topics=PATTERN, or a file with --input-format dynamodb-export"
+        )
     return read_dynamodb_export(path)

@@ -41,7 +41,9 @@ class BullMQSink(Sink):
     def _run(self, coro: Any, seconds: float | None = None) -> Any:
         assert self.loop is not None
         # BullMQ's own connection retries for minutes; every call here has our deadline.
-        return self.loop.run_until_complete(asyncio.wait_for(coro, self.timeout if seconds is None else seconds))
+        return self.loop.run_until_complete(
+            asyncio.wait_for(coro, self.timeout if seconds is None else seconds)
+        )
 
     def open(self) -> None:
         bullmq = require("bullmq", "bullmq", "bullmq")

@@ -64,7 +64,9 @@ def _deadline_backend(sink: HttpSink) -> Any:
         def close(self) -> None:
             self.inner.close()
 
-        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        def start_tls(
+            self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+        ) -> Any:
             return Stream(self.inner.start_tls(ssl_context, server_hostname, room(timeout)))
 
         def get_extra_info(self, info: str) -> Any:
@@ -99,7 +101,9 @@ class HttpSink(Sink):
     def open(self) -> None:
         httpx = require("httpx", "http", "http")
         self.httpx = httpx
-        transport = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=max(20, self.batch_size or 1)))
+        transport = httpx.HTTPTransport(
+            limits=httpx.Limits(max_keepalive_connections=max(20, self.batch_size or 1))
+        )
         pool = getattr(transport, "_pool", None)
         # Without the clamp (another httpx), the drain's guarded thread keeps the deadline.
         self.keeps_deadline = hasattr(pool, "_network_backend")

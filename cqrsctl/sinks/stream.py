@@ -22,7 +22,13 @@ from . import Sink
 
 def wire_form(m: OutboxMessage) -> dict[str, Any]:
     """The message as the stdout and file sinks write it by default (and `outbox peek` shows it)."""
-    return {"message_id": m.message_id, "topic": m.topic, "key": m.key, "headers": m.headers, "payload": m.payload}
+    return {
+        "message_id": m.message_id,
+        "topic": m.topic,
+        "key": m.key,
+        "headers": m.headers,
+        "payload": m.payload,
+    }
 
 
 def _line(sink: Sink, m: OutboxMessage) -> bytes:
@@ -33,6 +39,7 @@ def _line(sink: Sink, m: OutboxMessage) -> bytes:
 
 class StdoutSink(Sink):
     keeps_deadline = True  # no peer: a local pipe
+
     def send(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         out = sys.stdout.buffer
         try:

@@ -68,7 +68,5 @@ def open_store(url: str, *, migrate: bool = True, create: bool = True) -> Store:
     except ImportError as exc:
         if exc.name is None or not exc.name.startswith("psycopg"):
             raise
-        raise DatabaseError(
-            "PostgreSQL needs the psycopg driver: pip install 'cqrsctl[postgres]'"
-        ) from None
+        raise DatabaseError("PostgreSQL needs the psycopg driver: pip install 'cqrsctl[postgres]'") from None
     return PostgresStore(url, migrate=migrate)

@@ -41,8 +41,7 @@ CORE_COLUMNS: dict[str, frozenset[str]] = {
     ),
     "snapshots": _cols("stream_id aggregate_type version schema_version state taken_at"),
     "checkpoints": _cols(
-        "name position version status error error_position skipped owner lease_until created_at "
-        "updated_at"
+        "name position version status error error_position skipped owner lease_until created_at updated_at"
     ),
     "outbox": _cols(
         "seq message_id event_position topic key payload headers status attempts next_attempt_at "
@@ -477,7 +476,17 @@ class Transaction(ABC):
         category = category_of(stream_id)
         ids = [e.event_id or new_id() for e in events]
         rows: list[EventRow] = [
-            (stream_id, i, ids[i - 1], e.type, e.schema_version, category, dumps(e.data), dumps(e.metadata), now)
+            (
+                stream_id,
+                i,
+                ids[i - 1],
+                e.type,
+                e.schema_version,
+                category,
+                dumps(e.data),
+                dumps(e.metadata),
+                now,
+            )
             for i, e in enumerate(events, 1)
         ]
         current, positions = self._insert_at_head(stream_id, expected, rows)
@@ -608,7 +617,11 @@ class Transaction(ABC):
     ) -> list[StoredEvent]: ...
 
     def read_stream_data(
-        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
     ) -> list[FoldRow]:
         """What a fold needs of a stream's events, as FoldRow tuples: cheaper than
         read_stream, which also builds event ids, metadata and timestamps per event."""
@@ -740,7 +753,11 @@ class Transaction(ABC):
 
     @abstractmethod
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        limit: int | None = None,
+        key: str | None = None,
     ) -> list[OutboxMessage]:
         """Outbox rows in seq order, optionally filtered."""
 
@@ -783,7 +800,9 @@ class Store(ABC):
     backend: str
 
     @abstractmethod
-    def transaction(self, *, appending: bool = False, deferred: bool = False) -> AbstractContextManager[Transaction]:
+    def transaction(
+        self, *, appending: bool = False, deferred: bool = False
+    ) -> AbstractContextManager[Transaction]:
         """A write transaction: commits on success, rolls back on any exception.
 
         `appending` says it is going to append: a backend may then prepare for it as the
@@ -845,7 +864,9 @@ class Store(ABC):
         left = self.schema_problems()
         if left:
             raise UnhealthyError(
-                "init cannot repair this store: " + "; ".join(left) + " (restore it from a backup or an export)"
+                "init cannot repair this store: "
+                + "; ".join(left)
+                + " (restore it from a backup or an export)"
             )
         result["repaired"] = [p for p in problems if p not in left]
         return result
@@ -864,7 +885,9 @@ class Store(ABC):
             if table not in found:
                 problems.append(f"core table {table} is missing")
             elif columns - found[table]:
-                problems.append(f"core table {table} lacks column(s) {', '.join(sorted(columns - found[table]))}")
+                problems.append(
+                    f"core table {table} lacks column(s) {', '.join(sorted(columns - found[table]))}"
+                )
         for name, on in self.guards().items():
             if not on:
                 problems.append(f"append-only trigger {name} is missing or disabled")

@@ -403,7 +403,8 @@ class PostgresTransaction(Transaction):
         try:
             if len(rows) == 1:
                 self.cur.execute(
-                    insert + " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING global_position",
+                    insert
+                    + " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING global_position",
                     rows[0],
                 )
                 positions = [self.cur.fetchone()[0]]  # type: ignore[index]
@@ -448,7 +449,11 @@ class PostgresTransaction(Transaction):
         return list(map(_event, self.cur.fetchall()))
 
     def read_stream_data(
-        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
     ) -> list[FoldRow]:
         query = (
             "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
@@ -667,7 +672,11 @@ class PostgresTransaction(Transaction):
         return [tuple(r) for r in self.cur.fetchall()]  # type: ignore[misc]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        limit: int | None = None,
+        key: str | None = None,
     ) -> list[OutboxMessage]:
         query = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE true"
         params: list[Any] = []
@@ -713,7 +722,6 @@ class PostgresTransaction(Transaction):
         )
         return self.cur.rowcount
 
-
     # -- the operations journal ----------------------------------------------------------
 
     def add_journal(self, entry: JournalEntry) -> int:
@@ -744,7 +752,8 @@ class PostgresTransaction(Transaction):
             params.append(limit)
         self.cur.execute(query, params)
         return [
-            JournalEntry(r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], r[1], r[0]) for r in self.cur.fetchall()
+            JournalEntry(r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], r[1], r[0])
+            for r in self.cur.fetchall()
         ]
 
     # -- sagas ----------------------------------------------------------------------------
@@ -826,12 +835,15 @@ class PostgresTransaction(Transaction):
         return [Deadline(*r) for r in self.cur.fetchall()]
 
     def saga_deadlines(self, saga_id: str) -> list[Deadline]:
-        self.cur.execute(f"SELECT {_DEADLINE_COLUMNS} FROM deadlines WHERE saga_id = %s ORDER BY due_at", (saga_id,))
+        self.cur.execute(
+            f"SELECT {_DEADLINE_COLUMNS} FROM deadlines WHERE saga_id = %s ORDER BY due_at", (saga_id,)
+        )
         return [Deadline(*r) for r in self.cur.fetchall()]
 
     def set_deadline_status(self, deadline_id: str, status: str, fired_at: datetime | None) -> None:
         self.cur.execute(
-            "UPDATE deadlines SET status = %s, fired_at = %s WHERE deadline_id = %s", (status, fired_at, deadline_id)
+            "UPDATE deadlines SET status = %s, fired_at = %s WHERE deadline_id = %s",
+            (status, fired_at, deadline_id),
         )
 
 
@@ -871,11 +883,15 @@ class PostgresStore(Store):
         # The head a follower may read up to: in the statement that computes the bound, the
         # highest position at most B that this statement's snapshot sees (maybe lower than
         # what a later statement sees below B, never higher).
-        self.head_sql = f"(SELECT coalesce(max(global_position), 0) FROM events WHERE global_position <= {bound})"
+        self.head_sql = (
+            f"(SELECT coalesce(max(global_position), 0) FROM events WHERE global_position <= {bound})"
+        )
         self.stream_tag = _lock_key(f"cqrsctl.stream.{self.schema}")
         self.outbox_lock = _lock_key(f"cqrsctl.outbox.{self.schema}")
         self.channel = f"cqrsctl_{self.schema}"[:63]
-        self.notify_sql = f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
+        self.notify_sql = (
+            f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
+        )
         self._check_connect(connect_timeout)
         self.pool = ConnectionPool(
             self.conninfo,
@@ -915,7 +931,9 @@ class PostgresStore(Store):
         return conn
 
     @contextmanager
-    def transaction(self, *, appending: bool = False, deferred: bool = False) -> Iterator[PostgresTransaction]:
+    def transaction(
+        self, *, appending: bool = False, deferred: bool = False
+    ) -> Iterator[PostgresTransaction]:
         try:
             with self.pool.connection() as conn:
                 # BEGIN and the registration in one round trip (the simple query protocol,
@@ -1112,9 +1130,7 @@ _RM_TYPES = {
     "timestamp": "timestamptz",
 }
 
-_CP_COLUMNS = (
-    "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
-)
+_CP_COLUMNS = "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
 _CP_SELECT = f"SELECT {_CP_COLUMNS}, owner IS NOT NULL AND lease_until > clock_timestamp() FROM checkpoints"
 
 # `:name` parameters (not `::type` casts) -> psycopg's `%(name)s`.
@@ -1316,7 +1332,8 @@ class PostgresTracking(Tracking):
             chunk = keys[i : i + 1000]
             if len(table.key) == 1:
                 self.cur.execute(
-                    f"SELECT {cols} FROM {_q(name)} WHERE {_q(table.key[0])} = ANY(%s)", ([k[0] for k in chunk],)
+                    f"SELECT {cols} FROM {_q(name)} WHERE {_q(table.key[0])} = ANY(%s)",
+                    ([k[0] for k in chunk],),
                 )
             else:
                 self.cur.execute(
@@ -1333,7 +1350,9 @@ class PostgresTracking(Tracking):
         kinds = [table.columns[c] for c in names]
         values = table.value_columns
         conflict = (
-            "DO UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in values) if values else "DO NOTHING"
+            "DO UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in values)
+            if values
+            else "DO NOTHING"
         )
         target = f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in names)})"
         on_conflict = f" ON CONFLICT ({', '.join(_q(c) for c in table.key)}) {conflict}"
@@ -1343,9 +1362,12 @@ class PostgresTracking(Tracking):
         if all(len({v.__class__ for v in col} - {type(None)}) <= 1 for col in columns):
             arrays = ", ".join(f"%s::{'text' if k == 'json' else _RM_TYPES[k]}[]" for k in kinds)
             aliases = [f"c{i}" for i in range(len(names))]
-            picked = ", ".join(f"u.{a}::jsonb" if k == "json" else f"u.{a}" for a, k in zip(aliases, kinds, strict=True))
+            picked = ", ".join(
+                f"u.{a}::jsonb" if k == "json" else f"u.{a}" for a, k in zip(aliases, kinds, strict=True)
+            )
             self.cur.execute(
-                f"{target} SELECT {picked} FROM unnest({arrays}) AS u({', '.join(aliases)}){on_conflict}", columns
+                f"{target} SELECT {picked} FROM unnest({arrays}) AS u({', '.join(aliases)}){on_conflict}",
+                columns,
             )
             return
         self.cur.executemany(
@@ -1357,7 +1379,8 @@ class PostgresTracking(Tracking):
         for i in range(0, len(keys), 1000):
             chunk = keys[i : i + 1000]
             self.cur.execute(
-                f"DELETE FROM {_q(name)} WHERE {self._where_keys(table, len(chunk))}", [v for k in chunk for v in k]
+                f"DELETE FROM {_q(name)} WHERE {self._where_keys(table, len(chunk))}",
+                [v for k in chunk for v in k],
             )
 
     def select(

@@ -341,7 +341,11 @@ class SQLiteTransaction(Transaction):
         return events
 
     def read_stream_data(
-        self, stream_id: str, from_version: int = 1, to_version: int | None = None, as_of: datetime | None = None
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
     ) -> list[FoldRow]:
         sql = (
             "SELECT global_position, stream_version, event_type, schema_version, data FROM events"
@@ -543,7 +547,11 @@ class SQLiteTransaction(Transaction):
         return [(r[0], r[1], r[2], r[3], _opt_ts(r[4])) for r in rows]
 
     def list_outbox(
-        self, status: str | None = None, topic: str | None = None, limit: int | None = None, key: str | None = None
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        limit: int | None = None,
+        key: str | None = None,
     ) -> list[OutboxMessage]:
         sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
         params: list[Any] = []
@@ -563,7 +571,9 @@ class SQLiteTransaction(Transaction):
     def get_outbox(self, ident: str) -> OutboxMessage | None:
         column = "seq" if ident.isdigit() else "message_id"
         value: Any = int(ident) if ident.isdigit() else ident
-        row = self.conn.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {column} = ?", (value,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {column} = ?", (value,)
+        ).fetchone()
         return None if row is None else _message(row)
 
     def requeue_outbox(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
@@ -587,7 +597,6 @@ class SQLiteTransaction(Transaction):
             " AND coalesce(delivered_at, created_at) < ?",
             (*statuses, _ts(before)),
         ).rowcount
-
 
     # -- the operations journal ----------------------------------------------------------
 
@@ -615,7 +624,9 @@ class SQLiteTransaction(Transaction):
         sql += " ORDER BY id LIMIT ?"
         params.append(-1 if limit is None else limit)
         return [
-            JournalEntry(r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], datetime.fromisoformat(r[1]), r[0])
+            JournalEntry(
+                r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], datetime.fromisoformat(r[1]), r[0]
+            )
             for r in self.conn.execute(sql, params)
         ]
 
@@ -975,7 +986,9 @@ class SQLiteStore(Store):
 
     def guards(self) -> dict[str, bool]:
         names = [
-            f"{table}_append_only_{op}" for table in ("events", "cqrsctl_journal") for op in ("update", "delete")
+            f"{table}_append_only_{op}"
+            for table in ("events", "cqrsctl_journal")
+            for op in ("update", "delete")
         ]
         present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         return {name: name in present for name in names}
@@ -1050,9 +1063,7 @@ _RM_TYPES = {
     "timestamp": "TEXT",
 }
 
-_CP_COLUMNS = (
-    "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
-)
+_CP_COLUMNS = "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
 
 
 def _q(name: str) -> str:
@@ -1257,7 +1268,9 @@ class SQLiteTracking(Tracking):
         self._writer()
         cols = ", ".join(f"{_q(c)} {_RM_TYPES[k]}" for c, k in table.columns.items())
         key = ", ".join(_q(c) for c in table.key)
-        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {_q(name)} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID")
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_q(name)} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID"
+        )
 
     def create_indexes(self, name: str, table: Table) -> None:
         self._writer()
@@ -1319,7 +1332,9 @@ class SQLiteTracking(Tracking):
         convert = [_rm_in(table.columns[c]) for c in names]
         values = table.value_columns
         conflict = (
-            "DO UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in values) if values else "DO NOTHING"
+            "DO UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in values)
+            if values
+            else "DO NOTHING"
         )
         self.conn.executemany(
             f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in names)}) VALUES ({','.join('?' * len(names))})"

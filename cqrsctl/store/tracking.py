@@ -86,7 +86,9 @@ class Table:
         for col, kind in self.columns.items():
             check_name(col, "column")
             if kind not in COLUMN_TYPES:
-                raise UsageError(f"column {col!r} has unknown type {kind!r} (use one of {', '.join(COLUMN_TYPES)})")
+                raise UsageError(
+                    f"column {col!r} has unknown type {kind!r} (use one of {', '.join(COLUMN_TYPES)})"
+                )
         if not self.key:
             raise UsageError("a read-model table needs a primary key")
         for col in [*self.key, *(c for ix in self.indexes for c in ix)]:

@@ -208,7 +208,13 @@ class Balances(Projection, name="balances", version=1):
 
     tables = {
         "balances": Table(
-            {"account_id": "text", "owner": "text", "balance": "decimal", "closed": "bool", "updated_position": "int"},
+            {
+                "account_id": "text",
+                "owner": "text",
+                "balance": "decimal",
+                "closed": "bool",
+                "updated_position": "int",
+            },
             key=["account_id"],
             indexes=[["owner"]],
         )
@@ -227,7 +233,9 @@ class Balances(Projection, name="balances", version=1):
         self._move(event, rm, -_amount(event))
 
     def on_AccountClosed(self, event: Any, rm: Any) -> None:
-        rm.update("balances", {"account_id": event.aggregate_id, "closed": True, "updated_position": event.position})
+        rm.update(
+            "balances", {"account_id": event.aggregate_id, "closed": True, "updated_position": event.position}
+        )
 
     def _move(self, event: Any, rm: Any, delta: Decimal) -> None:
         row = rm.edit("balances", account_id=event.aggregate_id)  # the row itself, changed in place
@@ -255,7 +263,9 @@ class DailyTotals(Projection, name="daily_totals", version=1):
         day = event.recorded_at.date().isoformat()
         row = rm.edit("daily_totals", day=day)
         if row is None:
-            rm.insert("daily_totals", {"day": day, "deposits": Decimal(0), "withdrawals": Decimal(0), "count": 0})
+            rm.insert(
+                "daily_totals", {"day": day, "deposits": Decimal(0), "withdrawals": Decimal(0), "count": 0}
+            )
             row = rm.edit("daily_totals", day=day)
         row[column] += _amount(event)
         row["count"] += 1

@@ -60,10 +60,15 @@ app.publish(Account, topic="bank.account.events", key=lambda e: e.stream_id.spli
 class Balances(Projection, name="balances", version=1):
     """One row per account: owner and balance."""
 
-    tables = {"balances": Table({"account_id": "text", "owner": "text", "balance": "decimal"}, key=["account_id"])}
+    tables = {
+        "balances": Table({"account_id": "text", "owner": "text", "balance": "decimal"}, key=["account_id"])
+    }
 
     def on_AccountOpened(self, event: Any, rm: Any) -> None:
-        rm.upsert("balances", {"account_id": event.aggregate_id, "owner": event.data["owner"], "balance": Decimal(0)})
+        rm.upsert(
+            "balances",
+            {"account_id": event.aggregate_id, "owner": event.data["owner"], "balance": Decimal(0)},
+        )
 
     def on_MoneyDeposited(self, event: Any, rm: Any) -> None:
         self._move(event, rm, Decimal(str(event.data["amount"])))

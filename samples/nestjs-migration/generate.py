@@ -72,7 +72,9 @@ def with_flaws(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def kafka_records(values: list[dict[str, Any]], prefix: str = "bank") -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+def kafka_records(
+    values: list[dict[str, Any]], prefix: str = "bank"
+) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
     """(topic, key, value, headers) per record, as the NestJS service produced them."""
     out = []
     for v in values:
@@ -123,7 +125,9 @@ def dynamodb_lines(values: list[dict[str, Any]], seed: int = 7) -> list[bytes]:
     return [orjson.dumps(i) for i in items]
 
 
-def produce(bootstrap: str, records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]], partitions: int = 3) -> None:
+def produce(
+    bootstrap: str, records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]], partitions: int = 3
+) -> None:
     from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -144,7 +148,9 @@ def produce(bootstrap: str, records: list[tuple[str, bytes, bytes, list[tuple[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="target", required=True)
     k = sub.add_parser("kafka", help="produce the history (with a duplicate and a gap) to a Kafka broker")
     k.add_argument("bootstrap", help="host:port of the broker")

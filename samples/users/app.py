@@ -211,7 +211,9 @@ class UserList(Projection, name="user_list", version=1):
         })  # fmt: skip
 
     def on_UserVerified(self, event: Any, rm: Any) -> None:
-        rm.update("user_list", {"user_id": event.aggregate_id, "active": True, "updated_position": event.position})
+        rm.update(
+            "user_list", {"user_id": event.aggregate_id, "active": True, "updated_position": event.position}
+        )
 
     def on_RoleChanged(self, event: Any, rm: Any) -> None:
         rm.update("user_list", {
