@@ -269,6 +269,14 @@ def test_outbox_peek_shows_what_a_sink_gets_and_claims_nothing(store_url: str) -
     by_key = cli("--db", store_url, "outbox", "peek", "--key", key, "--topic", rest[0]["topic"]).ok().jsonl()
     assert by_key == [m for m in rest if m["key"] == key and m["topic"] == rest[0]["topic"]][:10]
     assert cli("--db", store_url, "outbox", "peek", "--topic", "no-such-topic").ok().stdout == ""
+    # In another message format: what a sink with that ?format= gets.
+    for fmt in ("nestjs", "cloudevents", "eventbridge"):
+        peeked = cli("--db", store_url, "outbox", "peek", "-n", "3", "--message-format", fmt).ok().stdout
+        drained = cli(
+            "--db", store_url, "outbox", "drain", "--sink", f"stdout?format={fmt}", "--max", "1"
+        ).stdout
+        assert peeked.splitlines()[0] == drained.strip() and len(peeked.splitlines()) == 3
+    assert_error(cli("--db", store_url, "outbox", "peek", "--message-format", "nope"), 2, "nope")
 
 
 # -- doctor, dispatch --file ------------------------------------------------------------------------------

@@ -91,19 +91,27 @@ def peek(
     ctx: typer.Context,
     topic: str = typer.Option(None, "--topic", "-t", help="Only this topic."),
     key: str = typer.Option(None, "--key", "-k", help="Only messages with this key."),
-    limit: int = typer.Option(10, "--limit", "-n", min=1, help="At most this many messages."),
+    limit: int = typer.Option(10, "--limit", "-n", min=1, max=MAX_INT, help="At most this many messages."),
+    message_format: str = typer.Option(
+        None,
+        "--message-format",
+        help="Message format, as a sink's ?format= (cqrsctl, nestjs, cloudevents, eventbridge); default: the app's, else cqrsctl.",
+    ),
 ) -> None:
     """Print pending messages exactly as a sink receives them, in delivery order, claiming nothing.
 
-    One JSON object per line, as `outbox drain --sink stdout` writes them (unless --format
-    says otherwise). Peeking changes nothing: the messages stay pending.
+    One JSON object per line, as `outbox drain --sink 'stdout?format=…'` writes them (unless
+    --format says otherwise). Peeking changes nothing: the messages stay pending.
 
     Example: cqrsctl outbox peek --topic Account -n 3
     """
     rt = runtime(ctx)
     if not rt.output.json:
         rt.output.format = "jsonl"  # the sink's own form is the point of peeking
-    rt.output.records(service.peek(rt.store(), topic, key, limit))
+    if message_format is None:
+        app = rt.app(required=False)
+        message_format = app.outbox_format if app is not None else "cqrsctl"
+    rt.output.records(service.peek(rt.reading(), topic, key, limit, message_format))
 
 
 @outbox_app.command("show")

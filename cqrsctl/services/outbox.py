@@ -24,6 +24,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import DeliveryError, IncompleteError, NotFoundError, UsageError
 from ..sinks import Sink, SinkUnavailable
 from ..store import AppendResult, NewEvent, Store, StoredEvent, iso
@@ -559,14 +561,25 @@ def list_messages(
 
 
 def peek(
-    store: Store, topic: str | None = None, key: str | None = None, limit: int | None = 10
+    store: Store,
+    topic: str | None = None,
+    key: str | None = None,
+    limit: int | None = 10,
+    format: str = "cqrsctl",
 ) -> list[dict[str, Any]]:
-    """Pending messages in delivery order, as the stdout/file sinks would write them; nothing is
-    claimed or changed (`drain` would also wait for a message's next attempt time)."""
+    """Pending messages in delivery order, as the stdout/file sinks would write them in message
+    `format`; nothing is claimed or changed (`drain` would also wait for a message's next
+    attempt time)."""
+    from ..sinks.formats import Formatter
     from ..sinks.stream import wire_form
 
+    # The stream sinks' rule: the cqrsctl form is the whole message, any other the encoded body.
+    formatter = None if format == "cqrsctl" else Formatter(format, {}, "stdout", None)
     with store.reader() as tx:
-        return [wire_form(m) for m in tx.list_outbox("pending", topic, limit, key=key)]
+        messages = tx.list_outbox("pending", topic, limit, key=key)
+    if formatter is None:
+        return [wire_form(m) for m in messages]
+    return [orjson.loads(formatter.encode(m).body) for m in messages]
 
 
 def show(store: Store, ident: str) -> OutboxMessage:
