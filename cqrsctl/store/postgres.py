@@ -287,6 +287,20 @@ _SAGA_COLUMNS = (
 _DEADLINE_COLUMNS = "deadline_id, saga_id, name, due_at, payload, status, fired_at"
 
 
+def _stream_range(
+    stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
+    where, params = "stream_id = %s AND stream_version >= %s", [stream_id, from_version]
+    if to_version is not None:
+        where += " AND stream_version <= %s"
+        params.append(to_version)
+    if as_of is not None:
+        where += " AND recorded_at <= %s"
+        params.append(as_of)
+    return where, params
+
+
 class PostgresTransaction(Transaction):
     def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, registered: bool = False) -> None:
         self.conn = conn
@@ -433,15 +447,8 @@ class PostgresTransaction(Transaction):
         limit: int | None = None,
         as_of: datetime | None = None,
     ) -> list[StoredEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = %s AND stream_version >= %s"
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            query += " AND stream_version <= %s"
-            params.append(to_version)
-        if as_of is not None:
-            query += " AND recorded_at <= %s"
-            params.append(as_of)
-        query += " ORDER BY stream_version"
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
@@ -455,18 +462,12 @@ class PostgresTransaction(Transaction):
         to_version: int | None = None,
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
-        query = (
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        self.cur.execute(
             "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
-            " WHERE stream_id = %s AND stream_version >= %s"
+            f" WHERE {where} ORDER BY stream_version",
+            params,
         )
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            query += " AND stream_version <= %s"
-            params.append(to_version)
-        if as_of is not None:
-            query += " AND recorded_at <= %s"
-            params.append(as_of)
-        self.cur.execute(query + " ORDER BY stream_version", params)
         return self.cur.fetchall()
 
     def processed_command(self, command_id: str) -> dict[str, Any] | None:

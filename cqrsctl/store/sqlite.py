@@ -236,6 +236,20 @@ def _deadline(r: tuple[Any, ...]) -> Deadline:
     )  # fmt: skip
 
 
+def _stream_range(
+    stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
+    where, params = "stream_id = ? AND stream_version >= ?", [stream_id, from_version]
+    if to_version is not None:
+        where += " AND stream_version <= ?"
+        params.append(to_version)
+    if as_of is not None:
+        where += " AND recorded_at <= ?"
+        params.append(_ts(as_of))
+    return where, params
+
+
 class SQLiteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection, outer: _WriteTransaction | None = None) -> None:
         self.conn, self.outer = conn, outer
@@ -320,15 +334,8 @@ class SQLiteTransaction(Transaction):
         limit: int | None = None,
         as_of: datetime | None = None,
     ) -> list[StoredEvent]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ?"
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql += " AND stream_version <= ?"
-            params.append(to_version)
-        if as_of is not None:
-            sql += " AND recorded_at <= ?"
-            params.append(_ts(as_of))
-        sql += " ORDER BY stream_version"
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -347,18 +354,9 @@ class SQLiteTransaction(Transaction):
         to_version: int | None = None,
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
-        sql = (
-            "SELECT global_position, stream_version, event_type, schema_version, data FROM events"
-            " WHERE stream_id = ? AND stream_version >= ?"
-        )
-        params: list[Any] = [stream_id, from_version]
-        if to_version is not None:
-            sql += " AND stream_version <= ?"
-            params.append(to_version)
-        if as_of is not None:
-            sql += " AND recorded_at <= ?"
-            params.append(_ts(as_of))
-        rows = self.conn.execute(sql + " ORDER BY stream_version", params).fetchall()
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        sql = "SELECT global_position, stream_version, event_type, schema_version, data FROM events WHERE "
+        rows = self.conn.execute(sql + where + " ORDER BY stream_version", params).fetchall()
         if to_version is None and as_of is None:
             if rows:
                 self._known[stream_id] = rows[-1][1]
