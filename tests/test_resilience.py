@@ -281,7 +281,7 @@ def test_deadline_fires_only_after_the_backlog_before_it(store: Store) -> None:
         d.dispatch("VerifyUser", {"user_id": u})
     later = t0 + timedelta(hours=25)
     Daemon(store, app, [SagaWorker(clock=lambda: later)]).run(once=True)
-    views = [show_saga(store, app, f"Verification-User-{u}") for u in users]
+    views = [show_saga(store, f"Verification-User-{u}") for u in users]
     assert [v["status"] for v in views] == ["completed"] * 5
     # The awaited event cancelled each deadline: none timed out first.
     assert [v["deadlines"][0]["status"] for v in views] == ["cancelled"] * 5

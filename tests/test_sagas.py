@@ -130,14 +130,14 @@ def test_verification_saga_deadline_fires_once_across_restarts(store_url: str) -
         d.dispatch("RegisterUser", {"user_id": "U2", "email": "two@example.org", "name": "Two"})
         t0 = datetime.now(UTC)
         SagaRunner(app, store, clock=lambda: t0).run_once()
-        view = show_saga(store, app, "Verification-User-U1")
+        view = show_saga(store, "Verification-User-U1")
         assert view["status"] == "in_progress" and view["steps"][1]["status"] == "waiting"
         assert [x["status"] for x in view["deadlines"]] == ["pending"]
 
         d.dispatch("VerifyUser", {"user_id": "U1"})
         SagaRunner(app, store, clock=lambda: t0 + timedelta(minutes=5)).run_once()
-        assert show_saga(store, app, "Verification-User-U1")["status"] == "completed"
-        assert show_saga(store, app, "Verification-User-U1")["deadlines"][0]["status"] == "cancelled"
+        assert show_saga(store, "Verification-User-U1")["status"] == "completed"
+        assert show_saga(store, "Verification-User-U1")["deadlines"][0]["status"] == "cancelled"
         assert replay(store, app, "User-U1").state["activated"] is True
 
         # Before the deadline nothing fires; after it, exactly once however often runners restart.
@@ -148,7 +148,7 @@ def test_verification_saga_deadline_fires_once_across_restarts(store_url: str) -
         types = [e.event_type for e in store.read_stream("User-U2")]
         assert types.count("VerificationReminderSent") == 1
         assert "VerificationReminderSent" not in [e.event_type for e in store.read_stream("User-U1")]
-        assert show_saga(store, app, "Verification-User-U2")["status"] == "in_progress"
+        assert show_saga(store, "Verification-User-U2")["status"] == "in_progress"
     finally:
         store.close()
     human = ok(run_cli(store_url, USERS, "sagas", "show", "Verification-User-U1")).stdout
@@ -234,7 +234,7 @@ def test_failed_compensation_is_visible_and_retryable(store: Store) -> None:
     REFUSE_UNDO["on"] = True
     report = runner.run_once()
     assert report.failed == 1
-    view = show_saga(store, flaky, "Booking-Order-1")
+    view = show_saga(store, "Booking-Order-1")
     assert view["status"] == "failed"
     assert "frozen" in view["error_message"] and view["compensation_actions"][-1]["status"] == "failed"
     assert [s.saga_id for s in list_sagas(store, status="failed")] == ["Booking-Order-1"]

@@ -146,16 +146,21 @@ def replay(
     raw: bool = typer.Option(
         False, "--raw", help="With --events: show the events as stored, not as upcast by the app."
     ),
+    generic: bool = typer.Option(
+        False, "--generic", help="Merge the events' data as stored, without importing the app."
+    ),
 ) -> None:
     """Fold a stream into its aggregate and print the state.
+
+    Without an app, or with --generic, the state is a merge of the events' data as stored.
 
     Example: cqrsctl --app samples/bank/app.py replay --aggregate Account-A-0001 --at-version 3
     """
     rt = runtime(ctx)
-    app = rt.app(required=False)
+    app = None if generic else rt.app(required=False)
     store = rt.reading()
     when = _timestamp(as_of) if as_of else None
-    if app is None or app.aggregate_for(aggregate) is None:
+    if not generic and (app is None or app.aggregate_for(aggregate) is None):
         rt.output.say("note: no app aggregate for this stream; showing a generic fold (merge of event data)")
     if diff:
         lo, hi = replay_service.parse_range(diff)

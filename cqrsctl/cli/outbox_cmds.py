@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import typer
 
@@ -270,7 +271,8 @@ def drain(
     if send_timeout < 0.1:
         raise UsageError("--send-timeout must be at least 0.1s")
     store = rt.store()
-    app = rt.app(required=False)  # its `outbox_format` is the default message format
+    # The app's `outbox_format` is the default message format: not needed when the URL names one.
+    app = None if "format" in parse_qs(urlsplit(sink_url).query) else rt.app(required=False)
     sink = open_sink(sink_url, timeout=send_timeout, format=app.outbox_format if app else None)
     policy = service.Backoff(backoff, backoff_max)
     total = None

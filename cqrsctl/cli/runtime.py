@@ -264,6 +264,9 @@ class Runtime:
         return store
 
     def app(self, required: bool = True) -> Any:
+        """The app, imported on first use. Commands call this only when their result depends
+        on the app's code (docs/guards.md, "Reading never writes"); `required=False` returns
+        None when no app is named."""
         if self._app is None and (self.settings.app or required):
             from ..loader import load_app
 
@@ -271,6 +274,14 @@ class Runtime:
                 raise UsageError("no app given: use --app module:attr, CQRSCTL_APP or `app` in cqrsctl.toml")
             self._app = load_app(self.settings.app)
         return self._app
+
+    def named_app(self) -> Any:
+        """The app when it is named for this run (`--app` or CQRSCTL_APP), else None: for
+        the commands that report on the store (doctor, top), which must not run the code a
+        cqrsctl.toml in whatever directory they are started from points at."""
+        if self.settings.source.get("app", "").startswith("config"):
+            return None
+        return self.app(required=False)
 
     def scrub(self, message: str) -> str:
         return scrub_urls(message, self.settings.db)

@@ -40,7 +40,7 @@ def sagas_list(
     rt = runtime(ctx)
     records = rt.output.page(saga_service.list_sagas(rt.reading(), status, saga_type, limit + 1), limit)
     if rt.output.json:
-        rt.output.records(saga_service.saga_view(r, None, []) for r in records)
+        rt.output.records(saga_service.saga_view(r, []) for r in records)
         return
     rt.output.table(
         ("saga", "type", "status", "step", "updated", "error"),
@@ -67,7 +67,7 @@ def sagas_show(
     Example: cqrsctl sagas show TransferSaga-Transfer-T-1 --json
     """
     rt = runtime(ctx)
-    view = saga_service.show_saga(rt.reading(), rt.app(required=False), saga_id)
+    view = saga_service.show_saga(rt.reading(), saga_id)
     if rt.output.json:
         rt.output.data(view)
         return
@@ -157,7 +157,7 @@ def sagas_retry(ctx: typer.Context, saga_id: str = typer.Argument(..., help="Id 
     rt = runtime(ctx)
     record = saga_service.SagaRunner(rt.app(), rt.store()).retry(saga_id, actor=rt.actor)
     if rt.output.json:
-        rt.output.data(saga_service.saga_view(record, None, []))
+        rt.output.data(saga_service.saga_view(record, []))
     else:
         rt.output.say(f"{record.saga_id} is now {record.status}")
 

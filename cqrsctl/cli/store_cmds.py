@@ -81,7 +81,10 @@ def append(
     Example: cqrsctl append Audit-1 NoteAdded --data '{"text": "checked"}' --expected-version no-stream
     """
     rt = runtime(ctx)
-    app = rt.app(required=False)
+    # Unchecked, the app is needed only for the default schema version of a single event.
+    app: Any = (
+        None if unchecked and (file is not None or schema_version is not None) else rt.app(required=False)
+    )
     check = app is not None and not unchecked
     if file is not None:
         if stream or event_type or data:
@@ -387,14 +390,14 @@ def doctor(
     """Check connectivity, schema, counts, projections and daemons; exit 10 when unhealthy.
 
     The report is printed in every case, a failed connection included; exit 7 only when the
-    URL names no supported database.
+    URL names no supported database. Projections are checked from their checkpoints; with
+    --app (or CQRSCTL_APP) also against the app's code (stale versions, never run). An app
+    named only in cqrsctl.toml is not imported.
 
     Example: cqrsctl doctor --json
     """
     rt = runtime(ctx)
-    report = doctor_service.examine(
-        rt.settings.db, lambda: rt.store(read_only=True), rt.app(required=False), max_lag
-    )
+    report = doctor_service.examine(rt.settings.db, lambda: rt.store(read_only=True), rt.named_app(), max_lag)
     if rt.output.json:
         rt.output.data(report)
     else:

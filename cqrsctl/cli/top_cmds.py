@@ -99,14 +99,16 @@ def top(
 
     Cheap on a busy store: each refresh reads positions, checkpoints, heartbeats and the
     outbox backlog through indexes; rates come from the difference between refreshes.
-    With --once (and --format json for scripts) it prints one view and exits.
+    With --once (and --format json for scripts) it prints one view and exits. Projections
+    are shown from their checkpoints, or with --app (or CQRSCTL_APP) as the app declares
+    them; an app named only in cqrsctl.toml is not imported.
 
     Example: cqrsctl --app samples/bank/app.py top --once --format json
     """
     rt = runtime(ctx)
     if interval <= 0:
         raise typer.BadParameter("--interval must be more than 0")
-    monitor = Monitor(rt.store(migrate=False), rt.app(required=False))
+    monitor = Monitor(rt.store(migrate=False), rt.named_app())
     source = rt.store().backend
     if once:
         monitor.refresh()

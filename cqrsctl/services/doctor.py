@@ -94,8 +94,47 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
     from .projections import doctor_checks
 
     doctor_checks(store, app, report, max_lag)
+    if app is None:
+        _checkpoint_checks(store, report, max_lag)
     _saga_checks(store, report)
     return report
+
+
+def _checkpoint_checks(store: Store, report: Report, max_lag: int | None) -> None:
+    """Without the app, the projections its checkpoints name: unhealthy when one is failed
+    or (with `max_lag`) behind. Versions against the code, and projections that never ran,
+    need the app's declarations."""
+    from .sagas import POSITION as SAGA_POSITION
+
+    with store.reader() as tx:
+        head = tx.tracking.head()
+        # Projection checkpoints: not the saga runner's, and no colon (daemon:…, rebuild:…).
+        rows = [cp for cp in tx.tracking.checkpoints() if ":" not in cp.name and cp.name != SAGA_POSITION]
+    if not rows:
+        return
+    bad = []
+    for cp in rows:
+        lag = max(head - cp.position, 0)
+        if cp.status == "failed":
+            bad.append(f"{cp.name} failed at position {cp.error_position}")
+        elif max_lag is not None and lag > max_lag:
+            bad.append(f"{cp.name} is {lag} events behind (max {max_lag})")
+    lagging = max(head - cp.position for cp in rows)
+    detail = f"{len(rows)} ok, largest lag {max(lagging, 0)} events (from their checkpoints, without the app)"
+    report.checks.append(Check("projections", not bad, "; ".join(bad) or detail))
+    report.details["projections"] = [
+        {
+            "projection": cp.name,
+            "state": "failed"
+            if cp.status == "failed"
+            else ("running" if cp.owner and cp.lease_valid else "idle"),
+            "position": cp.position,
+            "lag": max(head - cp.position, 0),
+            "lag seconds": None,
+            "error": cp.error,
+        }
+        for cp in rows
+    ]
 
 
 def _saga_checks(store: Store, report: Report) -> None:

@@ -43,6 +43,7 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
     """One look. `finished_sagas`: counts of finished sagas to reuse instead of counting them."""
     from .daemon import DaemonInfo
     from .projections import status as projection_status
+    from .sagas import POSITION as SAGA_POSITION
 
     with store.reader() as tx:
         tr = tx.tracking
@@ -93,7 +94,9 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
                 "owner": cp.owner if cp.lease_valid else None,
             }
             for cp in checkpoints
-            if not cp.name.startswith((DAEMON_PREFIX, REBUILD_PREFIX)) and ":" not in cp.name
+            if not cp.name.startswith((DAEMON_PREFIX, REBUILD_PREFIX))
+            and ":" not in cp.name
+            and cp.name != SAGA_POSITION
         ]
     outbox = {
         "pending": pending,

@@ -346,7 +346,7 @@ def _snake_keys(value: Any) -> Any:
     return value
 
 
-def saga_view(record: SagaRecord, spec: SagaSpec | None, deadlines: list[Deadline]) -> dict[str, Any]:
+def saga_view(record: SagaRecord, deadlines: list[Deadline]) -> dict[str, Any]:
     """The inspection shape (snake_case; `state` is the saga's own data, as stored)."""
     view: dict[str, Any] = {
         "saga_id": record.saga_id,
@@ -380,14 +380,14 @@ def list_sagas(
         return tx.list_sagas(status, saga_type, limit)
 
 
-def show_saga(store: Store, app: App | None, saga_id: str) -> dict[str, Any]:
+def show_saga(store: Store, saga_id: str) -> dict[str, Any]:
+    """One saga as stored, with its deadlines (everything is in the store: no app needed)."""
     with store.reader() as tx:
         record = tx.get_saga(saga_id)
         if record is None:
             raise NotFoundError(f"saga {saga_id!r} not found")
         deadlines = tx.saga_deadlines(saga_id)
-    spec = app.sagas.get(record.saga_type) if app else None
-    return saga_view(record, spec, deadlines)
+    return saga_view(record, deadlines)
 
 
 def saga_counts(store: Store) -> dict[str, int]:
