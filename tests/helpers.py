@@ -8,8 +8,11 @@ of the calling environment never leak in: a test passes exactly the ones it mean
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,3 +149,35 @@ def rolled_back(store: Store) -> Iterator[Transaction]:
             raise _Rollback
     except _Rollback:
         pass
+
+
+def at_a_terminal(args: list[str], answer: bytes = b"", timeout: float = 60) -> tuple[int, str]:
+    """Run `python -m cqrsctl ARGS` with stdin, stdout and stderr on a pseudo-terminal,
+    answering `answer` to its question; returns (exit code, everything it printed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command(*args), stdin=slave, stdout=slave, stderr=slave, env=subprocess_env())
+    os.close(slave)
+    out, answered = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal: it has ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if answer and not answered and b"[y/N]" in out:
+                    os.write(master, answer)
+                    answered = True
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return code, out.decode(errors="replace")

@@ -17,7 +17,17 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import BANK_APP, BANK_COMMANDS, ROOT, assert_error, cli, command, run, subprocess_env
+from helpers import (
+    BANK_APP,
+    BANK_COMMANDS,
+    ROOT,
+    assert_error,
+    at_a_terminal,
+    cli,
+    command,
+    run,
+    subprocess_env,
+)
 
 import cqrsctl
 
@@ -229,6 +239,21 @@ def test_events_from_start_end_and_position(store_url: str) -> None:
     assert cli("--db", store_url, "events", "--from", str(third), "--json").ok().jsonl() == everything[3:]
     assert_error(cli("--db", store_url, "events", "--from", "middle"), 2, "start, end")
     assert_error(cli("--db", store_url, "events", "--from", "end", "--from-position", "3"), 2, "not both")
+
+
+def test_more_hint_follows_the_table_at_a_terminal_only(store_url: str) -> None:
+    cli("--db", store_url, "append", "hint-1", "Noted", "--data", "{}").ok()
+    cli("--db", store_url, "append", "hint-2", "Noted", "--data", "{}").ok()
+    cli("--db", store_url, "append", "hint-3", "Noted", "--data", "{}").ok()
+    code, out = at_a_terminal(["--db", store_url, "events", "--limit", "2"])
+    assert code == 0, out
+    hint = out.index("… more than 2; use --limit to see more")
+    assert "hint-1" in out[:hint] and "hint-2" in out[:hint] and "hint-3" not in out, out
+    assert out[hint:].strip() == "… more than 2; use --limit to see more", out  # below the table
+    code, out = at_a_terminal(["--db", store_url, "events", "--limit", "3"])
+    assert code == 0 and "more than" not in out and "hint-3" in out, out
+    piped = cli("--db", store_url, "events", "--limit", "2").ok()  # off a terminal: rows only
+    assert "more than" not in piped.stderr + piped.stdout and "hint-2" in piped.stdout
 
 
 def test_events_follow_from_end_prints_only_new_events(store_url: str) -> None:

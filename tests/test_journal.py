@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BANK_APP, BANK_COMMANDS, assert_error, cli
+from helpers import BANK_APP, BANK_COMMANDS, assert_error, at_a_terminal, cli
 from outbox_support import fill
 from projection_support import app, append_random, oracle_totals, table_totals
 
@@ -208,58 +208,18 @@ def test_reset_dry_run_says_what_it_would_drop(store_url: str) -> None:
     assert status["position"] == plan["position"] > 0
 
 
-def _at_a_terminal(args: list[str], answer: bytes, timeout: float = 60) -> tuple[int, str]:
-    """Run `python -m cqrsctl ARGS` with stdin, stdout and stderr on a pseudo-terminal,
-    answering `answer` to its question; returns (exit code, everything it printed)."""
-    import os
-    import pty
-    import select
-    import subprocess
-    import time
-
-    from helpers import command, subprocess_env
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(command(*args), stdin=slave, stdout=slave, stderr=slave, env=subprocess_env())
-    os.close(slave)
-    out, answered = b"", False
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the child closed the terminal: it has ended
-                    break
-                if not chunk:
-                    break
-                out += chunk
-                if not answered and b"[y/N]" in out:
-                    os.write(master, answer)
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    return code, out.decode(errors="replace")
-
-
 def test_destructive_commands_ask_at_a_terminal_and_no_changes_nothing(store_url: str) -> None:
     base = ["--db", store_url, "--app", BANK_APP]
     cli(*base, "dispatch", "--file", str(BANK_COMMANDS)).ok()
     cli(*base, "projections", "rebuild", "balances").ok()
     with open_store(store_url) as store:
         before = [e.to_dict() for e in journal.entries(store)]
-    code, out = _at_a_terminal([*base, "projections", "reset", "balances"], b"n\n")
+    code, out = at_a_terminal([*base, "projections", "reset", "balances"], b"n\n")
     assert code == 16 and "Reset balances: drop balances (" in out and "nothing changed" in out, out
     with open_store(store_url) as store:
         assert [e.to_dict() for e in journal.entries(store)] == before
         assert P.status(store, app_of_bank())[0].position > 0
-    code, out = _at_a_terminal([*base, "projections", "reset", "balances"], b"y\n")
+    code, out = at_a_terminal([*base, "projections", "reset", "balances"], b"y\n")
     assert code == 0, out
     with open_store(store_url) as store:
         assert journal.entries(store)[-1].kind == "projections reset"

@@ -126,6 +126,7 @@ class Output:
         if not self.out.is_terminal:
             self.out = Console(soft_wrap=False, width=_UNBOUNDED)
         self.err = Console(stderr=True)
+        self._more: str | None = None  # the "more than N" hint, said after the table it belongs to
 
     @property
     def json(self) -> bool:
@@ -179,12 +180,12 @@ class Output:
             sys.stdout.flush()
 
     def page(self, items: Sequence[Any], limit: int | None) -> Sequence[Any]:
-        """`items` were read with `limit + 1`: return the first `limit`, and on a terminal say
-        when more exist (never counted: a count of a busy events table is a scan)."""
+        """`items` were read with `limit + 1`: return the first `limit`, and on a terminal say,
+        below the table, when more exist (never counted: a count of a busy events table is a scan)."""
         if limit is None or len(items) <= limit:
             return items
         if not self.json and not self.quiet and self.out.is_terminal:
-            self.err.print(f"… more than {limit:,}; use --limit to see more", highlight=False, markup=False)
+            self._more = f"… more than {limit:,}; use --limit to see more"
         return items[:limit]
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
@@ -198,6 +199,10 @@ class Output:
                 )
             )
         self.out.print(table)
+        if self._more is not None:
+            self.out.file.flush()
+            self.err.print(self._more, highlight=False, markup=False)
+            self._more = None
 
     def fields(self, pairs: Iterable[tuple[str, Any]], title: str | None = None) -> None:
         self.table(("field", "value"), pairs, title)
