@@ -256,7 +256,7 @@ def test_state_with_snapshots_equals_state_without(store: Store, ops: list[tuple
             model["version"],
         )
         with store.reader() as tx:
-            snap = tx.load_snapshot(stream)
+            snap = tx.snapshots.load(stream)
         if model["version"] >= EVERY:
             assert snap is not None and snap.version == model["version"] // EVERY * EVERY
             # Every version replays the same from a snapshot (when usable) as from the start.
@@ -409,7 +409,7 @@ def test_as_of_replays_the_past_even_with_a_newer_snapshot(store: Store) -> None
     for _ in range(4):
         d.dispatch("Deposit", {"account_id": "T-1", "amount": "1"})
     with store.reader() as tx:
-        assert tx.load_snapshot("Account-T-1") is not None
+        assert tx.snapshots.load("Account-T-1") is not None
     past = replay(store, snap_app, "Account-T-1", as_of=moment)
     assert (past.version, past.state["balance"]) == (2, "10")
     assert replay(store, snap_app, "Account-T-1").state["balance"] == "14"

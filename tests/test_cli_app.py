@@ -114,10 +114,10 @@ def test_replay_diff(account: str) -> None:
 def test_replay_uses_a_snapshot_unless_told_not_to(account: str) -> None:
     bank(account, "snapshots", "take", "Account-A-1").ok()
     with open_store(account) as store, store.transaction() as tx:
-        real = tx.load_snapshot("Account-A-1")
+        real = tx.snapshots.load("Account-A-1")
         assert real is not None and real.version == 4
         # A snapshot is a cache; plant a wrong one to see which path a replay takes.
-        tx.save_snapshot(
+        tx.snapshots.save(
             Snapshot(
                 "Account-A-1",
                 "Account",
@@ -137,7 +137,7 @@ def test_replay_uses_a_snapshot_unless_told_not_to(account: str) -> None:
 
 def test_replay_ignores_a_snapshot_of_another_aggregate_schema(account: str) -> None:
     with open_store(account) as store, store.transaction() as tx:
-        tx.save_snapshot(
+        tx.snapshots.save(
             Snapshot(
                 "Account-A-1", "Account", 4, "0:oldshape", {"balance": "999", "gone": 1}, datetime.now(UTC)
             )

@@ -66,10 +66,10 @@ def fail_saga_and_projection(url: str) -> None:
     with open_store(url) as store:
         store.append("Audit-1", [NewEvent("NoteAdded", {"text": "to fail on"})])
         with store.transaction() as tx:
-            record = tx.get_saga("TransferSaga-Transfer-T9")
+            record = tx.sagas.get("TransferSaga-Transfer-T9")
             assert record is not None
             record.status, record.error_message = "failed", "step credit_destination failed: example"
-            tx.save_saga(record)
+            tx.sagas.save(record)
         with store.transaction() as tx:
             cp = tx.tracking.get("balances", lock=True)
             assert cp is not None

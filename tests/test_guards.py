@@ -109,7 +109,7 @@ def test_the_database_refuses_to_change_or_delete_stored_events(store: Store, st
         tx.tracking.execute(statement)
     assert [e.to_dict() for e in store.iter_all()] == before
     with store.reader() as tx:
-        assert len(tx.list_journal()) == 1  # the init of the fixture's migration
+        assert len(tx.journal.select()) == 1  # the init of the fixture's migration
 
 
 def test_postgres_refuses_truncate_of_events(store: Store) -> None:

@@ -122,19 +122,19 @@ def test_claims_are_exclusive_and_keep_order_per_key(store: Store) -> None:
     clock = Clock()
     now, until = clock(), clock() + timedelta(seconds=60)
     with store.transaction() as tx:
-        first = tx.claim_outbox("A", 2, now, until)
+        first = tx.outbox.claim("A", 2, now, until)
     assert [(m.key, m.payload["stream_version"]) for m in first] == [("Acct-a0", 1), ("Acct-a1", 1)]
     with store.transaction() as tx:
         # a0 and a1 each have an earlier message leased to A: nothing else may go out yet.
-        assert tx.claim_outbox("B", 10, now, until) == []
+        assert tx.outbox.claim("B", 10, now, until) == []
     with store.transaction() as tx:
-        tx.mark_delivered([first[0].seq], now)
-        second = tx.claim_outbox("B", 10, now, now + timedelta(hours=1))
+        tx.outbox.mark_delivered([first[0].seq], now)
+        second = tx.outbox.claim("B", 10, now, now + timedelta(hours=1))
     assert [(m.key, m.payload["stream_version"]) for m in second] == [("Acct-a0", 2), ("Acct-a0", 3)]
     # A's lease runs out: its undelivered message goes to whoever claims next.
     clock.advance(61)
     with store.transaction() as tx:
-        third = tx.claim_outbox("C", 10, clock(), clock() + timedelta(seconds=60))
+        third = tx.outbox.claim("C", 10, clock(), clock() + timedelta(seconds=60))
     assert [m.seq for m in third][:1] == [first[1].seq]
     assert {m.seq for m in third}.isdisjoint(m.seq for m in second)
 
@@ -148,7 +148,7 @@ def test_leases_of_a_crashed_run_are_freed(store: Store) -> None:
     dead_owner = f"outbox:{socket.gethostname()}:{proc.pid}:abc"
     now = datetime.now(UTC)
     with store.transaction() as tx:
-        assert len(tx.claim_outbox(dead_owner, 10, now, now + timedelta(hours=1))) == 1
+        assert len(tx.outbox.claim(dead_owner, 10, now, now + timedelta(hours=1))) == 1
     report = outbox.drain(store, open_sink("stdout"), owner="outbox:elsewhere:1:x")
     assert report.delivered == 1
 
@@ -345,7 +345,7 @@ def test_parallel_drains_deliver_each_message_once(store: Store, store_url: str,
         # start, so they queue on it and begin together rather than one after another.
         with rolled_back(store) as tx:
             now = datetime.now(UTC)
-            tx.claim_outbox("gate", 1, now, now)
+            tx.outbox.claim("gate", 1, now, now)
             procs = [subprocess.Popen(drain_cmd(store_url, f"file://{p}", "--batch", "10")) for p in paths]
             time.sleep(3)
         for p in procs:

@@ -243,7 +243,7 @@ class PausingSink(Sink):
             self.clock.now += timedelta(seconds=self.lease + 1)
             now = self.clock.now
             with self.store.transaction() as tx:
-                tx.claim_outbox("outbox:elsewhere:1:other", 100, now, now + timedelta(seconds=60))
+                tx.outbox.claim("outbox:elsewhere:1:other", 100, now, now + timedelta(seconds=60))
         return [None] * len(messages)
 
 
@@ -271,12 +271,12 @@ def test_a_delivery_record_is_fenced_by_the_lease_holder(store: Store) -> None:
     fill(store, accounts=1, deposits=0)
     now = datetime.now(UTC)
     with store.transaction() as tx:
-        (m,) = tx.claim_outbox("A", 10, now, now + timedelta(seconds=1))
+        (m,) = tx.outbox.claim("A", 10, now, now + timedelta(seconds=1))
     later = now + timedelta(seconds=5)
     with store.transaction() as tx:
-        assert [x.seq for x in tx.claim_outbox("B", 10, later, later + timedelta(seconds=60))] == [m.seq]
-        assert tx.mark_delivered([m.seq], later, "A") == 0  # A's lease ran out: its record is refused
-        assert tx.mark_delivered([m.seq], later, "B") == 1
+        assert [x.seq for x in tx.outbox.claim("B", 10, later, later + timedelta(seconds=60))] == [m.seq]
+        assert tx.outbox.mark_delivered([m.seq], later, "A") == 0  # A's lease ran out: its record is refused
+        assert tx.outbox.mark_delivered([m.seq], later, "B") == 1
     assert outbox.status(store).counts["delivered"] == 1
 
 
@@ -292,7 +292,7 @@ def test_claims_of_a_dead_run_are_freed_even_when_the_claim_comes_back_full(
     dead = f"outbox:{socket.gethostname()}:{proc.pid}:dead"
     now = datetime.now(UTC)
     with store.transaction() as tx:
-        assert len(tx.claim_outbox(dead, 5, now, now + timedelta(hours=1))) == 5
+        assert len(tx.outbox.claim(dead, 5, now, now + timedelta(hours=1))) == 5
     # Other keys fill a whole batch; before, the dead run's keys waited out its lease.
     report = outbox.drain(store, open_sink(f"file://{tmp_path / 'o.jsonl'}"), max_messages=10, batch=10)
     assert report.delivered == 10
@@ -338,7 +338,7 @@ def test_max_bounds_deliveries_and_remaining_counts_what_is_still_due(store: Sto
     deposit(store, accounts=6, count=30)
     now = datetime.now(UTC)
     with store.transaction() as tx:
-        held = len(tx.claim_outbox(f"outbox:elsewhere:{os.getpid()}:live", 3, now, now + timedelta(hours=1)))
+        held = len(tx.outbox.claim(f"outbox:elsewhere:{os.getpid()}:live", 3, now, now + timedelta(hours=1)))
     with Receiver() as rx:
         report = outbox.drain(store, open_sink(rx.url))
     assert report.stopped is None and report.exit_code == 0 and report.delivered > 0

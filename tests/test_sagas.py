@@ -291,7 +291,7 @@ def _check_transfers(store: Store, app: App, accounts: int, transfers: int, tota
 
 def _started(store: Store) -> int:
     with store.reader() as tx:
-        return sum(tx.saga_counts().values())
+        return sum(tx.sagas.counts().values())
 
 
 @pytest.mark.parametrize("runner", ["daemon"])
@@ -378,7 +378,7 @@ def test_two_runners_never_run_sagas_at_the_same_time(store_url: str) -> None:
         _request_transfers(store, app, accounts, range(transfers), seed=3)
         # While one runner's transaction holds the saga lock, another runner skips its round.
         with store.transaction() as tx:
-            assert tx.try_lock("sagas")
+            assert tx.sagas.try_lock("sagas")
             other = open_store(store_url)
             try:
                 assert SagaRunner(app, other).run_once().locked is True

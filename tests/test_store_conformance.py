@@ -155,11 +155,11 @@ def test_failing_transaction_rolls_back_every_append_and_command_record(store: S
         with store.transaction() as tx:
             tx.append("Order-1", [ev(1)], 1)
             tx.append("Order-2", [ev(2), ev(3)], NO_STREAM)
-            tx.record_command("cmd-1", "Order-2", {"ok": True})
+            tx.commands.record("cmd-1", "Order-2", {"ok": True})
             raise RuntimeError("boom")
     assert all_events(store) == before
     with store.reader() as tx:
-        assert tx.processed_command("cmd-1") is None
+        assert tx.commands.processed("cmd-1") is None
 
 
 def test_conflict_inside_a_transaction_rolls_back_earlier_appends(store: Store) -> None:
@@ -555,12 +555,12 @@ def test_import_rejects_conflicts_and_gaps_writing_nothing(
 def test_snapshots_save_load_overwrite_list_delete(store: Store) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     with store.reader() as tx:
-        assert tx.load_snapshot("Account-1") is None
+        assert tx.snapshots.load("Account-1") is None
     with store.transaction() as tx:
-        tx.save_snapshot(Snapshot("Account-1", "Account", 5, "1", {"balance": 10, "ü": [1]}, now))
-        tx.save_snapshot(Snapshot("Account-2", "Account", 1, "1", {"balance": 0}, now))
+        tx.snapshots.save(Snapshot("Account-1", "Account", 5, "1", {"balance": 10, "ü": [1]}, now))
+        tx.snapshots.save(Snapshot("Account-2", "Account", 1, "1", {"balance": 0}, now))
     with store.reader() as tx:
-        snap = tx.load_snapshot("Account-1")
+        snap = tx.snapshots.load("Account-1")
     assert snap is not None
     assert (snap.stream_id, snap.aggregate_type, snap.version, snap.schema_version, snap.state) == (
         "Account-1", "Account", 5, "1", {"balance": 10, "ü": [1]},
@@ -569,10 +569,10 @@ def test_snapshots_save_load_overwrite_list_delete(store: Store) -> None:
 
     later = now + timedelta(minutes=1)
     with store.transaction() as tx:
-        tx.save_snapshot(Snapshot("Account-1", "AccountV2", 9, "2", {"balance": 99}, later))
+        tx.snapshots.save(Snapshot("Account-1", "AccountV2", 9, "2", {"balance": 99}, later))
     with store.reader() as tx:
-        snap = tx.load_snapshot("Account-1")
-        listed = tx.list_snapshots()
+        snap = tx.snapshots.load("Account-1")
+        listed = tx.snapshots.select()
     assert snap is not None and (snap.aggregate_type, snap.version, snap.schema_version, snap.state) == (
         "AccountV2", 9, "2", {"balance": 99},
     )  # fmt: skip
@@ -581,35 +581,35 @@ def test_snapshots_save_load_overwrite_list_delete(store: Store) -> None:
     assert store.counts()["snapshots"] == 2
 
     with store.transaction() as tx:
-        assert tx.delete_snapshots("Account-1") == 1
-        assert tx.delete_snapshots("Account-1") == 0
+        assert tx.snapshots.delete("Account-1") == 1
+        assert tx.snapshots.delete("Account-1") == 0
     with store.reader() as tx:
-        assert tx.load_snapshot("Account-1") is None
-        assert [s.stream_id for s in tx.list_snapshots(limit=5)] == ["Account-2"]
+        assert tx.snapshots.load("Account-1") is None
+        assert [s.stream_id for s in tx.snapshots.select(limit=5)] == ["Account-2"]
     with store.transaction() as tx:
-        assert tx.delete_snapshots() == 1
+        assert tx.snapshots.delete() == 1
     assert store.counts()["snapshots"] == 0
 
 
 def test_processed_commands(store: Store) -> None:
     result = {"stream_id": "Account-1", "positions": [1, 2], "note": "ünïcode"}
     with store.reader() as tx:
-        assert tx.processed_command("cmd-1") is None
+        assert tx.commands.processed("cmd-1") is None
     with store.transaction() as tx:
         tx.append("Account-1", [ev(1), ev(2)])
-        tx.record_command("cmd-1", "Account-1", result)
+        tx.commands.record("cmd-1", "Account-1", result)
     with store.reader() as tx:
-        assert tx.processed_command("cmd-1") == result
-        assert tx.processed_command("cmd-2") is None
+        assert tx.commands.processed("cmd-1") == result
+        assert tx.commands.processed("cmd-2") is None
     assert store.counts()["processed_commands"] == 1
     # A second record of one id (a racing dispatcher) is a conflict the dispatcher retries,
     # not a driver error, and its transaction writes nothing.
     with pytest.raises(CommandRaceError, match="cmd-1"):
         with store.transaction() as tx:
             tx.append("Account-1", [ev(3)])
-            tx.record_command("cmd-1", "Account-1", {"other": True})
+            tx.commands.record("cmd-1", "Account-1", {"other": True})
     with store.reader() as tx:
-        assert tx.processed_command("cmd-1") == result
+        assert tx.commands.processed("cmd-1") == result
         assert tx.stream_version("Account-1") == 2
 
 

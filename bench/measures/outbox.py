@@ -249,7 +249,7 @@ def cqrsctl(ctx: Ctx, sink: str) -> dict[str, float]:
             messages.append(NewMessage(p["message_id"], k + 1, topic, p["key"], p, headers, now))
         for i in range(0, n, 1000):
             with store.transaction() as tx:
-                tx.add_outbox(messages[i : i + 1000])
+                tx.outbox.add(messages[i : i + 1000])
         started = time.perf_counter()
         report = drain(store, open_sink(url), batch=batch)
         elapsed = time.perf_counter() - started

@@ -207,7 +207,7 @@ class Dispatcher:
         remember: bool,
     ) -> DispatchResult:
         if check_seen:
-            seen = tx.processed_command(command_id)
+            seen = tx.commands.processed(command_id)
             if seen is not None:
                 return DispatchResult.from_dict(seen)
         stream_id = spec.stream_id(cmd)
@@ -256,9 +256,9 @@ class Dispatcher:
             )
             apply_new(agg, events, before + 1)
             if every and appended.version // every > before // every:
-                tx.save_snapshot(snapshot_of(agg))
+                tx.snapshots.save(snapshot_of(agg))
         if remember:
-            tx.record_command(command_id, stream_id, result.to_dict())
+            tx.commands.record(command_id, stream_id, result.to_dict())
         self._pending = (stream_id, agg)
         return result
 
@@ -309,7 +309,7 @@ def load(
     """Fold `stream_id` into a `cls`, starting from a usable snapshot when there is one."""
     agg: Aggregate | None = None
     if use_snapshot and as_of is None and (cls.snapshot_every or app.snapshot_every):
-        snap = tx.load_snapshot(stream_id)
+        snap = tx.snapshots.load(stream_id)
         if (
             snap is not None
             and snap.schema_version == cls.snapshot_schema

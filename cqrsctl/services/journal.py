@@ -29,7 +29,7 @@ def record(
     """Journal `kind` (the command, e.g. "outbox purge") with what it was asked (`args`,
     URLs redacted) and what it changed (`result`), inside the caller's transaction."""
     entry = JournalEntry(kind, _clean(args), _clean(result), actor or "")
-    tx.add_journal(entry)
+    tx.journal.add(entry)
     return entry
 
 
@@ -39,7 +39,7 @@ def entries(
     """Journal rows in the order they were written. A kind selects itself and the kinds it
     begins (`projections` selects `projections reset`, `projections skip`, …)."""
     with store.reader() as tx:
-        rows = tx.list_journal(since)
+        rows = tx.journal.select(since)
     if kinds:
         rows = [e for e in rows if any(e.kind == k or e.kind.startswith(k + " ") for k in kinds)]
     return rows if limit is None else rows[-limit:]

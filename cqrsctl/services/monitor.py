@@ -49,8 +49,8 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
         tr = tx.tracking
         now, head = tr.now(), tr.head()
         checkpoints = tr.checkpoints()
-        pending, due, dead, oldest, seq = tx.outbox_backlog(now)
-        sagas = tx.saga_counts(ACTIVE_SAGAS if finished_sagas is not None else None)
+        pending, due, dead, oldest, seq = tx.outbox.backlog(now)
+        sagas = tx.sagas.counts(ACTIVE_SAGAS if finished_sagas is not None else None)
     sagas = {**(finished_sagas or {}), **sagas}
     daemons = []
     for cp in checkpoints:

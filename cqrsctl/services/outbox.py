@@ -5,7 +5,7 @@ dispatcher inserts them in the same transaction as the events, so a message exis
 only if its event does.
 
 Delivering: :func:`drain` leases batches of due messages (see
-`Transaction.claim_outbox`), sends them to a :class:`~cqrsctl.sinks.Sink`, and records
+`Outbox.claim`), sends them to a :class:`~cqrsctl.sinks.Sink`, and records
 the outcome. Delivery is at least once: a crash after a send and before the outcome is
 recorded sends that batch again, with the same message id. Overlapping drains never hold
 the same message, and order per (topic, key) is kept: a message waits while an earlier one
@@ -99,7 +99,7 @@ def write_outbox(
     """Insert the outbox rows for an append, inside the caller's transaction."""
     messages = outbox_messages(app, stream_id, events, appended)
     if messages:
-        tx.add_outbox(messages)
+        tx.outbox.add(messages)
 
 
 # -- delivering -------------------------------------------------------------------------
@@ -130,9 +130,9 @@ def free_crashed_leases(tx: Transaction, now: datetime) -> int:
     """Release leases held by runs on this host whose process has died (a kill -9, a crash),
     so the next run need not wait for the lease to run out."""
     freed = 0
-    for owner in tx.outbox_claimers(now):
+    for owner in tx.outbox.claimers(now):
         if dead_here(owner):
-            freed += tx.release_outbox(owner)
+            freed += tx.outbox.release(owner)
     return freed
 
 
@@ -305,10 +305,10 @@ def drain(
                 if time.monotonic() >= next_dead_check:
                     free_crashed_leases(tx, now)
                     next_dead_check = time.monotonic() + DEAD_CHECK_SECONDS
-                claimed = tx.claim_outbox(run.owner, size, now, until, topics)
+                claimed = tx.outbox.claim(run.owner, size, now, until, topics)
                 # A short claim may be short because a crashed run just died: look once more.
                 if len(claimed) < size and free_crashed_leases(tx, now):
-                    claimed += tx.claim_outbox(run.owner, size - len(claimed), now, until, topics)
+                    claimed += tx.outbox.claim(run.owner, size - len(claimed), now, until, topics)
             if not claimed:
                 break
             run.leased(now, until)
@@ -320,7 +320,7 @@ def drain(
                 except SinkUnavailable as exc:
                     report.error = sink.scrub(str(exc))
                     with store.lazy_transaction() as tx:
-                        tx.release_outbox(run.owner, [m.seq for m in claimed], report.error)
+                        tx.outbox.release(run.owner, [m.seq for m in claimed], report.error)
                     break
             run.deliver(claimed)
             if report.error or report.stopped:
@@ -331,8 +331,8 @@ def drain(
             now = clock()
             with store.lazy_transaction() as tx:
                 run.record(tx, now)
-                report.released += tx.release_outbox(run.owner)
-                report.remaining = tx.count_due_outbox(now, topics)
+                report.released += tx.outbox.release(run.owner)
+                report.remaining = tx.outbox.count_due(now, topics)
         finally:
             if sink.is_open and (not keep_open or report.error):
                 if not run.stuck:  # a stuck client may block in close() too: drop it
@@ -381,7 +381,7 @@ class _Run:
         """Write the outcomes gathered since the last record, fenced by this run's owner id."""
         self.last_record = time.monotonic()
         if self.delivered:
-            marked = tx.mark_delivered(self.delivered, now, self.owner)
+            marked = tx.outbox.mark_delivered(self.delivered, now, self.owner)
             if marked < len(self.delivered) and not self.report.error:
                 self.report.error = (
                     f"{len(self.delivered) - marked} delivered messages had been claimed by another run"
@@ -389,10 +389,10 @@ class _Run:
                 )
             self.delivered = []
         if self.failures:
-            tx.mark_failed(self.owner, self.failures)
+            tx.outbox.mark_failed(self.owner, self.failures)
             self.failures = []
         if self.handed_back:
-            self.report.released += tx.release_outbox(self.owner, self.handed_back)
+            self.report.released += tx.outbox.release(self.owner, self.handed_back)
             self.handed_back = []
 
     def room(self, held: list[OutboxMessage]) -> float | None:
@@ -404,7 +404,7 @@ class _Run:
             until = now + timedelta(seconds=self.lease)
             with self.store.lazy_transaction() as tx:
                 self.record(tx, now)
-                kept = tx.renew_outbox(self.owner, [m.seq for m in held], until)
+                kept = tx.outbox.renew(self.owner, [m.seq for m in held], until)
             if kept < len(held):
                 self.report.error = self._lost(len(held) - kept, now)
                 self.handed_back += [m.seq for m in held]
@@ -463,7 +463,7 @@ class _Run:
                 self.handed_back += [m.seq for m in held]
                 with self.store.lazy_transaction() as tx:
                     self.record(tx, self.clock())
-                    tx.release_outbox(self.owner, [m.seq for m in chunk], report.error)
+                    tx.outbox.release(self.owner, [m.seq for m in chunk], report.error)
                 return
             finally:
                 sink.deadline = None
@@ -532,7 +532,7 @@ def status(store: Store, now: datetime | None = None) -> OutboxStatus:
     """Counts by status (overall and per topic), messages due now, the oldest pending message."""
     now = now or utcnow()
     with store.reader() as tx:
-        rows = tx.outbox_summary(now)
+        rows = tx.outbox.summary(now)
     counts = dict.fromkeys(OUTBOX_STATUSES, 0)
     topics: dict[str, dict[str, Any]] = {}
     due = 0
@@ -557,7 +557,7 @@ def list_messages(
     if status is not None and status not in OUTBOX_STATUSES:
         raise UsageError(f"unknown status {status!r}: use {', '.join(OUTBOX_STATUSES)}")
     with store.reader() as tx:
-        return tx.list_outbox(status, topic, limit)
+        return tx.outbox.select(status, topic, limit)
 
 
 def peek(
@@ -576,7 +576,7 @@ def peek(
     # The stream sinks' rule: the cqrsctl form is the whole message, any other the encoded body.
     formatter = None if format == "cqrsctl" else Formatter(format, {}, "stdout", None)
     with store.reader() as tx:
-        messages = tx.list_outbox("pending", topic, limit, key=key)
+        messages = tx.outbox.select("pending", topic, limit, key=key)
     if formatter is None:
         return [wire_form(m) for m in messages]
     return [orjson.loads(formatter.encode(m).body) for m in messages]
@@ -585,7 +585,7 @@ def peek(
 def show(store: Store, ident: str) -> OutboxMessage:
     """One message by message id (or seq number)."""
     with store.reader() as tx:
-        message = tx.get_outbox(ident)
+        message = tx.outbox.get(ident)
     if message is None:
         raise NotFoundError(f"no outbox message {ident!r}")
     return message
@@ -605,10 +605,10 @@ def retry(
     now = now or utcnow()
     with store.transaction() as tx:
         if ident is None:
-            n = tx.requeue_outbox(now, dead=True)
+            n = tx.outbox.requeue(now, dead=True)
             journal.record(tx, "outbox retry", {"dead": True}, {"requeued": n}, actor)
             return n
-        message = tx.get_outbox(ident)
+        message = tx.outbox.get(ident)
         if message is None:
             raise NotFoundError(f"no outbox message {ident!r}")
         if message.status == "delivered":
@@ -617,7 +617,7 @@ def retry(
                 + (f" at {iso(message.delivered_at)}" if message.delivered_at else "")
                 + "; nothing to retry"
             )
-        n = tx.requeue_outbox(now, seq=message.seq)
+        n = tx.outbox.requeue(now, seq=message.seq)
         journal.record(
             tx, "outbox retry", {"message": ident},
             {"requeued": n, "message_id": message.message_id, "error": message.last_error}, actor,
@@ -646,7 +646,7 @@ def purge(
     before = (now or utcnow()) - older_than
     try:
         with store.transaction() as tx:
-            n = tx.purge_outbox(list(statuses), before)
+            n = tx.outbox.purge(list(statuses), before)
             if dry_run:
                 raise _Preview(n)  # the exact count, by the same statement, rolled back
             journal.record(

@@ -865,7 +865,7 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
         head = tr.head()
         now = tr.now()
         rows = {cp.name: cp for cp in tr.checkpoints()}
-        retries = {e.args.get("name"): e.to_dict() for e in tx.list_journal(kinds=["projections retry"])}
+        retries = {e.args.get("name"): e.to_dict() for e in tx.journal.select(kinds=["projections retry"])}
         for cls in select(app, names):
             cp = rows.get(cls.name)
             rb = rows.get(REBUILD_PREFIX + cls.name)

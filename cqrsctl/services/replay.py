@@ -140,13 +140,13 @@ def take_snapshot(store: Store, app: App, stream_id: str) -> Snapshot:
         if tx.stream_version(stream_id) == 0:
             raise NotFoundError(f"stream {stream_id!r} not found")
         snapshot = snapshot_of(load(app, tx, cls, stream_id, use_snapshot=False))
-        tx.save_snapshot(snapshot)
+        tx.snapshots.save(snapshot)
     return snapshot
 
 
 def list_snapshots(store: Store, limit: int | None = None) -> list[Snapshot]:
     with store.reader() as tx:
-        return tx.list_snapshots(limit)
+        return tx.snapshots.select(limit)
 
 
 def delete_snapshots(store: Store, stream_id: str | None = None, *, actor: str | None = None) -> int:
@@ -154,6 +154,6 @@ def delete_snapshots(store: Store, stream_id: str | None = None, *, actor: str |
     from .journal import record
 
     with store.transaction() as tx:
-        n = tx.delete_snapshots(stream_id)
+        n = tx.snapshots.delete(stream_id)
         record(tx, "snapshots delete", {"stream": stream_id, "all": stream_id is None}, {"deleted": n}, actor)
         return n

@@ -109,10 +109,10 @@ class SagaRunner:
     def _events_batch(self, report: RunReport) -> bool:
         """One batch of new events in one transaction; False when there was nothing to do."""
         with self.store.transaction() as tx:
-            if not tx.try_lock(LOCK):
+            if not tx.sagas.try_lock(LOCK):
                 report.locked = True
                 return False
-            after = tx.get_position(POSITION)
+            after = tx.sagas.get_position(POSITION)
             events = self.store.read_all(after, self.batch, types=list(self.types))
             if not events:
                 return False
@@ -126,8 +126,8 @@ class SagaRunner:
                     else:
                         self._on_event(run, spec, kind, event)
             for saga in run.touched.values():
-                tx.save_saga(saga)
-            tx.set_position(POSITION, events[-1].global_position)
+                tx.sagas.save(saga)
+            tx.sagas.set_position(POSITION, events[-1].global_position)
             return len(events) == self.batch
 
     def _react(self, run: _Run, reaction: Any, event: StoredEvent) -> None:
@@ -140,7 +140,7 @@ class SagaRunner:
         if not key:
             return
         saga_id = spec.saga_id(key)
-        record = run.touched.get(saga_id) or run.tx.get_saga(saga_id)
+        record = run.touched.get(saga_id) or run.tx.sagas.get(saga_id)
         decoded = self.app.decode(event)
         if kind == "start":
             if record is not None:
@@ -167,9 +167,9 @@ class SagaRunner:
         if step.on_event is not None:
             step.on_event(state, decoded)
         record.state = state.model_dump(mode="json")
-        for d in run.tx.saga_deadlines(saga_id):
+        for d in run.tx.sagas.deadlines(saga_id):
             if d.status == "pending" and d.name == step.name:
-                run.tx.set_deadline_status(d.deadline_id, "cancelled", None)
+                run.tx.sagas.set_deadline_status(d.deadline_id, "cancelled", None)
         self._finish_step(run, record, step, {"event_id": event.event_id, "position": event.global_position})
         run.touched[saga_id] = record
         run.report.advanced += 1
@@ -187,7 +187,7 @@ class SagaRunner:
                 if entry["status"] != "waiting":
                     entry.update(status="waiting", waitingFor=step.event_type, startedAt=iso(run.now))
                     if step.timeout is not None:
-                        run.tx.add_deadline(
+                        run.tx.sagas.add_deadline(
                             Deadline(
                                 f"{record.saga_id}:{step.name}", record.saga_id, step.name,
                                 run.now + step.timeout, {"step": record.current_step},
@@ -260,27 +260,27 @@ class SagaRunner:
 
     def _deadlines_batch(self, report: RunReport) -> bool:
         with self.store.transaction() as tx:
-            if not tx.try_lock(LOCK):
+            if not tx.sagas.try_lock(LOCK):
                 report.locked = True
                 return False
             now = self.clock()
             # A deadline fires only once every followed event stored before it came due is
             # processed: the event that would have moved the saga on (or cancelled the
             # deadline) may still wait in a backlog.
-            waiting = self.store.read_all(tx.get_position(POSITION), 1, types=list(self.types))
+            waiting = self.store.read_all(tx.sagas.get_position(POSITION), 1, types=list(self.types))
             cutoff = min(now, waiting[0].recorded_at) if waiting else now
-            due = tx.due_deadlines(cutoff, self.batch)
+            due = tx.sagas.due_deadlines(cutoff, self.batch)
             run = _Run(tx, now, report)
             for deadline in due:
                 self._fire(run, deadline)
             for saga in run.touched.values():
-                tx.save_saga(saga)
+                tx.sagas.save(saga)
             return len(due) == self.batch
 
     def _fire(self, run: _Run, deadline: Deadline) -> None:
-        run.tx.set_deadline_status(deadline.deadline_id, "fired", run.now)
+        run.tx.sagas.set_deadline_status(deadline.deadline_id, "fired", run.now)
         run.report.deadlines_fired += 1
-        record = run.touched.get(deadline.saga_id) or run.tx.get_saga(deadline.saga_id)
+        record = run.touched.get(deadline.saga_id) or run.tx.sagas.get(deadline.saga_id)
         if record is None or record.status != "in_progress":
             return
         spec = self.app.sagas.get(record.saga_type)
@@ -312,7 +312,7 @@ class SagaRunner:
     def retry(self, saga_id: str, *, actor: str | None = None) -> SagaRecord:
         """Re-run a failed saga's compensation (or, if it failed before compensating, its current step); journaled."""
         with self.store.transaction() as tx:
-            record = tx.get_saga(saga_id)
+            record = tx.sagas.get(saga_id)
             if record is None:
                 raise NotFoundError(f"saga {saga_id!r} not found")
             if record.status != "failed":
@@ -325,7 +325,7 @@ class SagaRunner:
             record.compensations = [c for c in record.compensations if c.get("status") == "completed"]
             cleared = record.error_message
             self._compensate(run, spec, record, state, record.error_message or "retried")
-            tx.save_saga(record)
+            tx.sagas.save(record)
             journal.record(
                 tx, "sagas retry", {"saga_id": saga_id}, {"error": cleared, "status": record.status}, actor
             )
@@ -377,22 +377,22 @@ def list_sagas(
     if status is not None and status not in STATUSES:
         raise UsageError(f"unknown saga status {status!r}: use one of {', '.join(STATUSES)}")
     with store.reader() as tx:
-        return tx.list_sagas(status, saga_type, limit)
+        return tx.sagas.select(status, saga_type, limit)
 
 
 def show_saga(store: Store, saga_id: str) -> dict[str, Any]:
     """One saga as stored, with its deadlines (everything is in the store: no app needed)."""
     with store.reader() as tx:
-        record = tx.get_saga(saga_id)
+        record = tx.sagas.get(saga_id)
         if record is None:
             raise NotFoundError(f"saga {saga_id!r} not found")
-        deadlines = tx.saga_deadlines(saga_id)
+        deadlines = tx.sagas.deadlines(saga_id)
     return saga_view(record, deadlines)
 
 
 def saga_counts(store: Store) -> dict[str, int]:
     with store.reader() as tx:
-        return tx.saga_counts()
+        return tx.sagas.counts()
 
 
 __all__ = ["CqrsError", "RunReport", "SagaRunner", "list_sagas", "saga_counts", "saga_view", "show_saga"]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from ..errors import ConcurrencyError, DuplicateEventError, UsageError, ValidationError
-from .tracking import Tracking
+from .tracking import ReadModels, Tracking
 
 ANY: Literal["any"] = "any"
 NO_STREAM: Literal["no-stream"] = "no-stream"
@@ -450,6 +450,177 @@ EventRow = tuple[str, int, str, str, int, str, str, str, datetime]
 FoldRow = tuple[int, int, str, int, Any]
 
 
+class Commands(ABC):
+    """Commands already handled (idempotent dispatch), in one transaction."""
+
+    @abstractmethod
+    def processed(self, command_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def record(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None: ...
+
+
+class Snapshots(ABC):
+    """Aggregate snapshots, in one transaction."""
+
+    @abstractmethod
+    def load(self, stream_id: str) -> Snapshot | None: ...
+
+    @abstractmethod
+    def save(self, snapshot: Snapshot) -> None: ...
+
+    @abstractmethod
+    def select(self, limit: int | None = None) -> list[Snapshot]: ...
+
+    @abstractmethod
+    def delete(self, stream_id: str | None = None) -> int:
+        """Delete the snapshot of `stream_id`, or all snapshots; returns how many."""
+
+
+class Sagas(ABC):
+    """Saga instances, their deadlines and named subscriber positions, in one transaction
+    (the rules live in services/sagas.py)."""
+
+    @abstractmethod
+    def try_lock(self, name: str) -> bool:
+        """Take a lock named `name` until this transaction ends; False if another holds it.
+        On PostgreSQL a holder that then stops for more than LOCK_IDLE seconds between two
+        statements (SIGSTOP, a hung process) loses its session, and with it the lock and
+        its uncommitted work: another runner takes over."""
+
+    @abstractmethod
+    def get_position(self, name: str) -> int:
+        """The position a named subscriber has processed up to (0 when new)."""
+
+    @abstractmethod
+    def set_position(self, name: str, position: int) -> None: ...
+
+    @abstractmethod
+    def get(self, saga_id: str) -> SagaRecord | None: ...
+
+    @abstractmethod
+    def save(self, saga: SagaRecord) -> None:
+        """Insert or update; bumps `saga.version`."""
+
+    @abstractmethod
+    def select(
+        self, status: str | None = None, saga_type: str | None = None, limit: int | None = None
+    ) -> list[SagaRecord]: ...
+
+    @abstractmethod
+    def counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
+        """Saga instances per status (only these statuses when given: an index range, not a table count)."""
+
+    @abstractmethod
+    def add_deadline(self, deadline: Deadline) -> None: ...
+
+    @abstractmethod
+    def due_deadlines(self, now: datetime, limit: int) -> list[Deadline]: ...
+
+    @abstractmethod
+    def deadlines(self, saga_id: str) -> list[Deadline]: ...
+
+    @abstractmethod
+    def set_deadline_status(self, deadline_id: str, status: str, fired_at: datetime | None) -> None: ...
+
+
+class Outbox(ABC):
+    """Outbox rows, their leases and delivery records, in one transaction (delivery rules
+    live in services/outbox.py)."""
+
+    @abstractmethod
+    def add(self, messages: Sequence[NewMessage]) -> None:
+        """Insert outbox rows; a message id that is already there is left alone."""
+
+    @abstractmethod
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        now: datetime,
+        until: datetime,
+        topics: Sequence[str] | None = None,
+    ) -> list[OutboxMessage]:
+        """Lease up to `limit` due pending messages to `owner` until `until`, in seq order.
+
+        Due: `next_attempt_at <= now` and not leased (or the lease ran out). Claimable:
+        no earlier pending message with the same topic and key is backing off or leased,
+        so order per key holds across concurrent drains. Concurrent claims never
+        return the same message (each backend serialises or skips locked rows)."""
+
+    @abstractmethod
+    def claimers(self, now: datetime) -> list[str]:
+        """Owners holding unexpired leases on pending messages."""
+
+    @abstractmethod
+    def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
+        """Extend `owner`'s leases on `seqs`; returns how many it still held."""
+
+    @abstractmethod
+    def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
+        """Drop `owner`'s leases (on `seqs`, or all), recording `error` when given; attempts stay."""
+
+    @abstractmethod
+    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
+        """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped.
+
+        With `owner`, only messages `owner` still holds (fencing: a run whose lease ran out
+        and was taken over cannot record over the new holder); returns how many were marked."""
+
+    @abstractmethod
+    def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
+        """Pending messages due at `now` (leased or not), optionally only in `topics`."""
+
+    @abstractmethod
+    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
+        """Record failed attempts on messages `owner` still leases."""
+
+    @abstractmethod
+    def backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
+        """(pending, due at `now`, dead, oldest pending created_at, highest seq): read through
+        the status index and the key, never counting delivered rows."""
+
+    @abstractmethod
+    def summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
+        """(topic, status, count, due at `now`, oldest created_at) for each topic and status present."""
+
+    @abstractmethod
+    def select(
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        limit: int | None = None,
+        key: str | None = None,
+    ) -> list[OutboxMessage]:
+        """Outbox rows in seq order, optionally filtered."""
+
+    @abstractmethod
+    def get(self, ident: str) -> OutboxMessage | None:
+        """One row by message id, or by seq when `ident` is a number."""
+
+    @abstractmethod
+    def requeue(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
+        """Make messages due at `now` with no attempts: message `seq` (pending or dead), or every dead one."""
+
+    @abstractmethod
+    def purge(self, statuses: Sequence[str], before: datetime) -> int:
+        """Delete rows in `statuses` delivered (or, for dead ones, created) before `before`."""
+
+
+class Journal(ABC):
+    """The operations journal, in one transaction."""
+
+    @abstractmethod
+    def add(self, entry: JournalEntry) -> int:
+        """Insert `entry` (its `at` is now, its actor the process's when empty); returns its id."""
+
+    @abstractmethod
+    def select(
+        self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[JournalEntry]:
+        """Entries in the order they were written, optionally since a time and of some kinds."""
+
+
 class Transaction(ABC):
     """One database transaction; everything done through it commits together."""
 
@@ -630,167 +801,37 @@ class Transaction(ABC):
             for e in self.read_stream(stream_id, from_version, to_version, None, as_of)
         ]
 
+    # -- the other concerns, bound to this transaction -------------------------------------
+
+    @property
     @abstractmethod
-    def processed_command(self, command_id: str) -> dict[str, Any] | None: ...
+    def commands(self) -> Commands: ...
 
+    @property
     @abstractmethod
-    def record_command(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None: ...
+    def snapshots(self) -> Snapshots: ...
 
+    @property
     @abstractmethod
-    def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
+    def sagas(self) -> Sagas: ...
 
+    @property
     @abstractmethod
-    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+    def outbox(self) -> Outbox: ...
 
+    @property
     @abstractmethod
-    def list_snapshots(self, limit: int | None = None) -> list[Snapshot]: ...
-
-    @abstractmethod
-    def delete_snapshots(self, stream_id: str | None = None) -> int:
-        """Delete the snapshot of `stream_id`, or all snapshots; returns how many."""
-
-    # -- sagas (the rules live in services/sagas.py) -------------------------------------
-
-    @abstractmethod
-    def try_lock(self, name: str) -> bool:
-        """Take a lock named `name` until this transaction ends; False if another holds it.
-        On PostgreSQL a holder that then stops for more than LOCK_IDLE seconds between two
-        statements (SIGSTOP, a hung process) loses its session, and with it the lock and
-        its uncommitted work: another runner takes over."""
-
-    @abstractmethod
-    def get_position(self, name: str) -> int:
-        """The position a named subscriber has processed up to (0 when new)."""
-
-    @abstractmethod
-    def set_position(self, name: str, position: int) -> None: ...
-
-    @abstractmethod
-    def get_saga(self, saga_id: str) -> SagaRecord | None: ...
-
-    @abstractmethod
-    def save_saga(self, saga: SagaRecord) -> None:
-        """Insert or update; bumps `saga.version`."""
-
-    @abstractmethod
-    def list_sagas(
-        self, status: str | None = None, saga_type: str | None = None, limit: int | None = None
-    ) -> list[SagaRecord]: ...
-
-    @abstractmethod
-    def saga_counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
-        """Saga instances per status (only these statuses when given: an index range, not a table count)."""
-
-    @abstractmethod
-    def add_deadline(self, deadline: Deadline) -> None: ...
-
-    @abstractmethod
-    def due_deadlines(self, now: datetime, limit: int) -> list[Deadline]: ...
-
-    @abstractmethod
-    def saga_deadlines(self, saga_id: str) -> list[Deadline]: ...
-
-    @abstractmethod
-    def set_deadline_status(self, deadline_id: str, status: str, fired_at: datetime | None) -> None: ...
-
-    # -- outbox (delivery rules live in services/outbox.py) ------------------------------
-
-    @abstractmethod
-    def add_outbox(self, messages: Sequence[NewMessage]) -> None:
-        """Insert outbox rows; a message id that is already there is left alone."""
-
-    @abstractmethod
-    def claim_outbox(
-        self,
-        owner: str,
-        limit: int,
-        now: datetime,
-        until: datetime,
-        topics: Sequence[str] | None = None,
-    ) -> list[OutboxMessage]:
-        """Lease up to `limit` due pending messages to `owner` until `until`, in seq order.
-
-        Due: `next_attempt_at <= now` and not leased (or the lease ran out). Claimable:
-        no earlier pending message with the same topic and key is backing off or leased,
-        so order per key holds across concurrent drains. Concurrent claims never
-        return the same message (each backend serialises or skips locked rows)."""
-
-    @abstractmethod
-    def outbox_claimers(self, now: datetime) -> list[str]:
-        """Owners holding unexpired leases on pending messages."""
-
-    @abstractmethod
-    def renew_outbox(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
-        """Extend `owner`'s leases on `seqs`; returns how many it still held."""
-
-    @abstractmethod
-    def release_outbox(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
-        """Drop `owner`'s leases (on `seqs`, or all), recording `error` when given; attempts stay."""
-
-    @abstractmethod
-    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
-        """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped.
-
-        With `owner`, only messages `owner` still holds (fencing: a run whose lease ran out
-        and was taken over cannot record over the new holder); returns how many were marked."""
-
-    @abstractmethod
-    def count_due_outbox(self, now: datetime, topics: Sequence[str] | None = None) -> int:
-        """Pending messages due at `now` (leased or not), optionally only in `topics`."""
-
-    @abstractmethod
-    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
-        """Record failed attempts on messages `owner` still leases."""
-
-    @abstractmethod
-    def outbox_backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
-        """(pending, due at `now`, dead, oldest pending created_at, highest seq): read through
-        the status index and the key, never counting delivered rows."""
-
-    @abstractmethod
-    def outbox_summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
-        """(topic, status, count, due at `now`, oldest created_at) for each topic and status present."""
-
-    @abstractmethod
-    def list_outbox(
-        self,
-        status: str | None = None,
-        topic: str | None = None,
-        limit: int | None = None,
-        key: str | None = None,
-    ) -> list[OutboxMessage]:
-        """Outbox rows in seq order, optionally filtered."""
-
-    @abstractmethod
-    def get_outbox(self, ident: str) -> OutboxMessage | None:
-        """One row by message id, or by seq when `ident` is a number."""
-
-    @abstractmethod
-    def requeue_outbox(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
-        """Make messages due at `now` with no attempts: message `seq` (pending or dead), or every dead one."""
-
-    @abstractmethod
-    def purge_outbox(self, statuses: Sequence[str], before: datetime) -> int:
-        """Delete rows in `statuses` delivered (or, for dead ones, created) before `before`."""
-
-    # -- the operations journal ------------------------------------------------------------
-
-    @abstractmethod
-    def add_journal(self, entry: JournalEntry) -> int:
-        """Insert `entry` (its `at` is now, its actor the process's when empty); returns its id."""
-
-    @abstractmethod
-    def list_journal(
-        self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
-    ) -> list[JournalEntry]:
-        """Entries in the order they were written, optionally since a time and of some kinds."""
-
-    # -- projections and the daemon (see tracking.py) -------------------------------------
+    def journal(self) -> Journal: ...
 
     @property
     @abstractmethod
     def tracking(self) -> Tracking:
-        """Checkpoints, leases and read-model tables in this transaction."""
+        """Checkpoints and leases in this transaction (see tracking.py)."""
+
+    @property
+    @abstractmethod
+    def read_models(self) -> ReadModels:
+        """Read-model tables in this transaction (see tracking.py)."""
 
 
 class Store(ABC):

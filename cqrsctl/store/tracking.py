@@ -1,8 +1,8 @@
 """What projections and the daemon need from a store, besides events.
 
-Each backend's transaction offers a :class:`Tracking` (``tx.tracking``) bound to that
-transaction: checkpoints with leases, and a small read-model executor. Because it is
-bound to the transaction, a read-model change and its checkpoint commit together.
+Each backend's transaction offers a :class:`Tracking` (``tx.tracking``: checkpoints with
+leases) and :class:`ReadModels` (``tx.read_models``: a small read-model executor), both
+bound to that transaction, so a read-model change and its checkpoint commit together.
 
 Checkpoint rows are named by what they track: a projection by its name (``balances``),
 the shadow build of a rebuild by ``rebuild:<name>``, a running daemon by
@@ -143,8 +143,57 @@ class Checkpoint:
 EventTuple = tuple[Any, ...]
 
 
-class Tracking(ABC):
-    """Checkpoints, leases and read-model tables, inside one transaction."""
+class ReadModels(ABC):
+    """Read-model tables, inside one transaction (so a change and its checkpoint commit together)."""
+
+    @abstractmethod
+    def table_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def create_table(self, name: str, table: Table) -> None:
+        """CREATE TABLE IF NOT EXISTS with its primary key (indexes: create_indexes)."""
+
+    @abstractmethod
+    def create_indexes(self, name: str, table: Table) -> None: ...
+
+    @abstractmethod
+    def drop_table(self, name: str) -> None:
+        """DROP TABLE IF EXISTS."""
+
+    @abstractmethod
+    def rename_table(self, old: str, new: str) -> None:
+        """Rename a table and its primary key, so `old` can be created again."""
+
+    @abstractmethod
+    def fetch(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Rows whose primary key is in `keys`, as dicts of Python values."""
+
+    @abstractmethod
+    def write(self, name: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows, replacing those with the same primary key (every column given)."""
+
+    @abstractmethod
+    def remove(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> None: ...
+
+    @abstractmethod
+    def select(
+        self,
+        name: str,
+        table: Table,
+        where: dict[str, Any] | None = None,
+        order_by: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows matching column = value filters, as dicts of Python values."""
+
+    @abstractmethod
+    def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Raw SQL with `:name` parameters; returns the rows (empty for statements)."""
+
+
+class Tracking(ReadModels):
+    """Checkpoints and leases, inside one transaction (and, for the callers that reach them
+    through it, the read-model tables of the same transaction)."""
 
     # -- clock and events ------------------------------------------------------------
 
@@ -222,49 +271,3 @@ class Tracking(ABC):
     @abstractmethod
     def release(self, names: Sequence[str], owner: str) -> None:
         """Give up `owner`'s leases on `names` so others may take them at once."""
-
-    # -- read-model tables ----------------------------------------------------------------
-
-    @abstractmethod
-    def table_exists(self, name: str) -> bool: ...
-
-    @abstractmethod
-    def create_table(self, name: str, table: Table) -> None:
-        """CREATE TABLE IF NOT EXISTS with its primary key (indexes: create_indexes)."""
-
-    @abstractmethod
-    def create_indexes(self, name: str, table: Table) -> None: ...
-
-    @abstractmethod
-    def drop_table(self, name: str) -> None:
-        """DROP TABLE IF EXISTS."""
-
-    @abstractmethod
-    def rename_table(self, old: str, new: str) -> None:
-        """Rename a table and its primary key, so `old` can be created again."""
-
-    @abstractmethod
-    def fetch(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """Rows whose primary key is in `keys`, as dicts of Python values."""
-
-    @abstractmethod
-    def write(self, name: str, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert rows, replacing those with the same primary key (every column given)."""
-
-    @abstractmethod
-    def remove(self, name: str, table: Table, keys: Sequence[tuple[Any, ...]]) -> None: ...
-
-    @abstractmethod
-    def select(
-        self,
-        name: str,
-        table: Table,
-        where: dict[str, Any] | None = None,
-        order_by: Sequence[str] = (),
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Rows matching column = value filters, as dicts of Python values."""
-
-    @abstractmethod
-    def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Raw SQL with `:name` parameters; returns the rows (empty for statements)."""

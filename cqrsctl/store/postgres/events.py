@@ -1,0 +1,304 @@
+"""Appending and reading events in a transaction (PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ...errors import DuplicateEventError
+from ..base import (
+    ANY,
+    EXISTS,
+    NO_STREAM,
+    EventRow,
+    ExpectedVersion,
+    FoldRow,
+    StoredEvent,
+    StreamBusy,
+    Transaction,
+    check_expected,
+)
+from .commands import PostgresCommands, PostgresSnapshots
+from .journal import PostgresJournal
+from .outbox import PostgresOutbox
+from .read_models import PostgresReadModels
+from .sagas import PostgresSagas
+from .sql import _EVENT_COLUMNS, _event
+from .tracking import PostgresTracking
+
+if TYPE_CHECKING:
+    from .store import PostgresStore
+
+
+# Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
+# expected version); returns the head and the new positions (none when the check failed).
+# Arrays go in binary: psycopg quotes every element of a text array with regular expressions.
+_APPEND = (
+    "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
+    " ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
+    " data, metadata, recorded_at)"
+    " SELECT %(s)s, head.v + x.o, x.i, x.t, x.sv, %(c)s, x.d::jsonb, x.m::jsonb, %(r)s FROM head, {source}"
+    " WHERE head.v BETWEEN %(lo)s AND %(hi)s ORDER BY x.o RETURNING global_position)"
+    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1)"
+)
+_APPEND_ONE = _APPEND.format(
+    source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
+)
+_APPEND_MANY = _APPEND.format(
+    source="unnest(%(i)b::text[], %(t)b::text[], %(sv)b::int[], %(d)b::text[], %(m)b::text[])"
+    " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
+)
+_NO_LIMIT = 2**62
+# Per-stream locks (two-key form: schema tag, hash of the stream id), held to commit:
+# appends to one stream queue, so the head an append reads is the one it inserts after.
+# Distinct streams sharing a hash only queue too.
+_STREAM_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_TRY_STREAM_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+
+# Gap-free reading without serialising writers. Identity values are handed out at INSERT
+# and become visible at COMMIT, in any order, so a reader following global_position must
+# not read past a position that a transaction still in flight may hold. Each appending
+# transaction therefore first *registers*: it takes a shared advisory lock whose key
+# carries k, the identity's last value at that moment (every position it allocates later
+# is above k). Registrations are visible to everyone at once in pg_locks, and go with the
+# transaction (commit, rollback, a crashed client). A reader takes the bound
+#   B = min(the identity's last value, read first; every registered k, read after that)
+# and reads `global_position <= B` in a later statement. That is safe: a position p <= B
+# was allocated before the identity was read, so its writer had registered before pg_locks
+# was read; it was then either still registered (B <= k < p) or finished, and a
+# transaction's locks are released only after its commit is visible to new snapshots.
+# A lock key is bit 62 (set), 15 bits of schema tag, then k in the low 47 bits.
+_SEQUENCE_LAST = "(SELECT last_value - (NOT is_called)::int FROM events_global_position_seq)"
+
+
+def _bound_sql(tag: int) -> str:
+    # The pg_locks subquery refers to the sequence's row, so it runs after that row is read.
+    return (
+        "(SELECT least(s.l, (SELECT min(((l.classid::bigint & 32767) << 32) | l.objid::bigint) FROM pg_locks l"
+        f" WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.classid::bigint >> 15 = {tag}"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND s.l IS NOT NULL)) FROM {_SEQUENCE_LAST} AS s(l))"
+    )
+
+
+def _head_range(expected: ExpectedVersion) -> tuple[int, int]:
+    """The heads `expected` accepts, as an inclusive range (what check_expected tests)."""
+    if expected == ANY:
+        return 0, _NO_LIMIT
+    if expected == NO_STREAM:
+        return 0, 0
+    if expected == EXISTS:
+        return 1, _NO_LIMIT
+    return expected, expected  # type: ignore[return-value]
+
+
+def _stream_range(
+    stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
+    where, params = "stream_id = %s AND stream_version >= %s", [stream_id, from_version]
+    if to_version is not None:
+        where += " AND stream_version <= %s"
+        params.append(to_version)
+    if as_of is not None:
+        where += " AND recorded_at <= %s"
+        params.append(as_of)
+    return where, params
+
+
+class PostgresTransaction(Transaction):
+    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, registered: bool = False) -> None:
+        self.conn = conn
+        self.store = store
+        self.cur = conn.cursor()
+        self._registered = registered
+        # Streams this transaction holds (their lock is until commit, or until the
+        # savepoint it was taken in rolls back).
+        self._streams: set[str] = set()
+        self._all_streams = False  # lock_all_streams() was called
+        self.nowait = False
+        self.appended = False  # listeners get a NOTIFY after the commit
+
+    @property
+    def commands(self) -> PostgresCommands:
+        return PostgresCommands(self.cur, self.store)
+
+    @property
+    def snapshots(self) -> PostgresSnapshots:
+        return PostgresSnapshots(self.cur, self.store)
+
+    @property
+    def outbox(self) -> PostgresOutbox:
+        return PostgresOutbox(self.cur, self.store)
+
+    @property
+    def sagas(self) -> PostgresSagas:
+        return PostgresSagas(self.cur, self.store)
+
+    @property
+    def journal(self) -> PostgresJournal:
+        return PostgresJournal(self.cur, self.store)
+
+    @property
+    def tracking(self) -> PostgresTracking:
+        return PostgresTracking(self.cur, self.store.head_sql)
+
+    @property
+    def read_models(self) -> PostgresReadModels:
+        return PostgresReadModels(self.cur)
+
+    def _lock_for_append(self) -> None:
+        # Register before allocating any position (see _bound_sql).
+        if not self._registered:
+            self.cur.execute(self.store.register_sql)
+            self._registered = True
+
+    def lock_stream(self, stream_id: str) -> None:
+        self._lock_for_append()
+        if stream_id in self._streams or self._all_streams:
+            return
+        if self.nowait:
+            self.cur.execute(_TRY_STREAM_LOCK, (self.store.stream_tag, stream_id))
+            if not self.cur.fetchone()[0]:  # type: ignore[index]
+                raise StreamBusy(stream_id)
+        else:
+            self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
+        self._streams.add(stream_id)
+
+    def lock_all_streams(self) -> None:
+        # Advisory locks per stream would fill the server's lock table on a large import;
+        # this one lock makes every other appender wait for the commit instead.
+        self._lock_for_append()
+        if not self._all_streams:
+            self.cur.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+            self._all_streams = True
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        streams = set(self._streams)
+        self.cur.execute("SAVEPOINT cqrsctl_sp")
+        try:
+            yield
+        except BaseException:
+            if not self.conn.broken:
+                self.cur.execute("ROLLBACK TO SAVEPOINT cqrsctl_sp; RELEASE SAVEPOINT cqrsctl_sp")
+            # Locks taken under a savepoint go with its rollback.
+            self._streams = streams
+            raise
+        self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
+
+    def _stream_version(self, stream_id: str) -> int:
+        self.cur.execute("SELECT max(stream_version) FROM events WHERE stream_id = %s", (stream_id,))
+        row = self.cur.fetchone()
+        return (row[0] or 0) if row else 0
+
+    stream_version = _stream_version
+
+    def _events_by_id(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        self.cur.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ANY(%s)", (list(event_ids),))
+        return list(map(_event, self.cur.fetchall()))
+
+    def _insert_at_head(
+        self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
+    ) -> tuple[int, list[int]]:
+        # One statement reads the head, checks it and inserts (nothing when the check fails).
+        self._lock_for_append()
+        lo, hi = _head_range(expected)
+        first = rows[0]
+        params: dict[str, Any] = {
+            "s": stream_id, "c": first[5], "r": first[8], "lo": lo, "hi": hi,
+        }  # fmt: skip
+        if len(rows) == 1:
+            query = _APPEND_ONE
+            params.update(i=first[2], t=first[3], sv=first[4], d=first[6], m=first[7])
+        else:
+            query = _APPEND_MANY
+            params.update(
+                i=[r[2] for r in rows], t=[r[3] for r in rows], sv=[r[4] for r in rows],
+                d=[r[6] for r in rows], m=[r[7] for r in rows],
+            )  # fmt: skip
+        try:
+            if stream_id in self._streams or self.nowait:
+                self.lock_stream(stream_id)
+                self.cur.execute(query, params)
+            else:
+                # The stream's lock, then the append in a statement of its own (whose
+                # snapshot, taken once the lock is held, sees every earlier append to the
+                # stream): two statements, one round trip.
+                with self.conn.pipeline():
+                    self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
+                    self.cur.execute(query, params)
+                self._streams.add(stream_id)
+            head, positions = self.cur.fetchone()  # type: ignore[misc]
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateEventError(
+                f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
+            ) from None
+        check_expected(stream_id, expected, head)
+        self.appended = True
+        return head, positions
+
+    def _insert_events(self, rows: list[EventRow]) -> list[int]:
+        insert = (
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
+            " data, metadata, recorded_at)"
+        )
+        try:
+            if len(rows) == 1:
+                self.cur.execute(
+                    insert
+                    + " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING global_position",
+                    rows[0],
+                )
+                positions = [self.cur.fetchone()[0]]  # type: ignore[index]
+            else:
+                cols = list(zip(*rows, strict=True))
+                self.cur.execute(
+                    insert + " SELECT s, v, i, t, sv, c, d::jsonb, m::jsonb, r FROM unnest("
+                    "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],"
+                    " %b::text[], %b::text[], %b::timestamptz[]) WITH ORDINALITY AS x(s, v, i, t, sv, c, d, m, r, o)"
+                    " ORDER BY o RETURNING global_position",
+                    [list(c) for c in cols],
+                )
+                positions = sorted(r[0] for r in self.cur.fetchall())
+            self.appended = True
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateEventError(
+                f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
+            ) from None
+        return positions
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[StoredEvent]:
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        self.cur.execute(query, params)
+        return list(map(_event, self.cur.fetchall()))
+
+    def read_stream_data(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[FoldRow]:
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        self.cur.execute(
+            "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
+            f" WHERE {where} ORDER BY stream_version",
+            params,
+        )
+        return self.cur.fetchall()

@@ -1,0 +1,31 @@
+"""What the PostgreSQL modules share: event rows, identifiers, lock keys."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Any
+
+import orjson
+
+from ..base import StoredEvent, stored_event
+
+# data and metadata come as text for orjson: psycopg's jsonb loader is a Python call per value.
+_EVENT_COLUMNS = (
+    "global_position, stream_id, stream_version, event_id, event_type, "
+    "schema_version, data::text, metadata::text, recorded_at"
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) - 2**31
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    return stored_event(*row[:6], orjson.loads(row[6]), orjson.loads(row[7]), row[8])
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'

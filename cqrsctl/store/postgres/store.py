@@ -1,0 +1,296 @@
+"""PostgreSQL backend (psycopg 3 + psycopg-pool).
+
+Durability: a commit returns after the WAL is flushed (with the server's default
+`synchronous_commit = on`), so it survives a crash of the server or the machine.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ...errors import DatabaseError, NotFoundError, UsageError
+from ...redaction import redact, scrub
+from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StoredEvent, StreamInfo
+from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
+from .schema import _SCHEMA_TABLE, MIGRATIONS
+from .sql import _EVENT_COLUMNS, _IDENT, _event, _lock_key
+
+
+def parse_postgres_url(url: str) -> tuple[str, str]:
+    """Split our `?schema=` option off a libpq URL: (conninfo, schema)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise UsageError(f"not a postgresql URL: {redact(url)}")
+    query = parse_qsl(parts.query)
+    schema = "public"
+    rest = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    if not _IDENT.match(schema):
+        raise UsageError(f"invalid schema name {schema!r}: letters, digits and _ only")
+    if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+        raise UsageError(f"schema {schema!r} belongs to PostgreSQL itself: name a schema of your own")
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    return conninfo, schema
+
+
+class PostgresStore(Store):
+    backend = "postgres"
+
+    def __init__(
+        self, url: str, *, migrate: bool = True, max_connections: int = 4, connect_timeout: float = 10
+    ) -> None:
+        self.url = url
+        self.conninfo, self.schema = parse_postgres_url(url)
+        tag = (1 << 15) | (zlib.crc32(f"cqrsctl.appenders.{self.schema}".encode()) & 0x7FFF)
+        self.register_sql = f"SELECT pg_advisory_xact_lock_shared({tag << 47} | {_SEQUENCE_LAST})"
+        bound = _bound_sql(tag)
+        self.bound_sql = f"SELECT {bound}"
+        # The head a follower may read up to: in the statement that computes the bound, the
+        # highest position at most B that this statement's snapshot sees (maybe lower than
+        # what a later statement sees below B, never higher).
+        self.head_sql = (
+            f"(SELECT coalesce(max(global_position), 0) FROM events WHERE global_position <= {bound})"
+        )
+        self.stream_tag = _lock_key(f"cqrsctl.stream.{self.schema}")
+        self.outbox_lock = _lock_key(f"cqrsctl.outbox.{self.schema}")
+        self.channel = f"cqrsctl_{self.schema}"[:63]
+        self.notify_sql = (
+            f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
+        )
+        self._check_connect(connect_timeout)
+        self.pool = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            open=False,
+            name="cqrsctl",
+        )
+        self.pool.open(wait=False)
+        try:
+            self.pool.wait(timeout=connect_timeout)
+        except PoolTimeout:
+            self.pool.close()
+            raise DatabaseError(f"cannot connect to {redact(url)}: timed out") from None
+        if migrate:
+            self.migrate()
+
+    def _check_connect(self, timeout: float) -> None:
+        # One direct attempt first, so a bad URL fails fast with the server's own reason.
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=max(1, int(timeout))).close()
+        except psycopg.Error as exc:
+            reason = scrub(" ".join(str(exc).split()) or type(exc).__name__, self.url)
+            raise DatabaseError(f"cannot connect to {redact(self.url)}: {reason}") from None
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        set_json_loads(orjson.loads, conn)
+        conn.execute("SET timezone TO 'UTC'")
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new, unpooled autocommit connection on this store's schema (for LISTEN)."""
+        conn = psycopg.connect(self.conninfo, autocommit=True)
+        self._configure(conn)
+        return conn
+
+    @contextmanager
+    def transaction(
+        self, *, appending: bool = False, deferred: bool = False
+    ) -> Iterator[PostgresTransaction]:
+        try:
+            with self.pool.connection() as conn:
+                # BEGIN and the registration in one round trip (the simple query protocol,
+                # used when there are no parameters, takes both statements).
+                conn.execute(f"BEGIN; {self.register_sql}" if appending else "BEGIN")
+                try:
+                    tx = PostgresTransaction(conn, self, registered=appending)
+                    yield tx
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                if not tx.appended:
+                    conn.execute("COMMIT")
+                    return
+                # Why the NOTIFY is not in the appending transaction: PostgreSQL holds one
+                # database-wide lock from queueing a notification until the end of the commit,
+                # WAL flush included, so notifying transactions commit one at a time. In a
+                # transaction of its own, after the commit, with no flush to wait for (a lost
+                # wake-up costs a listener one poll interval, never an event), the lock is brief.
+                try:
+                    conn.execute(f"COMMIT; {self.notify_sql}")
+                except psycopg.Error:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                        raise  # the COMMIT failed
+                    conn.execute("ROLLBACK")  # only the wake-up did
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+
+    @contextmanager
+    def reader(self, *, consistent: bool = True) -> Iterator[PostgresTransaction]:
+        if consistent:
+            with self.transaction() as tx:
+                yield tx
+            return
+        try:
+            with self.pool.connection() as conn:  # autocommit: each statement on its own
+                yield PostgresTransaction(conn, self)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+
+    @contextmanager
+    def lazy_transaction(self) -> Iterator[PostgresTransaction]:
+        try:
+            with self.pool.connection() as conn:
+                conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+                try:
+                    yield PostgresTransaction(conn, self)
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+
+    def ddl(self) -> str:
+        statements = [
+            f"CREATE SCHEMA IF NOT EXISTS {self.schema}",
+            f"SET search_path TO {self.schema}",
+            _SCHEMA_TABLE,
+        ]
+        for version in sorted(MIGRATIONS):
+            statements += MIGRATIONS[version]
+        return ";\n\n".join(statements) + ";\n"
+
+    def schema_version(self) -> int:
+        with self.transaction() as tx:
+            tx.cur.execute("SELECT to_regclass('cqrsctl_schema') IS NOT NULL")
+            if not tx.cur.fetchone()[0]:  # type: ignore[index]
+                return 0
+            tx.cur.execute("SELECT coalesce(max(version), 0) FROM cqrsctl_schema")
+            return tx.cur.fetchone()[0]  # type: ignore[index,no-any-return]
+
+    def _apply_ddl(self, entry: JournalEntry, everything: bool) -> None:
+        with self.transaction() as tx:
+            # Concurrent first runs must not race each other through the DDL.
+            tx.cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(f"cqrsctl.migrate.{self.schema}"),))
+            tx.cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            tx.cur.execute(_SCHEMA_TABLE)
+            tx.cur.execute("SELECT coalesce(max(version), 0) FROM cqrsctl_schema")
+            current = tx.cur.fetchone()[0]  # type: ignore[index]
+            if current >= SCHEMA_VERSION and not everything:
+                return  # a concurrent first run did it while this one waited for the lock
+            for version in sorted(MIGRATIONS):
+                if version <= current and not everything:
+                    continue
+                for statement in MIGRATIONS[version]:
+                    tx.cur.execute(statement)
+                if version > current:
+                    tx.cur.execute(
+                        "INSERT INTO cqrsctl_schema (version, applied_at) VALUES (%s, now())", (version,)
+                    )
+            entry.result.setdefault("from_version", current)
+            entry.result.setdefault("to_version", SCHEMA_VERSION)
+            tx.journal.add(entry)
+
+    def core_columns(self) -> dict[str, set[str]]:
+        with self.reader() as tx:
+            tx.cur.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = ANY(%s)",
+                (self.schema, list(CORE_COLUMNS)),
+            )
+            found: dict[str, set[str]] = {}
+            for table, column in tx.cur.fetchall():
+                found.setdefault(table, set()).add(column)
+            return found
+
+    def guards(self) -> dict[str, bool]:
+        names = [f"{t}_{g}" for t in ("events", "cqrsctl_journal") for g in ("append_only", "no_truncate")]
+        with self.reader() as tx:
+            tx.cur.execute(
+                "SELECT t.tgname, t.tgenabled <> 'D' FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT t.tgisinternal",
+                (self.schema,),
+            )
+            present = dict(tx.cur.fetchall())
+        return {name: bool(present.get(name)) for name in names}
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > %s"
+        params: list[Any] = [after]
+        if categories:
+            query += " AND category = ANY(%s)"
+            params.append(list(categories))
+        if types:
+            query += " AND event_type = ANY(%s)"
+            params.append(list(types))
+        query += " AND global_position <= %s ORDER BY global_position LIMIT %s"
+        with self.reader() as tx:
+            # The bound first, the page in a later statement (see _bound_sql).
+            tx.cur.execute(self.bound_sql)
+            bound = tx.cur.fetchone()[0]  # type: ignore[index]
+            if bound is None or bound <= after:
+                return []
+            tx.cur.execute(query, [*params, bound, limit])
+            return list(map(_event, tx.cur.fetchall()))
+
+    def head(self) -> int:
+        with self.reader() as tx:
+            tx.cur.execute(f"SELECT {self.head_sql}")
+            return tx.cur.fetchone()[0]  # type: ignore[index,no-any-return]
+
+    def list_streams(self, category: str | None = None, limit: int | None = None) -> list[StreamInfo]:
+        query = (
+            "SELECT stream_id, min(category), max(stream_version), min(global_position), max(global_position),"
+            " min(recorded_at), max(recorded_at) FROM events"
+        )
+        params: list[Any] = []
+        if category:
+            query += " WHERE category = %s"
+            params.append(category)
+        query += " GROUP BY stream_id ORDER BY min(global_position)"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        with self.reader() as tx:
+            tx.cur.execute(query, params)
+            return [StreamInfo(*r) for r in tx.cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        if self.schema_version() == 0:
+            raise NotFoundError(f"store {redact(self.url)} is not initialised: run `cqrsctl init`")
+        present = self.core_columns()
+        tables = [t for t in CORE_COLUMNS if t in present and t != "cqrsctl_schema"]
+        with self.reader() as tx:
+            out = {}
+            for t in tables:
+                tx.cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
+                out[t] = tx.cur.fetchone()[0]  # type: ignore[index]
+            return out

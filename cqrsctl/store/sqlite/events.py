@@ -1,0 +1,175 @@
+"""Appending and reading events in a transaction (SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ...errors import DuplicateEventError
+from ..base import EventRow, FoldRow, StoredEvent, Transaction
+from .commands import SQLiteCommands, SQLiteSnapshots
+from .journal import SQLiteJournal
+from .outbox import SQLiteOutbox
+from .read_models import SQLiteReadModels
+from .sagas import SQLiteSagas
+from .sql import _EVENT_COLUMNS, _event, _ts
+from .tracking import SQLiteTracking
+
+if TYPE_CHECKING:
+    from .store import _WriteTransaction
+
+
+def _stream_range(
+    stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
+    where, params = "stream_id = ? AND stream_version >= ?", [stream_id, from_version]
+    if to_version is not None:
+        where += " AND stream_version <= ?"
+        params.append(to_version)
+    if as_of is not None:
+        where += " AND recorded_at <= ?"
+        params.append(_ts(as_of))
+    return where, params
+
+
+class SQLiteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection, outer: _WriteTransaction | None = None) -> None:
+        self.conn, self.outer = conn, outer
+        # Under BEGIN IMMEDIATE nobody else writes, so a version seen by a full read
+        # of a stream in this transaction stays true; append need not ask again.
+        self._known: dict[str, int] = {}
+
+    @property
+    def commands(self) -> SQLiteCommands:
+        return SQLiteCommands(self.conn)
+
+    @property
+    def snapshots(self) -> SQLiteSnapshots:
+        return SQLiteSnapshots(self.conn)
+
+    @property
+    def outbox(self) -> SQLiteOutbox:
+        return SQLiteOutbox(self.conn)
+
+    @property
+    def sagas(self) -> SQLiteSagas:
+        return SQLiteSagas(self.conn)
+
+    @property
+    def journal(self) -> SQLiteJournal:
+        return SQLiteJournal(self.conn)
+
+    @property
+    def tracking(self) -> SQLiteTracking:
+        return SQLiteTracking(self.conn, self.outer)
+
+    @property
+    def read_models(self) -> SQLiteReadModels:
+        return SQLiteReadModels(self.conn, self.outer)
+
+    def _lock_for_append(self) -> None:
+        # Writers run under BEGIN IMMEDIATE: one at a time, so positions commit in order.
+        pass
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT cqrsctl_sp")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO cqrsctl_sp")
+            self.conn.execute("RELEASE cqrsctl_sp")
+            # Versions read inside may have been of rows now gone.
+            self._known.clear()
+            raise
+        self.conn.execute("RELEASE cqrsctl_sp")
+
+    def _stream_version(self, stream_id: str) -> int:
+        known = self._known.get(stream_id)
+        if known is not None:
+            return known
+        row = self.conn.execute(
+            "SELECT max(stream_version) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return row[0] or 0
+
+    stream_version = _stream_version
+
+    def _events_by_id(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        found: list[StoredEvent] = []
+        ids = list(event_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found += map(
+                _event,
+                self.conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk),
+            )
+        return found
+
+    def _insert_events(self, rows: list[EventRow]) -> list[int]:
+        sql = (
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,"
+            " category, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        try:
+            if len(rows) == 1:
+                r = rows[0]
+                cur = self.conn.execute(sql, (*r[:8], _ts(r[8])))
+                self._known[r[0]] = r[1]
+                return [cur.lastrowid]  # type: ignore[list-item]
+            params = []
+            at, stamp = None, ""
+            for r in rows:
+                if r[8] is not at:  # the rows of one append share their timestamp
+                    at, stamp = r[8], _ts(r[8])
+                params.append((*r[:8], stamp))
+            self.conn.executemany(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateEventError(f"append rejected by a uniqueness rule: {exc}") from None
+        finally:
+            self._known.clear()
+        last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[StoredEvent]:
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        events = list(map(_event, self.conn.execute(sql, params)))
+        if to_version is None and as_of is None and limit is None:
+            if events:
+                self._known[stream_id] = events[-1].stream_version
+            elif from_version == 1:
+                self._known[stream_id] = 0
+        return events
+
+    def read_stream_data(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> list[FoldRow]:
+        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        sql = "SELECT global_position, stream_version, event_type, schema_version, data FROM events WHERE "
+        rows = self.conn.execute(sql + where + " ORDER BY stream_version", params).fetchall()
+        if to_version is None and as_of is None:
+            if rows:
+                self._known[stream_id] = rows[-1][1]
+            elif from_version == 1:
+                self._known[stream_id] = 0
+        return rows

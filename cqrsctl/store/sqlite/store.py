@@ -1,0 +1,366 @@
+"""SQLite backend: one file, WAL, one writer at a time.
+
+Durability: WAL with `synchronous=NORMAL` (the default) survives a crash of the
+process but may lose the last commits on power loss or an OS crash;
+`?synchronous=FULL` in the URL fsyncs every commit and survives both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ...errors import DatabaseError, NotFoundError, UsageError
+from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StoredEvent, StreamInfo, utcnow
+from .events import SQLiteTransaction
+from .schema import _SCHEMA_TABLE, MIGRATIONS
+from .sql import _EVENT_COLUMNS, _event, _q, _ts
+
+_SYNC_MODES = {"off", "normal", "full", "extra"}
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """`sqlite:///rel.db`, `sqlite:////abs.db`, `sqlite:///:memory:` -> (path, options)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise UsageError(f"not a sqlite URL: {url}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.netloc:
+        path = parts.netloc + "/" + path
+    if not path:
+        raise UsageError(f"sqlite URL has no file path: {url} (use sqlite:///file.db)")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return path, options
+
+
+class _Turns:
+    """A first-come, first-served lock for the writers of one database file in this process.
+
+    SQLite's own busy handler wakes waiting writers at random (one thread wrote 36 times
+    while another wrote once); taking turns here first serves them in the order they came.
+    Re-entrant per thread, so a thread that opens a second store on the same file inside a
+    write transaction still gets SQLite's own "locked" answer rather than waiting on itself.
+    Writers in other processes still meet SQLite's busy handler."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._cond.wait()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._cond.notify_all()
+
+
+_TURNS: dict[str, _Turns] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+def _turns(path: str) -> _Turns:
+    key = path if path == ":memory:" else str(Path(path).resolve())
+    with _TURNS_LOCK:
+        return _TURNS.setdefault(key, _Turns())
+
+
+class _WriteTransaction:
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on any exception). A class, not a generator:
+    it is entered once per dispatched command.
+
+    `deferred`: begin as a reader (a snapshot that blocks no writer) and become the writer
+    only at `SQLiteTracking.fence()`, so slow work before that (projection handlers) never
+    holds the database's write lock."""
+
+    __slots__ = ("store", "conn", "deferred", "turn")
+
+    def __init__(self, store: SQLiteStore, deferred: bool = False) -> None:
+        self.store, self.conn, self.deferred = store, store.conn, deferred
+        self.turn = False
+
+    def __enter__(self) -> SQLiteTransaction:
+        conn = self.conn
+        if self.deferred:
+            conn.execute("BEGIN")
+            return SQLiteTransaction(conn, self)
+        self.take_turn()
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                self.store._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.DatabaseError as exc:
+            self.give_turn()
+            raise DatabaseError(f"sqlite: {exc}") from None
+        return SQLiteTransaction(conn, self)
+
+    def take_turn(self) -> None:
+        self.store.turns.acquire()
+        self.turn = True
+
+    def give_turn(self) -> None:
+        if self.turn:
+            self.turn = False
+            self.store.turns.release()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        conn = self.conn
+        try:
+            if exc_type is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise DatabaseError(f"sqlite commit failed: {error}") from None
+        finally:
+            self.give_turn()
+
+
+class SQLiteStore(Store):
+    """A store on one SQLite file. Safe to share between threads: each thread gets a
+    connection of its own (an in-memory database keeps one for all, used by one thread at a
+    time), and writers of this process take turns in the order they came (see _Turns)."""
+
+    backend = "sqlite"
+
+    def __init__(self, url: str, *, migrate: bool = True, create: bool = True) -> None:
+        self.url = url
+        self.path, options = parse_sqlite_url(url)
+        unknown = set(options) - {"synchronous", "busy_timeout"}
+        if unknown:
+            raise UsageError(f"unknown sqlite URL option(s): {', '.join(sorted(unknown))}")
+        self.synchronous = options.get("synchronous", "normal").lower()
+        if self.synchronous not in _SYNC_MODES:
+            raise UsageError(f"synchronous must be one of {', '.join(sorted(_SYNC_MODES))}")
+        try:
+            self.busy_timeout_ms = int(options.get("busy_timeout", "60000"))
+        except ValueError:
+            raise UsageError("busy_timeout must be a number of milliseconds") from None
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise DatabaseError(
+                    f"cannot open sqlite database {self.path}: directory {parent} does not exist"
+                )
+            if not create and not Path(self.path).exists():
+                raise DatabaseError(f"no store at {self.path}; run `cqrsctl init`")
+        self.turns = _turns(self.path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._shared: sqlite3.Connection | None = None
+        first = self._connect()
+        if self.path == ":memory:":
+            self._shared = first  # another connection would be another, empty, database
+        if migrate:
+            self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
+            )
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal" and self.path != ":memory:":
+                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"cannot open sqlite database {self.path}: {exc}") from None
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        if self._shared is not None:
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        return conn if conn is not None else self._connect()
+
+    def _retry_locked(self, fn: Any) -> Any:
+        # The busy handler does not cover every path (switching journal mode, a
+        # reader upgraded to writer); users must never see "database is locked".
+        import time
+
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def transaction(self, *, appending: bool = False, deferred: bool = False) -> _WriteTransaction:
+        return _WriteTransaction(self, deferred)
+
+    @contextmanager
+    def lazy_transaction(self) -> Iterator[SQLiteTransaction]:
+        # synchronous cannot change inside a transaction: around it, then. NORMAL in WAL
+        # mode skips the fsync at commit; the next FULL commit or checkpoint syncs it.
+        relax = self.synchronous in ("full", "extra") and not self.conn.in_transaction
+        if relax:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self.transaction() as tx:
+                yield tx
+        finally:
+            if relax:
+                self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+    @contextmanager
+    def reader(self, *, consistent: bool = True) -> Iterator[SQLiteTransaction]:
+        conn = self.conn
+        if conn.in_transaction:  # nested inside a write transaction: share it
+            yield SQLiteTransaction(conn)
+            return
+        shared = self._shared is not None
+        if shared:  # one connection for every thread: one of them at a time
+            self.turns.acquire()
+        try:
+            if not consistent:
+                yield SQLiteTransaction(conn)
+                return
+            conn.execute("BEGIN")
+            try:
+                yield SQLiteTransaction(conn)
+            finally:
+                conn.execute("COMMIT")
+        finally:
+            if shared:
+                self.turns.release()
+
+    def ddl(self) -> str:
+        statements = [_SCHEMA_TABLE]
+        for version in sorted(MIGRATIONS):
+            statements += MIGRATIONS[version]
+        return ";\n\n".join(statements) + ";\n"
+
+    def schema_version(self) -> int:
+        try:
+            row = self.conn.execute("SELECT max(version) FROM cqrsctl_schema").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return row[0] or 0
+
+    def _apply_ddl(self, entry: JournalEntry, everything: bool) -> None:
+        with self.transaction() as tx:
+            tx.conn.execute(_SCHEMA_TABLE)
+            current = tx.conn.execute("SELECT coalesce(max(version), 0) FROM cqrsctl_schema").fetchone()[0]
+            for version in sorted(MIGRATIONS):
+                if version <= current and not everything:
+                    continue
+                for statement in MIGRATIONS[version]:
+                    tx.conn.execute(statement)
+                if version > current:
+                    tx.conn.execute(
+                        "INSERT INTO cqrsctl_schema (version, applied_at) VALUES (?, ?)",
+                        (version, _ts(utcnow())),
+                    )
+            if everything or current < SCHEMA_VERSION:
+                entry.result.setdefault("from_version", current)
+                entry.result.setdefault("to_version", SCHEMA_VERSION)
+                tx.journal.add(entry)
+
+    def core_columns(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table in CORE_COLUMNS:
+            columns = {r[1] for r in self.conn.execute(f"PRAGMA table_info({_q(table)})")}
+            if columns:
+                found[table] = columns
+        return found
+
+    def guards(self) -> dict[str, bool]:
+        names = [
+            f"{table}_append_only_{op}"
+            for table in ("events", "cqrsctl_journal")
+            for op in ("update", "delete")
+        ]
+        present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        return {name: name in present for name in names}
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > ?"
+        params: list[Any] = [after]
+        if categories:
+            sql += f" AND category IN ({','.join('?' * len(categories))})"
+            params += categories
+        if types:
+            sql += f" AND event_type IN ({','.join('?' * len(types))})"
+            params += types
+        sql += " ORDER BY global_position LIMIT ?"
+        params.append(limit)
+        return list(map(_event, self.conn.execute(sql, params)))
+
+    def head(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]
+
+    def list_streams(self, category: str | None = None, limit: int | None = None) -> list[StreamInfo]:
+        sql = (
+            "SELECT stream_id, category, max(stream_version), min(global_position), max(global_position),"
+            " min(recorded_at), max(recorded_at) FROM events"
+        )
+        params: list[Any] = []
+        if category:
+            sql += " WHERE category = ?"
+            params.append(category)
+        sql += " GROUP BY stream_id ORDER BY min(global_position)"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            StreamInfo(
+                r[0], r[1], r[2], r[3], r[4], datetime.fromisoformat(r[5]), datetime.fromisoformat(r[6])
+            )
+            for r in self.conn.execute(sql, params)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        if self.schema_version() == 0:
+            raise NotFoundError(f"store {self.path} is not initialised: run `cqrsctl init`")
+        present = self.core_columns()
+        tables = [t for t in CORE_COLUMNS if t in present and t != "cqrsctl_schema"]
+        return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
