@@ -117,7 +117,7 @@ def cqrsctl(job: dict[str, Any]) -> tuple[int, Decimal]:
     try:
         n = projections.rebuild(store, app, balances.name).events
         with store.reader() as tx:
-            rows = tx.tracking.select("balances", balances.tables["balances"])
+            rows = tx.read_models.select("balances", balances.tables["balances"])
     finally:
         store.close()
     return n, sum((Decimal(r["balance"]) for r in rows), ZERO)

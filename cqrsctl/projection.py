@@ -29,7 +29,7 @@ import orjson
 
 from .errors import UsageError
 from .store import StoredEvent
-from .store.tracking import EventTuple, Table, Tracking, check_name
+from .store.tracking import EventTuple, ReadModels, Table, Tracking, check_name
 
 if TYPE_CHECKING:
     from .app import App, Event
@@ -260,7 +260,7 @@ class _Slot:
             raise UsageError(f"{self.name}: the key column {exc.args[0]!r} is missing") from None
 
     def keys(self, keys: Iterable[Any]) -> list[tuple[Any, ...]]:
-        """Cache keys as the tuples Tracking takes."""
+        """Cache keys as the tuples ReadModels takes."""
         return [(k,) for k in keys] if self.single is not None else list(keys)
 
 
@@ -274,13 +274,13 @@ class ReadModel:
     table as `{balances}`: during a rebuild it names the shadow table.
     """
 
-    def __init__(self, tracking: Tracking, tables: dict[str, Table], physical: dict[str, str]) -> None:
-        self._t = tracking
+    def __init__(self, tables_in: ReadModels, tables: dict[str, Table], physical: dict[str, str]) -> None:
+        self._t = tables_in
         self._slots = {name: _Slot(name, spec, physical[name]) for name, spec in tables.items()}
 
-    def bind(self, tracking: Tracking) -> None:
-        """Use another transaction (a rebuild keeps its cache across batches)."""
-        self._t = tracking
+    def bind(self, tables_in: ReadModels) -> None:
+        """Use another transaction's tables (a rebuild keeps its cache across batches)."""
+        self._t = tables_in
 
     def mark_complete(self, table: str) -> None:
         self._slot(table).complete = True

@@ -123,9 +123,9 @@ def oracle_totals(store: Store, upto: int | None = None) -> dict[str, tuple[int,
 
 def table_totals(store: Store) -> dict[str, tuple[int, int]]:
     with store.reader() as tx:
-        if not tx.tracking.table_exists("totals"):
+        if not tx.read_models.table_exists("totals"):
             return {}
-        rows = tx.tracking.execute("SELECT stream, total, events FROM totals")
+        rows = tx.read_models.execute("SELECT stream, total, events FROM totals")
     return {r["stream"]: (r["total"], r["events"]) for r in rows}
 
 
@@ -133,12 +133,12 @@ def checkpoint_and_totals(store: Store) -> tuple[int, dict[str, tuple[int, int]]
     """The checkpoint and the table read in ONE transaction (a consistent pair)."""
     with store.transaction() as tx:
         cp = tx.tracking.get("totals")
-        if cp is None or not tx.tracking.table_exists("totals"):
+        if cp is None or not tx.read_models.table_exists("totals"):
             return 0, {}
-        rows = tx.tracking.execute("SELECT stream, total, events FROM totals")
+        rows = tx.read_models.execute("SELECT stream, total, events FROM totals")
     return cp.position, {r["stream"]: (r["total"], r["events"]) for r in rows}
 
 
 def read_table(store: Store, table: str, order: str) -> list[dict[str, Any]]:
     with store.reader() as tx:
-        return tx.tracking.execute(f"SELECT * FROM {table} ORDER BY {order}")
+        return tx.read_models.execute(f"SELECT * FROM {table} ORDER BY {order}")

@@ -189,7 +189,9 @@ def test_gap_safety_with_concurrent_writers(store: Store, store_url: str) -> Non
         def counted() -> bool:
             with store.reader() as tx:
                 rows = (
-                    tx.tracking.execute("SELECT n FROM counts") if tx.tracking.table_exists("counts") else []
+                    tx.read_models.execute("SELECT n FROM counts")
+                    if tx.read_models.table_exists("counts")
+                    else []
                 )
             return sum(r["n"] for r in rows) == total
 
@@ -245,7 +247,7 @@ def test_kill_dash_nine_of_daemon_and_rebuild(store: Store, store_url: str) -> N
     P.check_catch_up(P.catch_up(store, app))
     assert table_totals(store) == oracle_totals(store)
     with store.reader() as tx:
-        assert not tx.tracking.table_exists("totals__rebuild")
+        assert not tx.read_models.table_exists("totals__rebuild")
 
 
 # -- PostgreSQL: several daemons, dropped connections ---------------------------------------------------
@@ -348,7 +350,7 @@ def test_three_daemons_share_work_exclusively_and_take_over(
         expected[e.stream_id] += 1
     with store.reader() as tx:
         for name in TRACED:
-            rows = tx.tracking.execute(f"SELECT stream, events FROM {name}")
+            rows = tx.read_models.execute(f"SELECT stream, events FROM {name}")
             assert {r["stream"]: r["events"] for r in rows} == expected, (
                 f"{name} counted an event twice or never"
             )

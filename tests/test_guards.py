@@ -84,9 +84,9 @@ def test_a_projection_over_the_events_table_cannot_run_and_the_events_survive(
 def test_read_model_operations_never_touch_core_tables(store: Store) -> None:
     for name in ("events", "outbox", "events__rebuild"):
         with pytest.raises(errors.UsageError), store.transaction() as tx:
-            tx.tracking.drop_table(name)
+            tx.read_models.drop_table(name)
     with pytest.raises(errors.UsageError), store.transaction() as tx:
-        tx.tracking.rename_table("mine", "events")
+        tx.read_models.rename_table("mine", "events")
     assert store.schema_problems() == []
 
 
@@ -106,7 +106,7 @@ def test_the_database_refuses_to_change_or_delete_stored_events(store: Store, st
     store.append("A-1", [NewEvent("Added", {"n": 1}), NewEvent("Added", {"n": 2})])
     before = [e.to_dict() for e in store.iter_all()]
     with pytest.raises(Exception, match="append-only"), store.transaction() as tx:
-        tx.tracking.execute(statement)
+        tx.read_models.execute(statement)
     assert [e.to_dict() for e in store.iter_all()] == before
     with store.reader() as tx:
         assert len(tx.journal.select()) == 1  # the init of the fixture's migration
@@ -118,7 +118,7 @@ def test_postgres_refuses_truncate_of_events(store: Store) -> None:
     store.append("A-1", [NewEvent("Added", {"n": 1})])
     for table in ("events", "cqrsctl_journal"):
         with pytest.raises(Exception, match="append-only"), store.transaction() as tx:
-            tx.tracking.execute(f"TRUNCATE {table}")
+            tx.read_models.execute(f"TRUNCATE {table}")
     assert len(list(store.iter_all())) == 1
 
 
@@ -131,8 +131,8 @@ def test_an_administrator_can_lift_the_guard_deliberately_and_init_puts_it_back(
     )
     with store.transaction() as tx:
         for statement in lift:
-            tx.tracking.execute(statement)
-        tx.tracking.execute("DELETE FROM events")
+            tx.read_models.execute(statement)
+        tx.read_models.execute("DELETE FROM events")
     assert list(store.iter_all()) == []
     assert any("append-only trigger" in p for p in store.schema_problems())
     result = store.initialise("admin@test")
@@ -140,7 +140,7 @@ def test_an_administrator_can_lift_the_guard_deliberately_and_init_puts_it_back(
     assert store.schema_problems() == []
     store.append("A-1", [NewEvent("Added", {"n": 1})])
     with pytest.raises(Exception, match="append-only"), store.transaction() as tx:
-        tx.tracking.execute("DELETE FROM events")
+        tx.read_models.execute("DELETE FROM events")
 
 
 # -- init repairs, doctor reports ----------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_an_administrator_can_lift_the_guard_deliberately_and_init_puts_it_back(
 def test_doctor_reports_a_missing_core_table_and_init_recreates_it(store_url: str) -> None:
     cli("--db", store_url, "init").ok()
     with open_store(store_url) as store, store.transaction() as tx:
-        tx.tracking.execute("DROP TABLE outbox")
+        tx.read_models.execute("DROP TABLE outbox")
     result = cli("--db", store_url, "doctor")
     assert_error(result, 10, "core table outbox is missing")
     doc = cli("--db", store_url, "--json", "doctor")
@@ -162,7 +162,7 @@ def test_doctor_reports_a_missing_core_table_and_init_recreates_it(store_url: st
 def test_init_names_what_it_cannot_repair(store_url: str) -> None:
     cli("--db", store_url, "init").ok()
     with open_store(store_url) as store, store.transaction() as tx:
-        tx.tracking.execute("ALTER TABLE snapshots DROP COLUMN taken_at")
+        tx.read_models.execute("ALTER TABLE snapshots DROP COLUMN taken_at")
     assert_error(cli("--db", store_url, "init"), 10, "core table snapshots lacks column(s) taken_at")
     assert_error(cli("--db", store_url, "doctor"), 10, "snapshots lacks column(s) taken_at")
 

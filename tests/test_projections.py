@@ -113,7 +113,7 @@ def test_rebuild_equals_incremental_and_swaps(store: Store) -> None:
     assert seen_during and all(s == before for s in seen_during[:-1])
     assert table_totals(store) == before
     with store.reader() as tx:
-        assert not tx.tracking.table_exists("totals__rebuild")
+        assert not tx.read_models.table_exists("totals__rebuild")
         assert tx.tracking.get("rebuild:totals") is None
     # The events are only read.
     assert sum(1 for _ in store.iter_all()) == 700
@@ -259,12 +259,12 @@ def test_read_model_api(store: Store) -> None:
     row = read_table(store, "kv", "k")
     assert len(row) == 1
     with store.reader() as tx:
-        typed = tx.tracking.fetch("kv", Kitchen.tables["kv"], [("x",)])[0]
+        typed = tx.read_models.fetch("kv", Kitchen.tables["kv"], [("x",)])[0]
     assert typed["n"] == 42 and typed["f"] == 1.5 and typed["d"] == Decimal("0.10")
     assert typed["b"] is True and typed["j"] == {"a": [1]} and typed["t"].tzinfo is not None
     P.rebuild(store, kitchen, "kitchen")
     with store.reader() as tx:
-        assert tx.tracking.fetch("kv", Kitchen.tables["kv"], [("x",)])[0] == typed
+        assert tx.read_models.fetch("kv", Kitchen.tables["kv"], [("x",)])[0] == typed
 
 
 def test_read_model_rows_are_written_in_bulk_even_when_a_column_mixes_python_types(store: Store) -> None:
@@ -275,12 +275,14 @@ def test_read_model_rows_are_written_in_bulk_even_when_a_column_mixes_python_typ
     ]
     plain = [{"k": f"p{i}", "f": i / 2, "d": Decimal(i) / 4, "j": {"i": i}, "n": i} for i in range(300)]
     with store.transaction() as tx:
-        tx.tracking.create_table("mixed", spec)
-        tx.tracking.write("mixed", spec, mixed)
-        tx.tracking.write("mixed", spec, plain)
-        tx.tracking.write("mixed", spec, [{"k": "p1", "f": 9.0, "d": Decimal("9.5"), "j": None, "n": None}])
+        tx.read_models.create_table("mixed", spec)
+        tx.read_models.write("mixed", spec, mixed)
+        tx.read_models.write("mixed", spec, plain)
+        tx.read_models.write(
+            "mixed", spec, [{"k": "p1", "f": 9.0, "d": Decimal("9.5"), "j": None, "n": None}]
+        )
     with store.reader() as tx:
-        rows = {r["k"]: r for r in tx.tracking.select("mixed", spec)}
+        rows = {r["k"]: r for r in tx.read_models.select("mixed", spec)}
     assert len(rows) == 302
     assert rows["a"] == {"k": "a", "f": 1.0, "d": Decimal(2), "j": [1], "n": 3}
     assert rows["b"] == {"k": "b", "f": 2.5, "d": Decimal("0.5"), "j": None, "n": None}
@@ -334,8 +336,8 @@ def _churn_oracle(store: Store) -> tuple[dict[str, tuple[int, int]], dict[int, t
 
 def _churn_tables(store: Store) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, str, Any]]]:
     with store.reader() as tx:
-        live = tx.tracking.select("live", Churn.tables["live"])
-        seen = tx.tracking.select("seen", Churn.tables["seen"])
+        live = tx.read_models.select("live", Churn.tables["live"])
+        seen = tx.read_models.select("seen", Churn.tables["seen"])
     return (
         {r["stream"]: (r["n"], r["total"]) for r in live},
         {r["position"]: (r["live_rows"], r["event_id"], r["at"]) for r in seen},
@@ -494,7 +496,7 @@ def test_cli_projections(store_url: str, tmp_path: Path) -> None:
     dry = cli(*base, "--format", "json", "projections", "rebuild", "--all", "--dry-run").ok().json()
     assert [d["name"] for d in dry] == ["balances", "daily_totals"]
     with open_store(store_url) as s, s.reader() as tx:
-        assert not tx.tracking.table_exists("balances__rebuild") and not tx.tracking.checkpoints()
+        assert not tx.read_models.table_exists("balances__rebuild") and not tx.tracking.checkpoints()
     caught = cli(*base, "--format", "json", "projections", "catch-up").ok().json()
     assert {c["outcome"] for c in caught} == {"caught-up"}
     rebuilt = cli(*base, "--format", "json", "projections", "rebuild", "balances").ok().json()

@@ -52,7 +52,7 @@ def test_reading_a_postgres_schema_that_is_not_there_creates_nothing(pg_dsn: str
 
 def test_read_commands_do_not_migrate(store_url: str) -> None:
     with open_store(store_url) as store, store.transaction() as tx:
-        tx.tracking.execute("DELETE FROM cqrsctl_schema WHERE version = 4")
+        tx.read_models.execute("DELETE FROM cqrsctl_schema WHERE version = 4")
     for command in (("streams", "list"), ("events",), ("outbox", "status")):
         cli("--db", store_url, *command).ok()
     with open_store(store_url, migrate=False) as store:

@@ -78,7 +78,7 @@ def exact_counts(store: Store, names: list[str]) -> None:
         expected[e.stream_id] += 1
     with store.reader() as tx:
         for name in names:
-            rows = tx.tracking.execute(f"SELECT stream, events FROM {name}")
+            rows = tx.read_models.execute(f"SELECT stream, events FROM {name}")
             assert {r["stream"]: r["events"] for r in rows} == expected, (
                 f"{name} counted an event twice or never"
             )

@@ -453,6 +453,32 @@ def test_list_streams_head_and_counts(store: Store) -> None:
     assert counts["snapshots"] == 0 and counts["processed_commands"] == 0
 
 
+# -- followers: reads in a transaction, wake-ups --------------------------------------------
+
+
+def test_read_all_in_a_transaction_reads_what_the_store_reads(store: Store) -> None:
+    seed(store, "Order-1", 3)
+    seed(store, "Invoice-1", 2, "Billed")
+    with store.transaction() as tx:
+        assert tx.read_all(0, 100) == store.read_all(0, 100)
+        assert tx.read_all(1, 2, categories=["Order"]) == store.read_all(1, 2, categories=["Order"])
+        assert [e.event_type for e in tx.read_all(0, 100, types=["Billed"])] == ["Billed", "Billed"]
+        assert tx.read_all(5, 100) == []
+
+
+def test_wakeups_tell_a_follower_of_appends_where_the_backend_can(store: Store) -> None:
+    assert store.poll_interval > 0
+    assert store.durability()
+    with store.wakeups() as wakeups:
+        wakeups.wait(0)  # a backend that notifies starts listening here
+        assert wakeups.wait(0.05) is False  # nothing appended: the wait runs out
+        seed(store, "Order-1", 1)
+        if store.backend == "postgres":
+            assert wakeups.wait(10) is True  # NOTIFY after the commit
+        else:
+            assert wakeups.wait(0.05) is False  # SQLite cannot notify: followers poll
+
+
 # -- schema -----------------------------------------------------------------------------
 
 

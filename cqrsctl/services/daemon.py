@@ -275,7 +275,7 @@ def prune_daemons(store: Store, older_than: timedelta = timedelta(days=1)) -> in
 
 class Daemon:
     """Runs `workers` until stopped. `poll` is the idle wait between looks at the store
-    (default 0.15 s on SQLite, 1 s on PostgreSQL where NOTIFY wakes it at once)."""
+    (default: the store's poll interval; a store that notifies wakes it sooner)."""
 
     def __init__(
         self,
@@ -292,7 +292,7 @@ class Daemon:
         log: Log | None = None,
     ) -> None:
         self.store, self.app, self.workers = store, app, list(workers)
-        self.poll = poll if poll is not None else (0.15 if store.backend == "sqlite" else 1.0)
+        self.poll = poll if poll is not None else store.poll_interval
         self.lease, self.heartbeat_every, self.stall = lease, heartbeat, stall
         self.stop_within = stop_within
         self.on_stall = on_stall
@@ -378,7 +378,7 @@ class Daemon:
         self._heartbeat()  # the first before any claim, so the work spreads from the start
         beats = threading.Thread(target=self._beating, name="cqrsctl-heartbeat", daemon=True)
         beats.start()
-        if self.store.backend == "postgres" and not once:
+        if not once:
             self._listener = threading.Thread(target=self._listen, name="cqrsctl-listen", daemon=True)
             self._listener.start()
         watchdog = threading.Thread(target=self._watch, name="cqrsctl-watchdog", daemon=True)
@@ -500,33 +500,20 @@ class Daemon:
     # -- wake-ups and the watchdog ------------------------------------------------------------------
 
     def _listen(self) -> None:
-        """LISTEN on the store's channel in a thread of its own; reconnects for ever."""
+        """Wait for the store's wake-ups in a thread of its own; reconnects for ever."""
         delay = 0.1
-        while not self._stop.is_set():
-            conn = None
-            try:
-                conn = self.store.connect()  # type: ignore[attr-defined]
-                conn.execute(f'LISTEN "{self.store.channel}"')  # type: ignore[attr-defined]
-                self._wake.set()  # anything appended while we were away
-                delay, checked = 0.1, time.monotonic()
-                while not self._stop.is_set():
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+        with self.store.wakeups() as wakeups:
+            while not self._stop.is_set():
+                try:
+                    if wakeups.wait(0.5):
                         self._wake.set()
-                    if time.monotonic() - checked > 5:
-                        conn.execute("SELECT 1")  # a dead connection shows itself here
-                        checked = time.monotonic()
-            except Exception as exc:
-                if not self._stop.is_set():
-                    reason = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)
-                    self.log(f"listener: {reason} (reconnecting)")
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
-            finally:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
+                    delay = 0.1
+                except Exception as exc:
+                    if not self._stop.is_set():
+                        reason = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)
+                        self.log(f"listener: {reason} (reconnecting)")
+                        self._stop.wait(delay)
+                        delay = min(delay * 2, 5.0)
 
     def _watch(self) -> None:
         while not self._stop.wait(min(self.stall / 4, 5.0)):

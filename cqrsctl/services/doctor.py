@@ -45,15 +45,6 @@ class Report:
         }
 
 
-def durability(store: Store) -> str:
-    if store.backend == "sqlite":
-        mode = getattr(store, "synchronous", "normal")
-        if mode in ("full", "extra"):
-            return f"WAL, synchronous={mode}: commits survive process crash and power loss"
-        return f"WAL, synchronous={mode}: commits survive a process crash; the last ones may be lost on power loss"
-    return "PostgreSQL: commits survive a server or machine crash (synchronous_commit as configured on the server)"
-
-
 def examine(url: str, opener: Callable[[], Store], app: Any = None, max_lag: int | None = None) -> Report:
     """The report for the store at `url`, always: a store that cannot be reached or read is a
     failed `connection` check. Only a URL that names no supported backend raises (exit 7)."""
@@ -88,7 +79,7 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
         )
     )
     report.counts = store.counts()
-    report.checks.append(Check("durability", True, durability(store)))
+    report.checks.append(Check("durability", True, store.durability()))
     if problems:
         return report  # the checks below read those tables
     from .projections import doctor_checks

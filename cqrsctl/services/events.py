@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,14 +24,16 @@ def follow(
     types: Sequence[str] | None = None,
     poll_interval: float = 0.2,
 ) -> Iterator[StoredEvent]:
-    """Yield events in global order for ever, waiting for new ones as they commit."""
-    while True:
-        batch = store.read_all(after, FOLLOW_PAGE, categories, types)
-        yield from batch
-        if batch:
-            after = batch[-1].global_position
-        if len(batch) < FOLLOW_PAGE:
-            time.sleep(poll_interval)
+    """Yield events in global order for ever, waiting for new ones as they commit: woken by
+    the store when it can (PostgreSQL), after `poll_interval` seconds at the latest."""
+    with store.wakeups() as wakeups:
+        while True:
+            batch = store.read_all(after, FOLLOW_PAGE, categories, types)
+            yield from batch
+            if batch:
+                after = batch[-1].global_position
+            if len(batch) < FOLLOW_PAGE:
+                wakeups.wait(poll_interval)
 
 
 def upcast_all(app: App | None, events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:

@@ -25,8 +25,8 @@ from typing import Any
 from ..app import App
 from ..errors import BatchError, IncompleteError, LockedError, NotFoundError, UsageError
 from ..projection import EventPage, EventView, Projection, ReadModel
-from ..store import Store, iso
-from ..store.tracking import Checkpoint, EventTuple, Tracking
+from ..store import Store, Transaction, iso
+from ..store.tracking import Checkpoint, EventTuple, ReadModels, Tracking
 from . import journal
 from .owners import dead_here, owner_id
 
@@ -195,8 +195,8 @@ class Runner:
                 cp = tr.fence(self.name)
                 if cp is None:
                     for table, spec in self.cls.tables.items():
-                        tr.create_table(table, spec)
-                        tr.create_indexes(table, spec)
+                        tx.read_models.create_table(table, spec)
+                        tx.read_models.create_indexes(table, spec)
                     cp = Checkpoint(self.name, version=self.version)
                 elif cp.version != self.version:
                     return "stale"
@@ -274,13 +274,13 @@ class Runner:
                 # the token. Only the lease holder writes the tables themselves.
                 rm = self._rm
                 if rm is None or started != self._token:
-                    rm = self._rm = ReadModel(tr, self.cls.tables, _live(self.cls))
+                    rm = self._rm = ReadModel(tx.read_models, self.cls.tables, _live(self.cls))
                     # An empty table (a new projection's) holds nothing the cache lacks: a
                     # miss then needs no lookup, until the cache is trimmed.
                     for table, spec in self.cls.tables.items():
-                        if not tr.select(table, spec, limit=1):
+                        if not tx.read_models.select(table, spec, limit=1):
                             rm.mark_complete(table)
-                rm.bind(tr)
+                rm.bind(tx.read_models)
                 try:
                     apply(self.app, self.handlers, rm, rows, skipped, page)
                 finally:
@@ -544,11 +544,15 @@ def rebuild(
         rb = tr.get(rb_name, lock=True)
         if rb is not None and not lease_free(rb, owner):
             raise LockedError(f"a rebuild of {name} is already running ({rb.owner})")
-        fresh = rb is None or rb.version != version or not all(tr.table_exists(t) for t in shadow.values())
+        fresh = (
+            rb is None
+            or rb.version != version
+            or not all(tx.read_models.table_exists(t) for t in shadow.values())
+        )
         if fresh:
             for table, spec in cls.tables.items():
-                tr.drop_table(shadow[table])
-                tr.create_table(shadow[table], spec)
+                tx.read_models.drop_table(shadow[table])
+                tx.read_models.create_table(shadow[table], spec)
             rb = Checkpoint(rb_name, version=version, status="rebuilding")
         assert rb is not None
         rb.owner, rb.lease_until = owner, tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
@@ -557,7 +561,7 @@ def rebuild(
         head = tr.head()
     skipped = {s["position"] for s in live.skipped} if live is not None else set()
     resumed_from = position = rb.position
-    rm = ReadModel(tr, cls.tables, shadow)
+    rm = ReadModel(tx.read_models, cls.tables, shadow)
     if position == 0:
         for table in cls.tables:
             rm.mark_complete(table)
@@ -569,15 +573,16 @@ def rebuild(
     page_size = min(batch, PAGE)
     lean = True  # until a handler asks for metadata, recorded_at or event_id
 
-    def batch_step(tr: Tracking) -> bool:
+    def batch_step(tx: Transaction) -> bool:
         """Pages into the shadow tables' cache until `batch` events (or as many positions,
         or REBUILD_WINDOW seconds) are done or the head read first is reached; True in that
         last case. The caller flushes."""
         nonlocal position, events, lean
+        tr = tx.tracking
         head_now = tr.head()
         start, done = position, 0
         until_time = time.monotonic() + REBUILD_WINDOW
-        rm.bind(tr)
+        rm.bind(tx.read_models)
         pages: list[EventPage] = []
         try:
             while (
@@ -639,7 +644,7 @@ def rebuild(
             began = time.monotonic()
             with store.transaction(deferred=True) as tx:
                 tr = tx.tracking
-                done = batch_step(tr)
+                done = batch_step(tx)
                 cp = fenced(tr)
                 rm.flush()
                 cp.position = position
@@ -661,13 +666,13 @@ def rebuild(
             tr = tx.tracking
             cp = fenced(tr, swap=True)
             live = tr.get(name, lock=True)
-            while not batch_step(tr):
+            while not batch_step(tx):
                 pass
             rm.flush()
             for table, spec in cls.tables.items():
-                tr.drop_table(table)
-                tr.rename_table(shadow[table], table)
-                tr.create_indexes(table, spec)
+                tx.read_models.drop_table(table)
+                tx.read_models.rename_table(shadow[table], table)
+                tx.read_models.create_indexes(table, spec)
             if live is None:
                 live = Checkpoint(name)
             cleared = live.error
@@ -695,10 +700,10 @@ def rebuild(
 # -- reset, skip, retry -----------------------------------------------------------------------------
 
 
-def _count(tr: Tracking, table: str) -> int:
-    if not tr.table_exists(table):
+def _count(tables: ReadModels, table: str) -> int:
+    if not tables.table_exists(table):
         return 0
-    return int(tr.execute(f'SELECT count(*) AS n FROM "{table}"')[0]["n"])
+    return int(tables.execute(f'SELECT count(*) AS n FROM "{table}"')[0]["n"])
 
 
 def reset(
@@ -714,17 +719,22 @@ def reset(
         if rb is not None and rb.owner and rb.lease_valid and not dead_here(rb.owner):
             raise LockedError(f"a rebuild of {name} is running ({rb.owner}); stop it first")
         cp = tr.get(name, lock=not dry_run)
-        tables = [t for table in cls.tables for t in (table, table + SHADOW_SUFFIX) if tr.table_exists(t)]
+        tables = [
+            t
+            for table in cls.tables
+            for t in (table, table + SHADOW_SUFFIX)
+            if tx.read_models.table_exists(t)
+        ]
         result: dict[str, Any] = {
             "name": name,
-            "tables": {t: _count(tr, t) for t in tables},
+            "tables": {t: _count(tx.read_models, t) for t in tables},
             "position": None if cp is None else cp.position,
             "dry_run": dry_run,
         }
         if dry_run:
             return result
         for table in tables:
-            tr.drop_table(table)
+            tx.read_models.drop_table(table)
         tr.delete(name)
         tr.delete(REBUILD_PREFIX + name)
         journal.record(tx, "projections reset", {"name": name}, result, actor)

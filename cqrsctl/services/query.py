@@ -41,7 +41,7 @@ class QueryContext:
         raise NotFoundError(f"no projection of the app declares a table {name!r}")
 
     def _exists(self, tx: Any, table: str) -> None:
-        if not tx.tracking.table_exists(table):
+        if not tx.read_models.table_exists(table):
             raise NotFoundError(
                 f"read-model table {table} does not exist yet: run `cqrsctl projections catch-up` or the daemon"
             )
@@ -56,14 +56,14 @@ class QueryContext:
                 raise ValidationError(f"{table} has no column {col!r}")
         with self.store.reader() as tx:
             self._exists(tx, table)
-            return tx.tracking.select(table, spec, where, order_by, limit)
+            return tx.read_models.select(table, spec, where, order_by, limit)
 
     def get(self, table: str, **key: Any) -> dict[str, Any] | None:
         """The row of a read-model table with this primary key, or None."""
         spec = self._table(table)
         with self.store.reader() as tx:
             self._exists(tx, table)
-            rows = tx.tracking.fetch(table, spec, [tuple(key[c] for c in spec.key)])
+            rows = tx.read_models.fetch(table, spec, [tuple(key[c] for c in spec.key)])
         return rows[0] if rows else None
 
     def one(self, table: str, **key: Any) -> dict[str, Any]:
@@ -77,7 +77,7 @@ class QueryContext:
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         """Raw SQL over the read models with `:name` parameters (values as the database gives them)."""
         with self.store.reader() as tx:
-            return tx.tracking.execute(sql, params)
+            return tx.read_models.execute(sql, params)
 
 
 def run_query(app: App, store: Store, name: str, raw_params: dict[str, str]) -> Any:

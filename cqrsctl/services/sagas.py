@@ -25,6 +25,7 @@ from ..errors import CqrsError, DomainError, NotFoundError, UsageError
 from ..saga import Saga, SagaSpec, Step
 from ..store import Store, StoredEvent, Transaction, iso
 from ..store.base import Deadline, SagaRecord, utcnow
+from ..store.tracking import Checkpoint
 from . import journal
 from .dispatch import Dispatcher
 
@@ -112,8 +113,8 @@ class SagaRunner:
             if not tx.sagas.try_lock(LOCK):
                 report.locked = True
                 return False
-            after = tx.sagas.get_position(POSITION)
-            events = self.store.read_all(after, self.batch, types=list(self.types))
+            position = tx.tracking.get(POSITION) or Checkpoint(POSITION, status="running")
+            events = tx.read_all(position.position, self.batch, types=list(self.types))
             if not events:
                 return False
             run = _Run(tx, self.clock(), report)
@@ -127,7 +128,8 @@ class SagaRunner:
                         self._on_event(run, spec, kind, event)
             for saga in run.touched.values():
                 tx.sagas.save(saga)
-            tx.sagas.set_position(POSITION, events[-1].global_position)
+            position.position = events[-1].global_position
+            tx.tracking.put(position)
             return len(events) == self.batch
 
     def _react(self, run: _Run, reaction: Any, event: StoredEvent) -> None:
@@ -267,7 +269,8 @@ class SagaRunner:
             # A deadline fires only once every followed event stored before it came due is
             # processed: the event that would have moved the saga on (or cancelled the
             # deadline) may still wait in a backlog.
-            waiting = self.store.read_all(tx.sagas.get_position(POSITION), 1, types=list(self.types))
+            position = tx.tracking.get(POSITION)
+            waiting = tx.read_all(position.position if position else 0, 1, types=list(self.types))
             cutoff = min(now, waiting[0].recorded_at) if waiting else now
             due = tx.sagas.due_deadlines(cutoff, self.batch)
             run = _Run(tx, now, report)

@@ -478,8 +478,8 @@ class Snapshots(ABC):
 
 
 class Sagas(ABC):
-    """Saga instances, their deadlines and named subscriber positions, in one transaction
-    (the rules live in services/sagas.py)."""
+    """Saga instances and their deadlines, in one transaction (the rules live in
+    services/sagas.py; the runner's position is a checkpoint, see tracking.py)."""
 
     @abstractmethod
     def try_lock(self, name: str) -> bool:
@@ -487,13 +487,6 @@ class Sagas(ABC):
         On PostgreSQL a holder that then stops for more than LOCK_IDLE seconds between two
         statements (SIGSTOP, a hung process) loses its session, and with it the lock and
         its uncommitted work: another runner takes over."""
-
-    @abstractmethod
-    def get_position(self, name: str) -> int:
-        """The position a named subscriber has processed up to (0 when new)."""
-
-    @abstractmethod
-    def set_position(self, name: str, position: int) -> None: ...
 
     @abstractmethod
     def get(self, saga_id: str) -> SagaRecord | None: ...
@@ -787,6 +780,17 @@ class Transaction(ABC):
         as_of: datetime | None = None,
     ) -> list[StoredEvent]: ...
 
+    @abstractmethod
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        """Events with `global_position > after`, in position order, as this transaction
+        sees them; never skips a late commit (see docs/ordering.md)."""
+
     def read_stream_data(
         self,
         stream_id: str,
@@ -834,11 +838,36 @@ class Transaction(ABC):
         """Read-model tables in this transaction (see tracking.py)."""
 
 
+class Wakeups(ABC):
+    """Word that events may have been appended, for a follower between two reads. Only a
+    hint: a follower still reads from its position, and a lost wake-up costs it one poll
+    interval, never an event. Use as a context manager, in one thread."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for word of an append; True when there was some
+        (at once on the first call and after a lost connection came back: anything may have
+        been appended meanwhile), False when the time ran out, as it always does on a
+        backend that cannot notify. Raises DatabaseError when the database cannot be
+        reached; the next call tries again."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Wakeups:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Store(ABC):
     """An event store. Use :func:`cqrsctl.open_store` to get one for a URL."""
 
     url: str
     backend: str
+    # How long a follower without a wake-up waits before it looks again (seconds).
+    poll_interval: float
 
     @abstractmethod
     def transaction(
@@ -881,6 +910,14 @@ class Store(ABC):
     @abstractmethod
     def core_columns(self) -> dict[str, set[str]]:
         """The core tables (see CORE_COLUMNS) that exist, with the columns each has."""
+
+    @abstractmethod
+    def durability(self) -> str:
+        """What a commit survives, in a sentence, for `doctor`."""
+
+    @abstractmethod
+    def wakeups(self) -> Wakeups:
+        """Wake-ups after appends, for a follower that waits for new events."""
 
     @abstractmethod
     def guards(self) -> dict[str, bool]:
@@ -945,7 +982,6 @@ class Store(ABC):
 
     # -- reading --------------------------------------------------------------------
 
-    @abstractmethod
     def read_all(
         self,
         after: int = 0,
@@ -954,6 +990,8 @@ class Store(ABC):
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
         """Events with `global_position > after`, in position order; never skips a late commit."""
+        with self.reader(consistent=False) as tx:
+            return tx.read_all(after, limit, categories, types)
 
     @abstractmethod
     def head(self) -> int:

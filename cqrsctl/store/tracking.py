@@ -6,7 +6,8 @@ bound to that transaction, so a read-model change and its checkpoint commit toge
 
 Checkpoint rows are named by what they track: a projection by its name (``balances``),
 the shadow build of a rebuild by ``rebuild:<name>``, a running daemon by
-``daemon:<id>`` (its heartbeat). Names with a colon are never projection names.
+``daemon:<id>`` (its heartbeat), the saga runner by ``sagas`` (how far it read). Names
+with a colon are never projection names.
 """
 
 from __future__ import annotations
@@ -191,9 +192,8 @@ class ReadModels(ABC):
         """Raw SQL with `:name` parameters; returns the rows (empty for statements)."""
 
 
-class Tracking(ReadModels):
-    """Checkpoints and leases, inside one transaction (and, for the callers that reach them
-    through it, the read-model tables of the same transaction)."""
+class Tracking(ABC):
+    """Checkpoints and leases, inside one transaction."""
 
     # -- clock and events ------------------------------------------------------------
 

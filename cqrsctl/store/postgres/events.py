@@ -288,6 +288,30 @@ class PostgresTransaction(Transaction):
         self.cur.execute(query, params)
         return list(map(_event, self.cur.fetchall()))
 
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > %s"
+        params: list[Any] = [after]
+        if categories:
+            query += " AND category = ANY(%s)"
+            params.append(list(categories))
+        if types:
+            query += " AND event_type = ANY(%s)"
+            params.append(list(types))
+        query += " AND global_position <= %s ORDER BY global_position LIMIT %s"
+        # The bound first, the page in a later statement (see _bound_sql).
+        self.cur.execute(self.store.bound_sql)
+        bound = self.cur.fetchone()[0]  # type: ignore[index]
+        if bound is None or bound <= after:
+            return []
+        self.cur.execute(query, [*params, bound, limit])
+        return list(map(_event, self.cur.fetchall()))
+
     def read_stream_data(
         self,
         stream_id: str,

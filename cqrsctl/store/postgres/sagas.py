@@ -1,4 +1,4 @@
-"""Sagas, their deadlines and named subscriber positions (PostgreSQL)."""
+"""Sagas and their deadlines (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -32,19 +32,6 @@ class PostgresSagas(Sagas):
             (_lock_key(f"cqrsctl.{name}.{self.store.schema}"), f"{int(LOCK_IDLE * 1000)}ms"),
         )
         return bool(self.cur.fetchone()[0])  # type: ignore[index]
-
-    def get_position(self, name: str) -> int:
-        self.cur.execute("SELECT position FROM checkpoints WHERE name = %s", (name,))
-        row = self.cur.fetchone()
-        return 0 if row is None else int(row[0])
-
-    def set_position(self, name: str, position: int) -> None:
-        self.cur.execute(
-            "INSERT INTO checkpoints (name, position, status, created_at, updated_at)"
-            " VALUES (%s, %s, 'running', now(), now())"
-            " ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-            (name, position),
-        )
 
     def get(self, saga_id: str) -> SagaRecord | None:
         self.cur.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id = %s", (saga_id,))

@@ -7,7 +7,7 @@ Durability: a commit returns after the WAL is flushed (with the server's default
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,10 +20,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import DatabaseError, NotFoundError, UsageError
 from ...redaction import redact, scrub
-from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StoredEvent, StreamInfo
+from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StreamInfo
 from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
 from .schema import _SCHEMA_TABLE, MIGRATIONS
-from .sql import _EVENT_COLUMNS, _IDENT, _event, _lock_key
+from .sql import _IDENT, _lock_key
+from .wakeups import Listener
 
 
 def parse_postgres_url(url: str) -> tuple[str, str]:
@@ -49,6 +50,8 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
 
 class PostgresStore(Store):
     backend = "postgres"
+    # NOTIFY wakes followers at once; this is only how long a lost wake-up costs them.
+    poll_interval = 1.0
 
     def __init__(
         self, url: str, *, migrate: bool = True, max_connections: int = 4, connect_timeout: float = 10
@@ -222,6 +225,12 @@ class PostgresStore(Store):
                 found.setdefault(table, set()).add(column)
             return found
 
+    def durability(self) -> str:
+        return "PostgreSQL: commits survive a server or machine crash (synchronous_commit as configured on the server)"
+
+    def wakeups(self) -> Listener:
+        return Listener(self)
+
     def guards(self) -> dict[str, bool]:
         names = [f"{t}_{g}" for t in ("events", "cqrsctl_journal") for g in ("append_only", "no_truncate")]
         with self.reader() as tx:
@@ -235,31 +244,6 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self.pool.close()
-
-    def read_all(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        categories: Sequence[str] | None = None,
-        types: Sequence[str] | None = None,
-    ) -> list[StoredEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > %s"
-        params: list[Any] = [after]
-        if categories:
-            query += " AND category = ANY(%s)"
-            params.append(list(categories))
-        if types:
-            query += " AND event_type = ANY(%s)"
-            params.append(list(types))
-        query += " AND global_position <= %s ORDER BY global_position LIMIT %s"
-        with self.reader() as tx:
-            # The bound first, the page in a later statement (see _bound_sql).
-            tx.cur.execute(self.bound_sql)
-            bound = tx.cur.fetchone()[0]  # type: ignore[index]
-            if bound is None or bound <= after:
-                return []
-            tx.cur.execute(query, [*params, bound, limit])
-            return list(map(_event, tx.cur.fetchall()))
 
     def head(self) -> int:
         with self.reader() as tx:

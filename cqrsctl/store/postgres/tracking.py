@@ -12,7 +12,6 @@ import psycopg
 from ...errors import LockedError
 from ..base import dumps
 from ..tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Tracking
-from .read_models import PostgresReadModels
 
 _CP_COLUMNS = "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
 _CP_SELECT = f"SELECT {_CP_COLUMNS}, owner IS NOT NULL AND lease_until > clock_timestamp() FROM checkpoints"
@@ -29,7 +28,7 @@ _SAMPLE = (
 )
 
 
-class PostgresTracking(PostgresReadModels, Tracking):
+class PostgresTracking(Tracking):
     def __init__(self, cur: psycopg.Cursor[Any], head_sql: str) -> None:
         self.cur = cur
         self.head_sql = head_sql

@@ -157,6 +157,25 @@ class SQLiteTransaction(Transaction):
                 self._known[stream_id] = 0
         return events
 
+    def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > ?"
+        params: list[Any] = [after]
+        if categories:
+            sql += f" AND category IN ({','.join('?' * len(categories))})"
+            params += categories
+        if types:
+            sql += f" AND event_type IN ({','.join('?' * len(types))})"
+            params += types
+        sql += " ORDER BY global_position LIMIT ?"
+        params.append(limit)
+        return list(map(_event, self.conn.execute(sql, params)))
+
     def read_stream_data(
         self,
         stream_id: str,

@@ -1,4 +1,4 @@
-"""Sagas, their deadlines and named subscriber positions (SQLite)."""
+"""Sagas and their deadlines (SQLite)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..base import Deadline, SagaRecord, Sagas, dumps, utcnow
+from ..base import Deadline, SagaRecord, Sagas, dumps
 from .sql import _ts
 
 _SAGA_COLUMNS = (
@@ -39,18 +39,6 @@ class SQLiteSagas(Sagas):
 
     def try_lock(self, name: str) -> bool:
         return True  # BEGIN IMMEDIATE already made this transaction the only writer
-
-    def get_position(self, name: str) -> int:
-        row = self.conn.execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
-        return 0 if row is None else row[0]
-
-    def set_position(self, name: str, position: int) -> None:
-        now = _ts(utcnow())
-        self.conn.execute(
-            "INSERT INTO checkpoints (name, position, status, created_at, updated_at) VALUES (?, ?, 'running', ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-            (name, position, now, now),
-        )
 
     def get(self, saga_id: str) -> SagaRecord | None:
         row = self.conn.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone()

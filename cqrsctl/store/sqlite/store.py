@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ...errors import DatabaseError, NotFoundError, UsageError
-from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StoredEvent, StreamInfo, utcnow
+from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StreamInfo, utcnow
 from .events import SQLiteTransaction
 from .schema import _SCHEMA_TABLE, MIGRATIONS
-from .sql import _EVENT_COLUMNS, _event, _q, _ts
+from .sql import _q, _ts
+from .wakeups import Polling
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
 
@@ -147,6 +148,8 @@ class SQLiteStore(Store):
     time), and writers of this process take turns in the order they came (see _Turns)."""
 
     backend = "sqlite"
+    # SQLite cannot notify: followers look again this often.
+    poll_interval = 0.15
 
     def __init__(self, url: str, *, migrate: bool = True, create: bool = True) -> None:
         self.url = url
@@ -300,6 +303,17 @@ class SQLiteStore(Store):
                 found[table] = columns
         return found
 
+    def durability(self) -> str:
+        if self.synchronous in ("full", "extra"):
+            return f"WAL, synchronous={self.synchronous}: commits survive process crash and power loss"
+        return (
+            f"WAL, synchronous={self.synchronous}: commits survive a process crash;"
+            " the last ones may be lost on power loss"
+        )
+
+    def wakeups(self) -> Polling:
+        return Polling()
+
     def guards(self) -> dict[str, bool]:
         names = [
             f"{table}_append_only_{op}"
@@ -315,25 +329,6 @@ class SQLiteStore(Store):
         for conn in conns:
             conn.close()
         self._local = threading.local()
-
-    def read_all(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        categories: Sequence[str] | None = None,
-        types: Sequence[str] | None = None,
-    ) -> list[StoredEvent]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > ?"
-        params: list[Any] = [after]
-        if categories:
-            sql += f" AND category IN ({','.join('?' * len(categories))})"
-            params += categories
-        if types:
-            sql += f" AND event_type IN ({','.join('?' * len(types))})"
-            params += types
-        sql += " ORDER BY global_position LIMIT ?"
-        params.append(limit)
-        return list(map(_event, self.conn.execute(sql, params)))
 
     def head(self) -> int:
         return self.conn.execute("SELECT coalesce(max(global_position), 0) FROM events").fetchone()[0]

@@ -12,7 +12,6 @@ import orjson
 
 from ..base import dumps, utcnow
 from ..tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Tracking
-from .read_models import SQLiteReadModels
 from .sql import _ts, become_writer
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ _SAMPLE = (
 )
 
 
-class SQLiteTracking(SQLiteReadModels, Tracking):
+class SQLiteTracking(Tracking):
     # A write transaction is BEGIN IMMEDIATE (a deferred one becomes it at its first write
     # or fence), so holding one already excludes every other writer: `lock=True` needs no
     # row lock here.
