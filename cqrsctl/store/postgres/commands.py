@@ -8,6 +8,7 @@ import psycopg
 
 from ...errors import CommandRaceError
 from ..base import Commands, Snapshot, Snapshots, dumps, utcnow
+from ..statements import POSTGRES as Q
 
 if TYPE_CHECKING:
     from .store import PostgresStore
@@ -18,16 +19,12 @@ class PostgresCommands(Commands):
         self.cur, self.store = cur, store
 
     def processed(self, command_id: str) -> dict[str, Any] | None:
-        self.cur.execute("SELECT result FROM processed_commands WHERE command_id = %s", (command_id,))
+        self.cur.execute(Q.processed_command, (command_id,))
         row = self.cur.fetchone()
         return None if row is None else row[0]
 
     def record(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None:
-        self.cur.execute(
-            "INSERT INTO processed_commands (command_id, stream_id, result, processed_at)"
-            " VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (command_id) DO NOTHING",
-            (command_id, stream_id, dumps(result), utcnow()),
-        )
+        self.cur.execute(Q.record_command, (command_id, stream_id, dumps(result), utcnow()))
         if self.cur.rowcount == 0:
             raise CommandRaceError(command_id, stream_id)
 
@@ -37,20 +34,13 @@ class PostgresSnapshots(Snapshots):
         self.cur, self.store = cur, store
 
     def load(self, stream_id: str) -> Snapshot | None:
-        self.cur.execute(
-            "SELECT stream_id, aggregate_type, version, schema_version, state, taken_at"
-            " FROM snapshots WHERE stream_id = %s",
-            (stream_id,),
-        )
+        self.cur.execute(Q.load_snapshot, (stream_id,))
         row = self.cur.fetchone()
         return None if row is None else Snapshot(*row)
 
     def save(self, snapshot: Snapshot) -> None:
         self.cur.execute(
-            "INSERT INTO snapshots (stream_id, aggregate_type, version, schema_version, state, taken_at)"
-            " VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (stream_id) DO UPDATE SET"
-            " aggregate_type = excluded.aggregate_type, version = excluded.version,"
-            " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at",
+            Q.save_snapshot,
             (
                 snapshot.stream_id,
                 snapshot.aggregate_type,
@@ -62,16 +52,12 @@ class PostgresSnapshots(Snapshots):
         )
 
     def select(self, limit: int | None = None) -> list[Snapshot]:
-        self.cur.execute(
-            "SELECT stream_id, aggregate_type, version, schema_version, state, taken_at"
-            " FROM snapshots ORDER BY stream_id LIMIT %s",
-            (limit,),
-        )
+        self.cur.execute(Q.list_snapshots, (limit,))
         return [Snapshot(*r) for r in self.cur.fetchall()]
 
     def delete(self, stream_id: str | None = None) -> int:
         if stream_id is None:
-            self.cur.execute("DELETE FROM snapshots")
+            self.cur.execute(Q.delete_snapshots)
         else:
-            self.cur.execute("DELETE FROM snapshots WHERE stream_id = %s", (stream_id,))
+            self.cur.execute(Q.delete_snapshot, (stream_id,))
         return self.cur.rowcount

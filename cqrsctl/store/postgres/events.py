@@ -22,6 +22,7 @@ from ..base import (
     Transaction,
     check_expected,
 )
+from ..statements import POSTGRES as Q
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
@@ -100,12 +101,12 @@ def _stream_range(
     stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
-    where, params = "stream_id = %s AND stream_version >= %s", [stream_id, from_version]
+    where, params = Q.stream_from, [stream_id, from_version]
     if to_version is not None:
-        where += " AND stream_version <= %s"
+        where += Q.stream_to
         params.append(to_version)
     if as_of is not None:
-        where += " AND recorded_at <= %s"
+        where += Q.stream_as_of
         params.append(as_of)
     return where, params
 
@@ -192,7 +193,7 @@ class PostgresTransaction(Transaction):
         self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
 
     def _stream_version(self, stream_id: str) -> int:
-        self.cur.execute("SELECT max(stream_version) FROM events WHERE stream_id = %s", (stream_id,))
+        self.cur.execute(Q.stream_version, (stream_id,))
         row = self.cur.fetchone()
         return (row[0] or 0) if row else 0
 
@@ -281,7 +282,7 @@ class PostgresTransaction(Transaction):
         as_of: datetime | None = None,
     ) -> list[StoredEvent]:
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
+        query = f"{Q.read_stream}{where} ORDER BY stream_version"
         if limit is not None:
             query += " LIMIT %s"
             params.append(limit)
@@ -295,7 +296,7 @@ class PostgresTransaction(Transaction):
         categories: Sequence[str] | None = None,
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > %s"
+        query = Q.read_all
         params: list[Any] = [after]
         if categories:
             query += " AND category = ANY(%s)"
@@ -320,9 +321,5 @@ class PostgresTransaction(Transaction):
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
-        self.cur.execute(
-            "SELECT global_position, stream_version, event_type, schema_version, data::text FROM events"
-            f" WHERE {where} ORDER BY stream_version",
-            params,
-        )
+        self.cur.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params)
         return self.cur.fetchall()

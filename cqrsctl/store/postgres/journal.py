@@ -10,6 +10,7 @@ import orjson
 import psycopg
 
 from ..base import Journal, JournalEntry, default_actor, dumps, utcnow
+from ..statements import POSTGRES as Q
 
 if TYPE_CHECKING:
     from .store import PostgresStore
@@ -23,8 +24,7 @@ class PostgresJournal(Journal):
         entry.at = entry.at or utcnow()
         entry.actor = entry.actor or default_actor()
         self.cur.execute(
-            "INSERT INTO cqrsctl_journal (at, actor, kind, args, result) VALUES (%s, %s, %s, %s::jsonb, %s::jsonb)"
-            " RETURNING id",
+            Q.add_journal + " RETURNING id",
             (entry.at, entry.actor, entry.kind, dumps(entry.args), dumps(entry.result)),
         )
         entry.id = self.cur.fetchone()[0]  # type: ignore[index]
@@ -33,7 +33,7 @@ class PostgresJournal(Journal):
     def select(
         self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
     ) -> list[JournalEntry]:
-        query = "SELECT id, at, actor, kind, args::text, result::text FROM cqrsctl_journal WHERE true"
+        query = Q.list_journal
         params: list[Any] = []
         if since is not None:
             query += " AND at >= %s"

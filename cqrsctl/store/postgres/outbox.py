@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..base import OUTBOX_COLUMNS, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
+from ..statements import POSTGRES as Q
 
 if TYPE_CHECKING:
     from .store import PostgresStore
@@ -20,9 +21,7 @@ class PostgresOutbox(Outbox):
 
     def add(self, messages: Sequence[NewMessage]) -> None:
         self.cur.executemany(
-            "INSERT INTO outbox (message_id, event_position, topic, key, payload, headers, next_attempt_at,"
-            " created_at) VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s)"
-            " ON CONFLICT (message_id) DO NOTHING",
+            Q.add_outbox,
             [
                 (
                     m.message_id, m.event_position, m.topic, m.key, dumps(m.payload), dumps(m.headers),
@@ -85,9 +84,7 @@ class PostgresOutbox(Outbox):
         return [OutboxMessage(*r) for r in rows]
 
     def claimers(self, now: datetime) -> list[str]:
-        self.cur.execute(
-            "SELECT DISTINCT claimed_by FROM outbox WHERE status = 'pending' AND claimed_until >= %s", (now,)
-        )
+        self.cur.execute(Q.outbox_claimers, (now,))
         return [r[0] for r in self.cur.fetchall()]
 
     def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
@@ -98,10 +95,7 @@ class PostgresOutbox(Outbox):
         return self.cur.rowcount
 
     def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
-        query = (
-            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, last_error = coalesce(%s, last_error)"
-            " WHERE claimed_by = %s AND status = 'pending'"
-        )
+        query = Q.release_outbox
         if seqs is None:
             self.cur.execute(query, (error, owner))
         else:
@@ -120,7 +114,7 @@ class PostgresOutbox(Outbox):
         return self.cur.rowcount
 
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
-        query = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= %s"
+        query = Q.count_due_outbox
         params: list[Any] = [now]
         if topics:
             query += " AND topic = ANY(%s)"
@@ -133,9 +127,7 @@ class PostgresOutbox(Outbox):
         done = 0
         for f in failures:
             self.cur.execute(
-                "UPDATE outbox SET status = %s, attempts = %s, next_attempt_at = %s, last_error = %s,"
-                " claimed_by = NULL, claimed_until = NULL"
-                " WHERE seq = %s AND claimed_by = %s AND status = 'pending'",
+                Q.mark_failed,
                 ("dead" if f.dead else "pending", f.attempts, f.next_attempt_at, f.error, f.seq, owner),
             )
             done += self.cur.rowcount
@@ -149,9 +141,9 @@ class PostgresOutbox(Outbox):
         )
         pending = self.cur.fetchone()
         assert pending is not None
-        self.cur.execute("SELECT count(*) FROM outbox WHERE status = 'dead'")
+        self.cur.execute(Q.dead_outbox)
         dead = self.cur.fetchone()
-        self.cur.execute("SELECT coalesce(max(seq), 0) FROM outbox")
+        self.cur.execute(Q.top_outbox)
         top = self.cur.fetchone()
         assert dead is not None and top is not None
         return int(pending[0]), int(pending[1]), int(dead[0]), pending[2], int(top[0])
@@ -171,7 +163,7 @@ class PostgresOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        query = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE true"
+        query = Q.list_outbox
         params: list[Any] = []
         if status:
             query += " AND status = %s"
@@ -189,21 +181,17 @@ class PostgresOutbox(Outbox):
 
     def get(self, ident: str) -> OutboxMessage | None:
         if ident.isdigit():
-            self.cur.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = %s", (int(ident),))
+            self.cur.execute(Q.outbox_by_seq, (int(ident),))
         else:
-            self.cur.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE message_id = %s", (ident,))
+            self.cur.execute(Q.outbox_by_id, (ident,))
         row = self.cur.fetchone()
         return None if row is None else OutboxMessage(*row)
 
     def requeue(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
-        query = (
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = %s,"
-            " claimed_by = NULL, claimed_until = NULL WHERE "
-        )
         if seq is not None:
-            self.cur.execute(query + "seq = %s AND status IN ('pending', 'dead')", (now, seq))
+            self.cur.execute(Q.requeue_outbox, (now, seq))
         elif dead:
-            self.cur.execute(query + "status = 'dead'", (now,))
+            self.cur.execute(Q.requeue_dead_outbox, (now,))
         else:
             return 0
         return self.cur.rowcount

@@ -9,12 +9,9 @@ from typing import Any
 import orjson
 
 from ..base import StoredEvent, stored_event
+from ..statements import POSTGRES as Q
 
-# data and metadata come as text for orjson: psycopg's jsonb loader is a Python call per value.
-_EVENT_COLUMNS = (
-    "global_position, stream_id, stream_version, event_id, event_type, "
-    "schema_version, data::text, metadata::text, recorded_at"
-)
+_EVENT_COLUMNS = Q.event_columns
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

@@ -10,6 +10,7 @@ import orjson
 
 from ...errors import CommandRaceError
 from ..base import Commands, Snapshot, Snapshots, dumps, utcnow
+from ..statements import SQLITE as Q
 from .sql import _ts
 
 
@@ -18,17 +19,11 @@ class SQLiteCommands(Commands):
         self.conn = conn
 
     def processed(self, command_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT result FROM processed_commands WHERE command_id = ?", (command_id,)
-        ).fetchone()
+        row = self.conn.execute(Q.processed_command, (command_id,)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
     def record(self, command_id: str, stream_id: str, result: dict[str, Any]) -> None:
-        cur = self.conn.execute(
-            "INSERT INTO processed_commands (command_id, stream_id, result, processed_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (command_id) DO NOTHING",
-            (command_id, stream_id, dumps(result), _ts(utcnow())),
-        )
+        cur = self.conn.execute(Q.record_command, (command_id, stream_id, dumps(result), _ts(utcnow())))
         if cur.rowcount == 0:
             raise CommandRaceError(command_id, stream_id)
 
@@ -38,21 +33,14 @@ class SQLiteSnapshots(Snapshots):
         self.conn = conn
 
     def load(self, stream_id: str) -> Snapshot | None:
-        row = self.conn.execute(
-            "SELECT stream_id, aggregate_type, version, schema_version, state, taken_at"
-            " FROM snapshots WHERE stream_id = ?",
-            (stream_id,),
-        ).fetchone()
+        row = self.conn.execute(Q.load_snapshot, (stream_id,)).fetchone()
         if row is None:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], orjson.loads(row[4]), datetime.fromisoformat(row[5]))
 
     def save(self, snapshot: Snapshot) -> None:
         self.conn.execute(
-            "INSERT INTO snapshots (stream_id, aggregate_type, version, schema_version, state, taken_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET"
-            " aggregate_type = excluded.aggregate_type, version = excluded.version,"
-            " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at",
+            Q.save_snapshot,
             (
                 snapshot.stream_id,
                 snapshot.aggregate_type,
@@ -64,16 +52,12 @@ class SQLiteSnapshots(Snapshots):
         )
 
     def select(self, limit: int | None = None) -> list[Snapshot]:
-        rows = self.conn.execute(
-            "SELECT stream_id, aggregate_type, version, schema_version, state, taken_at"
-            " FROM snapshots ORDER BY stream_id LIMIT ?",
-            (-1 if limit is None else limit,),
-        )
+        rows = self.conn.execute(Q.list_snapshots, (-1 if limit is None else limit,))
         return [
             Snapshot(r[0], r[1], r[2], r[3], orjson.loads(r[4]), datetime.fromisoformat(r[5])) for r in rows
         ]
 
     def delete(self, stream_id: str | None = None) -> int:
         if stream_id is None:
-            return self.conn.execute("DELETE FROM snapshots").rowcount
-        return self.conn.execute("DELETE FROM snapshots WHERE stream_id = ?", (stream_id,)).rowcount
+            return self.conn.execute(Q.delete_snapshots).rowcount
+        return self.conn.execute(Q.delete_snapshot, (stream_id,)).rowcount

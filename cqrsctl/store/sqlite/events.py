@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import DuplicateEventError
 from ..base import EventRow, FoldRow, StoredEvent, Transaction
+from ..statements import SQLITE as Q
 from .commands import SQLiteCommands, SQLiteSnapshots
 from .journal import SQLiteJournal
 from .outbox import SQLiteOutbox
@@ -26,12 +27,12 @@ def _stream_range(
     stream_id: str, from_version: int, to_version: int | None, as_of: datetime | None
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (and its parameters) of a stream read from `from_version` on."""
-    where, params = "stream_id = ? AND stream_version >= ?", [stream_id, from_version]
+    where, params = Q.stream_from, [stream_id, from_version]
     if to_version is not None:
-        where += " AND stream_version <= ?"
+        where += Q.stream_to
         params.append(to_version)
     if as_of is not None:
-        where += " AND recorded_at <= ?"
+        where += Q.stream_as_of
         params.append(_ts(as_of))
     return where, params
 
@@ -92,9 +93,7 @@ class SQLiteTransaction(Transaction):
         known = self._known.get(stream_id)
         if known is not None:
             return known
-        row = self.conn.execute(
-            "SELECT max(stream_version) FROM events WHERE stream_id = ?", (stream_id,)
-        ).fetchone()
+        row = self.conn.execute(Q.stream_version, (stream_id,)).fetchone()
         return row[0] or 0
 
     stream_version = _stream_version
@@ -145,7 +144,7 @@ class SQLiteTransaction(Transaction):
         as_of: datetime | None = None,
     ) -> list[StoredEvent]:
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY stream_version"
+        sql = f"{Q.read_stream}{where} ORDER BY stream_version"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -164,7 +163,7 @@ class SQLiteTransaction(Transaction):
         categories: Sequence[str] | None = None,
         types: Sequence[str] | None = None,
     ) -> list[StoredEvent]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > ?"
+        sql = Q.read_all
         params: list[Any] = [after]
         if categories:
             sql += f" AND category IN ({','.join('?' * len(categories))})"
@@ -184,8 +183,7 @@ class SQLiteTransaction(Transaction):
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
-        sql = "SELECT global_position, stream_version, event_type, schema_version, data FROM events WHERE "
-        rows = self.conn.execute(sql + where + " ORDER BY stream_version", params).fetchall()
+        rows = self.conn.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params).fetchall()
         if to_version is None and as_of is None:
             if rows:
                 self._known[stream_id] = rows[-1][1]

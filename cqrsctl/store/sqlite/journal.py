@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..base import Journal, JournalEntry, default_actor, dumps, utcnow
+from ..statements import SQLITE as Q
 from .sql import _ts
 
 
@@ -21,7 +22,7 @@ class SQLiteJournal(Journal):
         entry.at = entry.at or utcnow()
         entry.actor = entry.actor or default_actor()
         cur = self.conn.execute(
-            "INSERT INTO cqrsctl_journal (at, actor, kind, args, result) VALUES (?, ?, ?, ?, ?)",
+            Q.add_journal,
             (_ts(entry.at), entry.actor, entry.kind, dumps(entry.args), dumps(entry.result)),
         )
         entry.id = cur.lastrowid or 0
@@ -30,7 +31,7 @@ class SQLiteJournal(Journal):
     def select(
         self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
     ) -> list[JournalEntry]:
-        sql = "SELECT id, at, actor, kind, args, result FROM cqrsctl_journal WHERE 1 = 1"
+        sql = Q.list_journal
         params: list[Any] = []
         if since is not None:
             sql += " AND at >= ?"

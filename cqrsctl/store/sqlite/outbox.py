@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..base import OUTBOX_COLUMNS, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
+from ..statements import SQLITE as Q
 from .sql import _ints, _opt_ts, _ts
 
 
@@ -30,8 +31,7 @@ class SQLiteOutbox(Outbox):
 
     def add(self, messages: Sequence[NewMessage]) -> None:
         self.conn.executemany(
-            "INSERT INTO outbox (message_id, event_position, topic, key, payload, headers, next_attempt_at,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+            Q.add_outbox,
             [
                 (
                     m.message_id, m.event_position, m.topic, m.key, dumps(m.payload), dumps(m.headers),
@@ -79,10 +79,7 @@ class SQLiteOutbox(Outbox):
         return [_message(r) for r in rows]
 
     def claimers(self, now: datetime) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT DISTINCT claimed_by FROM outbox WHERE status = 'pending' AND claimed_until >= ?",
-            (_ts(now),),
-        )
+        rows = self.conn.execute(Q.outbox_claimers, (_ts(now),))
         return [r[0] for r in rows]
 
     def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
@@ -93,10 +90,7 @@ class SQLiteOutbox(Outbox):
         ).rowcount
 
     def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
-        sql = (
-            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, last_error = coalesce(?, last_error)"
-            " WHERE claimed_by = ? AND status = 'pending'"
-        )
+        sql = Q.release_outbox
         if seqs is None:
             return self.conn.execute(sql, (error, owner)).rowcount
         return self.conn.execute(sql + f" AND seq IN ({_ints(seqs)})", (error, owner)).rowcount
@@ -112,7 +106,7 @@ class SQLiteOutbox(Outbox):
         return self.conn.execute(sql + " AND claimed_by = ?", (t, owner)).rowcount
 
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
-        sql = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+        sql = Q.count_due_outbox
         params: list[Any] = [_ts(now)]
         if topics:
             sql += f" AND topic IN ({','.join('?' * len(topics))})"
@@ -121,9 +115,7 @@ class SQLiteOutbox(Outbox):
 
     def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
         return self.conn.executemany(
-            "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
-            " claimed_by = NULL, claimed_until = NULL"
-            " WHERE seq = ? AND claimed_by = ? AND status = 'pending'",
+            Q.mark_failed,
             [
                 ("dead" if f.dead else "pending", f.attempts, _ts(f.next_attempt_at), f.error, f.seq, owner)
                 for f in failures
@@ -136,8 +128,8 @@ class SQLiteOutbox(Outbox):
             " WHERE status = 'pending'",
             (_ts(now),),
         ).fetchone()
-        dead = self.conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
-        top = self.conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        dead = self.conn.execute(Q.dead_outbox).fetchone()[0]
+        top = self.conn.execute(Q.top_outbox).fetchone()[0]
         return pending[0], pending[1], dead, _opt_ts(pending[2]), top
 
     def summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:
@@ -155,7 +147,7 @@ class SQLiteOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
+        sql = Q.list_outbox
         params: list[Any] = []
         if status:
             sql += " AND status = ?"
@@ -171,25 +163,18 @@ class SQLiteOutbox(Outbox):
         return [_message(r) for r in self.conn.execute(sql, params)]
 
     def get(self, ident: str) -> OutboxMessage | None:
-        column = "seq" if ident.isdigit() else "message_id"
-        value: Any = int(ident) if ident.isdigit() else ident
-        row = self.conn.execute(
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {column} = ?", (value,)
-        ).fetchone()
+        if ident.isdigit():
+            row = self.conn.execute(Q.outbox_by_seq, (int(ident),)).fetchone()
+        else:
+            row = self.conn.execute(Q.outbox_by_id, (ident,)).fetchone()
         return None if row is None else _message(row)
 
     def requeue(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
-        sql = (
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
-            " claimed_by = NULL, claimed_until = NULL WHERE "
-        )
         if seq is not None:
-            return self.conn.execute(
-                sql + "seq = ? AND status IN ('pending', 'dead')", (_ts(now), seq)
-            ).rowcount
+            return self.conn.execute(Q.requeue_outbox, (_ts(now), seq)).rowcount
         if not dead:
             return 0
-        return self.conn.execute(sql + "status = 'dead'", (_ts(now),)).rowcount
+        return self.conn.execute(Q.requeue_dead_outbox, (_ts(now),)).rowcount
 
     def purge(self, statuses: Sequence[str], before: datetime) -> int:
         if not statuses:

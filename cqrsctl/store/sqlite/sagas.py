@@ -10,13 +10,8 @@ from typing import Any
 import orjson
 
 from ..base import Deadline, SagaRecord, Sagas, dumps
+from ..statements import SQLITE as Q
 from .sql import _ts
-
-_SAGA_COLUMNS = (
-    "saga_id, saga_type, status, current_step, steps, results, compensations, state,"
-    " correlation_id, error_message, created_at, updated_at, version"
-)
-_DEADLINE_COLUMNS = "deadline_id, saga_id, name, due_at, payload, status, fired_at"
 
 
 def _saga(r: tuple[Any, ...]) -> SagaRecord:
@@ -41,17 +36,13 @@ class SQLiteSagas(Sagas):
         return True  # BEGIN IMMEDIATE already made this transaction the only writer
 
     def get(self, saga_id: str) -> SagaRecord | None:
-        row = self.conn.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone()
+        row = self.conn.execute(Q.get_saga, (saga_id,)).fetchone()
         return None if row is None else _saga(row)
 
     def save(self, saga: SagaRecord) -> None:
         saga.version += 1
         self.conn.execute(
-            f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, current_step = excluded.current_step,"
-            " steps = excluded.steps, results = excluded.results, compensations = excluded.compensations,"
-            " state = excluded.state, error_message = excluded.error_message, updated_at = excluded.updated_at,"
-            " version = excluded.version",
+            Q.save_saga,
             (
                 saga.saga_id, saga.saga_type, saga.status, saga.current_step, dumps(saga.steps),
                 dumps(saga.results), dumps(saga.compensations), dumps(saga.state), saga.correlation_id,
@@ -62,41 +53,33 @@ class SQLiteSagas(Sagas):
     def select(
         self, status: str | None = None, saga_type: str | None = None, limit: int | None = None
     ) -> list[SagaRecord]:
-        sql = f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE (? IS NULL OR status = ?) AND (? IS NULL OR saga_type = ?)"
-        sql += " ORDER BY created_at, saga_id LIMIT ?"
-        rows = self.conn.execute(sql, (status, status, saga_type, saga_type, -1 if limit is None else limit))
+        rows = self.conn.execute(
+            Q.list_sagas, (status, status, saga_type, saga_type, -1 if limit is None else limit)
+        )
         return [_saga(r) for r in rows]
 
     def counts(self, statuses: Sequence[str] | None = None) -> dict[str, int]:
         if statuses is None:
-            return dict(self.conn.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall())
+            return dict(self.conn.execute(Q.saga_counts).fetchall())
         sql = f"SELECT status, count(*) FROM sagas WHERE status IN ({','.join('?' * len(statuses))}) GROUP BY status"
         return dict(self.conn.execute(sql, list(statuses)).fetchall())
 
     def add_deadline(self, deadline: Deadline) -> None:
         self.conn.execute(
-            "INSERT INTO deadlines (deadline_id, saga_id, name, due_at, payload, status) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (deadline_id) DO NOTHING",
+            Q.add_deadline,
             (deadline.deadline_id, deadline.saga_id, deadline.name, _ts(deadline.due_at),
              dumps(deadline.payload), deadline.status),
         )  # fmt: skip
 
     def due_deadlines(self, now: datetime, limit: int) -> list[Deadline]:
-        rows = self.conn.execute(
-            f"SELECT {_DEADLINE_COLUMNS} FROM deadlines WHERE status = 'pending' AND due_at <= ?"
-            " ORDER BY due_at, deadline_id LIMIT ?",
-            (_ts(now), limit),
-        )
+        rows = self.conn.execute(Q.due_deadlines, (_ts(now), limit))
         return [_deadline(r) for r in rows]
 
     def deadlines(self, saga_id: str) -> list[Deadline]:
-        rows = self.conn.execute(
-            f"SELECT {_DEADLINE_COLUMNS} FROM deadlines WHERE saga_id = ? ORDER BY due_at", (saga_id,)
-        )
+        rows = self.conn.execute(Q.saga_deadlines, (saga_id,))
         return [_deadline(r) for r in rows]
 
     def set_deadline_status(self, deadline_id: str, status: str, fired_at: datetime | None) -> None:
         self.conn.execute(
-            "UPDATE deadlines SET status = ?, fired_at = ? WHERE deadline_id = ?",
-            (status, None if fired_at is None else _ts(fired_at), deadline_id),
+            Q.set_deadline_status, (status, None if fired_at is None else _ts(fired_at), deadline_id)
         )

@@ -11,14 +11,12 @@ import orjson
 
 from ...errors import DatabaseError
 from ..base import StoredEvent, stored_event
+from ..statements import SQLITE as Q
 
 if TYPE_CHECKING:
     from .store import _WriteTransaction
 
-_EVENT_COLUMNS = (
-    "global_position, stream_id, stream_version, event_id, event_type, "
-    "schema_version, data, metadata, recorded_at"
-)
+_EVENT_COLUMNS = Q.event_columns
 
 
 def _ts(value: datetime) -> str:

@@ -1,0 +1,137 @@
+"""The SQL both backends share, written once and rendered for each dialect at import.
+
+Statements are written in SQLite's notation with two marks for PostgreSQL's casts:
+
+- `?` is a parameter (`%s` on PostgreSQL);
+- `?{json}` is a parameter holding JSON text (`%s::jsonb`: the column is jsonb there);
+- `col{text}` reads a JSON column as text (`col::text`: orjson decodes text faster than
+  psycopg's jsonb loader, and SQLite keeps JSON as text anyway).
+
+A backend renders them once, as module constants (`SQLITE`, `POSTGRES`), so a statement
+costs nothing per call. What the dialects really do differently stays in each backend,
+side by side: claims and locks, NOTIFY, array parameters against `IN (…)` lists,
+timestamps computed by the database's clock, and how an insert returns its key.
+"""
+
+from __future__ import annotations
+
+from .base import OUTBOX_COLUMNS
+
+# The columns every backend reads events, outbox rows, sagas and deadlines in (the
+# backends' row builders index them in this order).
+EVENT_COLUMNS = (
+    "global_position, stream_id, stream_version, event_id, event_type, "
+    "schema_version, data{text}, metadata{text}, recorded_at"
+)
+SNAPSHOT_COLUMNS = "stream_id, aggregate_type, version, schema_version, state, taken_at"
+SAGA_COLUMNS = (
+    "saga_id, saga_type, status, current_step, steps, results, compensations, state,"
+    " correlation_id, error_message, created_at, updated_at, version"
+)
+DEADLINE_COLUMNS = "deadline_id, saga_id, name, due_at, payload, status, fired_at"
+
+
+class Statements:
+    """The shared statements, rendered for one dialect (see the module's notes)."""
+
+    # -- events --------------------------------------------------------------------------
+    event_columns = EVENT_COLUMNS
+    stream_version = "SELECT max(stream_version) FROM events WHERE stream_id = ?"
+    read_stream = f"SELECT {EVENT_COLUMNS} FROM events WHERE "
+    read_stream_data = (
+        "SELECT global_position, stream_version, event_type, schema_version, data{text} FROM events WHERE "
+    )
+    read_all = f"SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?"
+    # A stream's events from a version on, up to a version, recorded up to a time.
+    stream_from = "stream_id = ? AND stream_version >= ?"
+    stream_to = " AND stream_version <= ?"
+    stream_as_of = " AND recorded_at <= ?"
+
+    # -- commands and snapshots ----------------------------------------------------------
+    processed_command = "SELECT result FROM processed_commands WHERE command_id = ?"
+    record_command = (
+        "INSERT INTO processed_commands (command_id, stream_id, result, processed_at)"
+        " VALUES (?, ?, ?{json}, ?) ON CONFLICT (command_id) DO NOTHING"
+    )
+    load_snapshot = f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE stream_id = ?"
+    save_snapshot = (
+        f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?{{json}}, ?)"
+        " ON CONFLICT (stream_id) DO UPDATE SET"
+        " aggregate_type = excluded.aggregate_type, version = excluded.version,"
+        " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at"
+    )
+    list_snapshots = f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY stream_id LIMIT ?"
+    delete_snapshot = "DELETE FROM snapshots WHERE stream_id = ?"
+    delete_snapshots = "DELETE FROM snapshots"
+
+    # -- sagas and deadlines -------------------------------------------------------------
+    get_saga = f"SELECT {SAGA_COLUMNS} FROM sagas WHERE saga_id = ?"
+    save_saga = (
+        f"INSERT INTO sagas ({SAGA_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?{json}, ?{json}, ?{json}, ?{json}, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, current_step = excluded.current_step,"
+        " steps = excluded.steps, results = excluded.results, compensations = excluded.compensations,"
+        " state = excluded.state, error_message = excluded.error_message, updated_at = excluded.updated_at,"
+        " version = excluded.version"
+    )
+    list_sagas = (
+        f"SELECT {SAGA_COLUMNS} FROM sagas WHERE (CAST(? AS text) IS NULL OR status = ?)"
+        " AND (CAST(? AS text) IS NULL OR saga_type = ?) ORDER BY created_at, saga_id LIMIT ?"
+    )
+    saga_counts = "SELECT status, count(*) FROM sagas GROUP BY status"
+    add_deadline = (
+        "INSERT INTO deadlines (deadline_id, saga_id, name, due_at, payload, status)"
+        " VALUES (?, ?, ?, ?, ?{json}, ?) ON CONFLICT (deadline_id) DO NOTHING"
+    )
+    due_deadlines = (
+        f"SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE status = 'pending' AND due_at <= ?"
+        " ORDER BY due_at, deadline_id LIMIT ?"
+    )
+    saga_deadlines = f"SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE saga_id = ? ORDER BY due_at"
+    set_deadline_status = "UPDATE deadlines SET status = ?, fired_at = ? WHERE deadline_id = ?"
+
+    # -- outbox --------------------------------------------------------------------------
+    add_outbox = (
+        "INSERT INTO outbox (message_id, event_position, topic, key, payload, headers, next_attempt_at,"
+        " created_at) VALUES (?, ?, ?, ?, ?{json}, ?{json}, ?, ?) ON CONFLICT (message_id) DO NOTHING"
+    )
+    outbox_claimers = "SELECT DISTINCT claimed_by FROM outbox WHERE status = 'pending' AND claimed_until >= ?"
+    release_outbox = (
+        "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, last_error = coalesce(?, last_error)"
+        " WHERE claimed_by = ? AND status = 'pending'"
+    )
+    count_due_outbox = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+    mark_failed = (
+        "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+        " claimed_by = NULL, claimed_until = NULL"
+        " WHERE seq = ? AND claimed_by = ? AND status = 'pending'"
+    )
+    dead_outbox = "SELECT count(*) FROM outbox WHERE status = 'dead'"
+    top_outbox = "SELECT coalesce(max(seq), 0) FROM outbox"
+    list_outbox = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
+    outbox_by_seq = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = ?"
+    outbox_by_id = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE message_id = ?"
+    requeue_outbox = (
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
+        " claimed_by = NULL, claimed_until = NULL WHERE seq = ? AND status IN ('pending', 'dead')"
+    )
+    requeue_dead_outbox = (
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
+        " claimed_by = NULL, claimed_until = NULL WHERE status = 'dead'"
+    )
+
+    # -- the operations journal ----------------------------------------------------------
+    add_journal = (
+        "INSERT INTO cqrsctl_journal (at, actor, kind, args, result) VALUES (?, ?, ?, ?{json}, ?{json})"
+    )
+    list_journal = "SELECT id, at, actor, kind, args{text}, result{text} FROM cqrsctl_journal WHERE 1 = 1"
+
+    def __init__(self, param: str, json: str, text: str) -> None:
+        for name, template in vars(Statements).items():
+            if not name.startswith("_") and isinstance(template, str):
+                rendered = template.replace("{json}", json).replace("{text}", text).replace("?", param)
+                setattr(self, name, rendered)
+
+
+SQLITE = Statements("?", "", "")
+POSTGRES = Statements("%s", "::jsonb", "::text")
