@@ -47,6 +47,27 @@ class Statements:
     stream_to = " AND stream_version <= ?"
     stream_as_of = " AND recorded_at <= ?"
 
+    # -- what projections read (tracking) -------------------------------------------------
+    # A page of events as tuples: lean rows stop after data (see Tracking.scan).
+    scan_lean = (
+        "SELECT global_position, stream_id, stream_version, event_type, schema_version, data{text}"
+        " FROM events WHERE global_position > ?"
+    )
+    scan = (
+        "SELECT global_position, stream_id, stream_version, event_type, schema_version, data{text},"
+        " metadata{text}, recorded_at, event_id FROM events WHERE global_position > ?"
+    )
+    scan_until = " AND global_position <= ?"
+    # The window runs over three narrow columns; only the chosen rows are joined back for data.
+    sample = (
+        "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data{text}, s.n"
+        " FROM (SELECT global_position,"
+        " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
+        " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
+        " JOIN events e ON e.global_position = s.global_position"
+        " WHERE s.rn <= ? OR s.rn > s.n - ? ORDER BY e.global_position"
+    )
+
     # -- commands and snapshots ----------------------------------------------------------
     processed_command = "SELECT result FROM processed_commands WHERE command_id = ?"
     record_command = (

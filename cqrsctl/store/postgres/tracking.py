@@ -11,21 +11,11 @@ import psycopg
 
 from ...errors import LockedError
 from ..base import dumps
+from ..statements import POSTGRES as Q
 from ..tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Tracking
 
 _CP_COLUMNS = "name, position, version, status, error, error_position, skipped, owner, lease_until, created_at, updated_at"
 _CP_SELECT = f"SELECT {_CP_COLUMNS}, owner IS NOT NULL AND lease_until > clock_timestamp() FROM checkpoints"
-
-
-# The window runs over three narrow columns; only the chosen rows are joined back for data.
-_SAMPLE = (
-    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data::text, s.n"
-    " FROM (SELECT global_position,"
-    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
-    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
-    " JOIN events e ON e.global_position = s.global_position"
-    " WHERE s.rn <= %s OR s.rn > s.n - %s ORDER BY e.global_position"
-)
 
 
 class PostgresTracking(Tracking):
@@ -52,14 +42,10 @@ class PostgresTracking(Tracking):
         lean: bool = False,
     ) -> list[EventTuple]:
         # JSON as text: EventView decodes it only if a handler reads it.
-        query = (
-            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data::text"
-            + ("" if lean else ", metadata::text, recorded_at, event_id")
-            + " FROM events WHERE global_position > %s"
-        )
+        query = Q.scan_lean if lean else Q.scan
         params: list[Any] = [after]
         if until is not None:
-            query += " AND global_position <= %s"
+            query += Q.scan_until
             params.append(until)
         if types:
             query += " AND event_type = ANY(%s)"
@@ -70,7 +56,7 @@ class PostgresTracking(Tracking):
         return self.cur.fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
-        self.cur.execute(_SAMPLE, (first, last))
+        self.cur.execute(Q.sample, (first, last))
         rows = self.cur.fetchall()
         counts = {(r[3], r[4]): r[6] for r in rows}
         return [r[:6] for r in rows], counts

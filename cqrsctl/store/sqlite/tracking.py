@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..base import dumps, utcnow
+from ..statements import SQLITE as Q
 from ..tracking import FENCE_IDLE, FENCE_WAIT, Checkpoint, EventTuple, Tracking
 from .sql import _ts, become_writer
 
@@ -27,17 +28,6 @@ def _checkpoint(row: tuple[Any, ...], now: str) -> Checkpoint:
         datetime.fromisoformat(row[9]), datetime.fromisoformat(row[10]),
         row[7] is not None and row[8] is not None and row[8] > now,
     )  # fmt: skip
-
-
-# The window runs over three narrow columns; only the chosen rows are joined back for data.
-_SAMPLE = (
-    "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data, s.n"
-    " FROM (SELECT global_position,"
-    " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
-    " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
-    " JOIN events e ON e.global_position = s.global_position"
-    " WHERE s.rn <= ? OR s.rn > s.n - ? ORDER BY e.global_position"
-)
 
 
 class SQLiteTracking(Tracking):
@@ -71,14 +61,10 @@ class SQLiteTracking(Tracking):
         until: int | None = None,
         lean: bool = False,
     ) -> list[EventTuple]:
-        sql = (
-            "SELECT global_position, stream_id, stream_version, event_type, schema_version, data"
-            + ("" if lean else ", metadata, recorded_at, event_id")
-            + " FROM events WHERE global_position > ?"
-        )
+        sql = Q.scan_lean if lean else Q.scan
         params: list[Any] = [after]
         if until is not None:
-            sql += " AND global_position <= ?"
+            sql += Q.scan_until
             params.append(until)
         if types:
             sql += f" AND event_type IN ({','.join('?' * len(types))})"
@@ -88,7 +74,7 @@ class SQLiteTracking(Tracking):
         return self.conn.execute(sql, params).fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
-        rows = self.conn.execute(_SAMPLE, (first, last)).fetchall()
+        rows = self.conn.execute(Q.sample, (first, last)).fetchall()
         counts = {(r[3], r[4]): r[6] for r in rows}
         return [r[:6] for r in rows], counts
 
