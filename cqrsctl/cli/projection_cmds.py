@@ -1,14 +1,16 @@
-"""`cqrsctl projections …`: list, status, rebuild, reset, catch-up, skip, retry."""
+"""`cqrsctl projections …`: list, status, rebuild, reset, catch-up, skip, retry, export."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from ..errors import UsageError
+from ..services import export as export_service
 from ..services import projections as service
-from .runtime import MAX_INT, confirm, duration, runtime
+from .runtime import MAX_INT, confirm, duration, plural, runtime
 
 projections_app = typer.Typer(no_args_is_help=True, help="Inspect, rebuild and run the app's projections.")
 
@@ -303,6 +305,43 @@ def retry(
         rt.output.data(cp)
     else:
         rt.output.say(f"{name}: back to work from position {cp.position}")
+
+
+@projections_app.command("export")
+def export(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The projection."),
+    to: Path = typer.Option(
+        ..., "--to", help="The file: FILE.db (SQLite, every table), FILE.csv, FILE.json or FILE.jsonl."
+    ),
+    table: str = typer.Option(
+        None, "--table", help="Only this table (needed for CSV and JSON when there are several)."
+    ),
+    limit: int = typer.Option(
+        None, "--limit", "-n", min=0, max=MAX_INT, help="At most N rows per table, in key order."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+) -> None:
+    """Write a projection's read model to a file other tools open: SQLite, CSV, JSON or JSON Lines.
+
+    Reads one snapshot of the store from either backend; the file appears complete or not
+    at all. Exit 15 when the file exists (without --force) or cannot be written.
+
+    Example: cqrsctl --app samples/bank/app.py projections export balances --to balances.db
+    """
+    rt = runtime(ctx)
+    app = rt.app()
+    result = export_service.export_read_model(
+        rt.reading(), app, name, to, table=table, force=force, limit=limit
+    )
+    if rt.output.json:
+        rt.output.data(result)
+    else:
+        at = "never run" if result.position is None else f"position {result.position}"
+        rt.output.say(
+            f"{result.projection}: {plural(result.rows, 'row')} of {', '.join(result.tables)} ({at})"
+            f" to {result.file}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -882,12 +882,17 @@ class Store(ABC):
         database)."""
 
     @abstractmethod
-    def reader(self, *, consistent: bool = True) -> AbstractContextManager[Transaction]:
+    def reader(
+        self, *, consistent: bool = True, snapshot: bool = False
+    ) -> AbstractContextManager[Transaction]:
         """A read-only view; cheaper than a write transaction, never blocks writers.
 
         With `consistent=False` each statement reads the latest commits on its own, with
         no transaction around them (no BEGIN and COMMIT to pay for): for reads that stay
-        right whatever is appended between their statements, as a stream's fold does."""
+        right whatever is appended between their statements, as a stream's fold does.
+        With `snapshot=True` every statement reads the database as the first one saw it
+        (an export of several tables and their checkpoint): SQLite's read transactions
+        always do; on PostgreSQL it is a REPEATABLE READ, READ ONLY transaction."""
 
     def lazy_transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction whose commit does not wait for the disk: visible to everyone

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -186,6 +186,14 @@ class ReadModels(ABC):
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Rows matching column = value filters, as dicts of Python values."""
+
+    @abstractmethod
+    def rows(
+        self, name: str, table: Table, limit: int | None = None, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Every row (or the first `limit`) in primary-key order, as dicts of Python values,
+        read by one statement and fetched `batch` at a time: memory stays flat however
+        large the table. Consume it before the transaction ends."""
 
     @abstractmethod
     def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

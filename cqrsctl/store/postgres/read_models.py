@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -159,6 +159,21 @@ class PostgresReadModels(ReadModels):
             query += f" LIMIT {int(limit)}"
         self.cur.execute(query, params)
         return [dict(zip(names, r, strict=True)) for r in self.cur.fetchall()]
+
+    def rows(
+        self, name: str, table: Table, limit: int | None = None, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        names = list(table.columns)
+        # A server-side cursor: the rows come `batch` at a time, not all at once.
+        with self.cur.connection.cursor(name="cqrsctl_rows") as cur:
+            cur.itersize = batch
+            cur.execute(
+                f"SELECT {', '.join(_q(c) for c in names)} FROM {_q(name)}"
+                f" ORDER BY {', '.join(_q(c) for c in table.key)} LIMIT %s",
+                (limit,),
+            )
+            for row in cur:
+                yield dict(zip(names, row, strict=True))
 
     def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         query = _NAMED.sub(r"%(\1)s", text.replace("%", "%%"))

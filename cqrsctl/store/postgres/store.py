@@ -146,7 +146,19 @@ class PostgresStore(Store):
             raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
     @contextmanager
-    def reader(self, *, consistent: bool = True) -> Iterator[PostgresTransaction]:
+    def reader(self, *, consistent: bool = True, snapshot: bool = False) -> Iterator[PostgresTransaction]:
+        if snapshot:
+            try:
+                with self.pool.connection() as conn:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    try:
+                        yield PostgresTransaction(conn, self)
+                    finally:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+            except psycopg.OperationalError as exc:
+                raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+            return
         if consistent:
             with self.transaction() as tx:
                 yield tx

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...errors import UsageError
+from ...errors import DatabaseError, UsageError
 from ..base import dumps
 from ..tracking import ReadModels, Table, check_user_table
 from .sql import _q, _ts, become_writer
@@ -182,6 +182,20 @@ class SQLiteReadModels(ReadModels):
                 raise UsageError(f"limit must not be negative, got {limit}")
             sql += f" LIMIT {int(limit)}"
         return self._rows_out(table, self.conn.execute(sql, params))
+
+    def rows(
+        self, name: str, table: Table, limit: int | None = None, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        try:
+            cursor = self.conn.execute(
+                f"SELECT {', '.join(_q(c) for c in table.columns)} FROM {_q(name)}"
+                f" ORDER BY {', '.join(_q(c) for c in table.key)} LIMIT ?",
+                (-1 if limit is None else limit,),
+            )
+            while chunk := cursor.fetchmany(batch):
+                yield from self._rows_out(table, chunk)
+        except sqlite3.DatabaseError as exc:  # the caller may be writing another SQLite file
+            raise DatabaseError(f"sqlite: {exc}") from None
 
     def execute(self, text: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if text.lstrip()[:6].upper() != "SELECT":

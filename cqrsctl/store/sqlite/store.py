@@ -242,7 +242,7 @@ class SQLiteStore(Store):
                 self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     @contextmanager
-    def reader(self, *, consistent: bool = True) -> Iterator[SQLiteTransaction]:
+    def reader(self, *, consistent: bool = True, snapshot: bool = False) -> Iterator[SQLiteTransaction]:
         conn = self.conn
         if conn.in_transaction:  # nested inside a write transaction: share it
             yield SQLiteTransaction(conn)
@@ -251,10 +251,10 @@ class SQLiteStore(Store):
         if shared:  # one connection for every thread: one of them at a time
             self.turns.acquire()
         try:
-            if not consistent:
+            if not consistent and not snapshot:
                 yield SQLiteTransaction(conn)
                 return
-            conn.execute("BEGIN")
+            conn.execute("BEGIN")  # a read transaction: one snapshot from its first read on
             try:
                 yield SQLiteTransaction(conn)
             finally:
