@@ -65,3 +65,15 @@ def become_writer(conn: sqlite3.Connection, outer: _WriteTransaction | None) -> 
             outer.store._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"sqlite: {exc}") from None
+
+
+def utils(conn: sqlite3.Connection) -> Any:
+    """sqlite-utils over a connection of the store, for introspection (doctor, init). Lent,
+    not handed over: recursive triggers and plugins stay off.
+
+    Only there: importing sqlite-utils costs a process about 3.5 MB and 0.1 s (it brings
+    click, pluggy and dateutil), which a rebuild's peak memory would show; and its upsert
+    is slower than the read models' own (bench/README.md, "sqlite-utils")."""
+    import sqlite_utils
+
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)

@@ -20,7 +20,7 @@ from ...errors import DatabaseError, NotFoundError, UsageError
 from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StreamInfo, utcnow
 from .events import SQLiteTransaction
 from .schema import _SCHEMA_TABLE, MIGRATIONS
-from .sql import _q, _ts
+from .sql import _ts, utils
 from .wakeups import Polling
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
@@ -296,12 +296,11 @@ class SQLiteStore(Store):
                 tx.journal.add(entry)
 
     def core_columns(self) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for table in CORE_COLUMNS:
-            columns = {r[1] for r in self.conn.execute(f"PRAGMA table_info({_q(table)})")}
-            if columns:
-                found[table] = columns
-        return found
+        db = utils(self.conn)
+        present = set(db.table_names())
+        return {
+            table: {c.name for c in db.table(table).columns} for table in CORE_COLUMNS if table in present
+        }
 
     def durability(self) -> str:
         if self.synchronous in ("full", "extra"):
@@ -320,7 +319,7 @@ class SQLiteStore(Store):
             for table in ("events", "cqrsctl_journal")
             for op in ("update", "delete")
         ]
-        present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        present = {trigger.name for trigger in utils(self.conn).triggers}
         return {name: name in present for name in names}
 
     def close(self) -> None:
