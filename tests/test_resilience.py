@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,13 +41,26 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.05):  # type
         time.sleep(every)
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave its daemons working for the rest of the run."""
+    yield
+    kill(_STARTED)
+    _STARTED.clear()
+
+
 def start_daemon(url: str, *args: str, app_ref: str, env: dict[str, str] | None = None,
                  log: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         command("--db", url, "--app", app_ref, "daemon", "--poll-interval", "0.05", *args),
         stdout=subprocess.DEVNULL, stderr=out, env=subprocess_env(env),
     )  # fmt: skip
+    _STARTED.append(proc)
+    return proc
 
 
 def kill(procs: list[subprocess.Popen[bytes]]) -> None:
