@@ -391,8 +391,8 @@ def doctor(
 
     The report is printed in every case, a failed connection included; exit 7 only when the
     URL names no supported database. Projections are checked from their checkpoints; with
-    --app (or CQRSCTL_APP) also against the app's code (stale versions, never run). An app
-    named only in cqrsctl.toml is not imported.
+    --app (or CQRSCTL_APP) also against the app's code (stale versions, never run, tables
+    unlike their declaration). An app named only in cqrsctl.toml is not imported.
 
     Example: cqrsctl doctor --json
     """

@@ -87,6 +87,8 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
     doctor_checks(store, app, report, max_lag)
     if app is None:
         _checkpoint_checks(store, report, max_lag)
+    else:
+        _read_model_checks(store, app, report)
     _saga_checks(store, report)
     return report
 
@@ -126,6 +128,39 @@ def _checkpoint_checks(store: Store, report: Report, max_lag: int | None) -> Non
         }
         for cp in rows
     ]
+
+
+def _read_model_checks(store: Store, app: Any, report: Report) -> None:
+    """With the app: the tables of each projection built at its current version have the
+    columns it declares (a table changed in the code without a version bump shows here,
+    before a handler fails on it)."""
+    projections = getattr(app, "projections", None)
+    if not projections:
+        return
+    bad, checked = [], 0
+    with store.reader() as tx:
+        built = {cp.name: cp.version for cp in tx.tracking.checkpoints()}
+        for name, cls in sorted(projections.items()):
+            if built.get(name) != str(cls.version):
+                continue  # never run, or stale (the projections check says so)
+            for table, spec in cls.tables.items():
+                checked += 1
+                found = tx.read_models.columns(table)
+                if found is None:
+                    bad.append(f"{name}: table {table} is missing")
+                    continue
+                missing = [c for c in spec.columns if c not in found]
+                extra = [c for c in found if c not in spec.columns]
+                if missing or extra:
+                    bad.append(
+                        f"{name}: table {table}"
+                        + (f" lacks {', '.join(missing)}" if missing else "")
+                        + (" and" if missing and extra else "")
+                        + (f" has undeclared {', '.join(extra)}" if extra else "")
+                    )
+    if checked:
+        detail = "; ".join(bad) + " (bump the projection's version and rebuild it)" if bad else ""
+        report.checks.append(Check("read models", not bad, detail or f"{checked} tables as declared"))
 
 
 def _saga_checks(store: Store, report: Report) -> None:

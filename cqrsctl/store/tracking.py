@@ -188,6 +188,10 @@ class ReadModels(ABC):
         """Rows matching column = value filters, as dicts of Python values."""
 
     @abstractmethod
+    def columns(self, name: str) -> list[str] | None:
+        """The columns table `name` has in the database, in order; None when there is none."""
+
+    @abstractmethod
     def rows(
         self, name: str, table: Table, limit: int | None = None, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:

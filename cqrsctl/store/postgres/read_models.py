@@ -160,6 +160,16 @@ class PostgresReadModels(ReadModels):
         self.cur.execute(query, params)
         return [dict(zip(names, r, strict=True)) for r in self.cur.fetchall()]
 
+    def columns(self, name: str) -> list[str] | None:
+        if not self.table_exists(name):
+            return None
+        self.cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum",
+            (_q(name),),
+        )
+        return [r[0] for r in self.cur.fetchall()]
+
     def rows(
         self, name: str, table: Table, limit: int | None = None, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:

@@ -13,7 +13,7 @@ import orjson
 from ...errors import DatabaseError, UsageError
 from ..base import dumps
 from ..tracking import ReadModels, Table, check_user_table
-from .sql import _q, _ts, become_writer
+from .sql import _q, _ts, become_writer, utils
 
 if TYPE_CHECKING:
     from .store import _WriteTransaction
@@ -182,6 +182,10 @@ class SQLiteReadModels(ReadModels):
                 raise UsageError(f"limit must not be negative, got {limit}")
             sql += f" LIMIT {int(limit)}"
         return self._rows_out(table, self.conn.execute(sql, params))
+
+    def columns(self, name: str) -> list[str] | None:
+        found = utils(self.conn).table(name)
+        return [c.name for c in found.columns] if found.exists() else None
 
     def rows(
         self, name: str, table: Table, limit: int | None = None, batch: int = 1000
