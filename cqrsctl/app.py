@@ -18,7 +18,7 @@ from .errors import AppError, DecodeError, DomainError, NotFoundError, UsageErro
 from .projection import Projection, Table
 from .store import StoredEvent, category_of
 from .store.base import FoldRow, stored_event
-from .store.tracking import is_core
+from .store.tracking import SAGA_CHECKPOINT, is_core
 
 __all__ = ["Aggregate", "App", "Command", "DomainError", "Event", "Projection", "Query", "Table"]
 
@@ -319,6 +319,10 @@ class App:
         cls.check()
         if cls.name in self.projections and self.projections[cls.name] is not cls:
             raise UsageError(f"two projections are named {cls.name!r}")
+        if cls.name == SAGA_CHECKPOINT:
+            raise AppError(
+                f"projection name {cls.name!r} is the saga runner's checkpoint: rename the projection"
+            )
         for table in cls.tables:
             if is_core(table):
                 raise AppError(

@@ -68,6 +68,22 @@ def test_two_projections_declaring_one_table_are_refused_naming_both() -> None:
     assert list(app.projections) == ["first"]
 
 
+def test_a_projection_named_like_the_saga_runners_checkpoint_is_refused(
+    store_url: str, tmp_path: Path
+) -> None:
+    app = App("t")
+    with pytest.raises(errors.AppError, match="saga runner"):
+        app.projection(_projection("sagas", "saga_rows"))
+    assert not app.projections
+    app_file = tmp_path / "sagas_named.py"
+    app_file.write_text(APP_WITH_TABLE.format(table="rows").replace('name="bad"', 'name="sagas"'))
+    assert_error(
+        cli("--db", store_url, "--app", str(app_file), "projections", "rebuild", "sagas"), 8, "saga runner"
+    )
+    with open_store(store_url) as store, store.reader() as tx:
+        assert tx.tracking.get("sagas") is None and not tx.read_models.table_exists("rows")
+
+
 @pytest.mark.parametrize("command", [("projections", "rebuild", "bad"), ("projections", "reset", "bad")])
 def test_a_projection_over_the_events_table_cannot_run_and_the_events_survive(
     store_url: str, tmp_path: Path, command: tuple[str, ...]

@@ -25,12 +25,11 @@ from ..errors import CqrsError, DomainError, NotFoundError, UsageError
 from ..saga import Saga, SagaSpec, Step
 from ..store import Store, StoredEvent, Transaction, iso
 from ..store.base import Deadline, SagaRecord, utcnow
-from ..store.tracking import Checkpoint
+from ..store.tracking import SAGA_CHECKPOINT, Checkpoint
 from . import journal
 from .dispatch import Dispatcher
 
-LOCK = "sagas"
-POSITION = "sagas"
+LOCK = POSITION = SAGA_CHECKPOINT
 BATCH = 100
 
 

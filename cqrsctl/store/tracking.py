@@ -50,6 +50,10 @@ _CORE_RELATIONS = frozenset(
 )  # fmt: skip
 
 
+# The saga runner keeps its position (and its lock) under this name, beside the projections'.
+SAGA_CHECKPOINT = "sagas"
+
+
 def is_core(name: str) -> bool:
     """A name the store keeps for itself (its tables, their indexes, anything `cqrsctl_…`)."""
     return name in _CORE_RELATIONS or name.startswith("cqrsctl_")
