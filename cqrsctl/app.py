@@ -207,7 +207,8 @@ class Publication:
 
 
 class App:
-    """Your domain: register commands, queries, upcasters (and, later, projections and sagas)."""
+    """Your domain: its commands, events, aggregates, queries, upcasters, projections, sagas,
+    reactions and outbox routes, registered on one object that every command loads."""
 
     def __init__(
         self,

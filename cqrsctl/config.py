@@ -18,7 +18,6 @@ class Settings:
     db: str = DEFAULT_DB
     app: str | None = None
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
-    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the config table
 
 
 def read_config(directory: Path) -> tuple[dict[str, Any], str | None]:
@@ -40,7 +39,7 @@ def read_config(directory: Path) -> tuple[dict[str, Any], str | None]:
 
 def resolve(db: str | None = None, app: str | None = None, directory: Path | None = None) -> Settings:
     config, config_path = read_config(directory or Path.cwd())
-    settings = Settings(extra={k: v for k, v in config.items() if k not in ("db", "app")})
+    settings = Settings()
     for key, flag, env in (("db", db, "CQRSCTL_DB"), ("app", app, "CQRSCTL_APP")):
         if flag:
             setattr(settings, key, flag)

@@ -30,7 +30,8 @@ from projection_support import (
 )
 
 from cqrsctl.services import projections as P
-from cqrsctl.services.daemon import Daemon, ProjectionWorker, daemons
+from cqrsctl.services.daemon import Daemon, daemons
+from cqrsctl.services.workers import ProjectionWorker
 from cqrsctl.store import NewEvent, Store, open_store
 
 SUPPORT = str(Path(__file__).with_name("projection_support.py"))

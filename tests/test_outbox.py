@@ -35,6 +35,7 @@ from cqrsctl.services import outbox
 from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.sinks import open_sink
 from cqrsctl.store import Store, open_store
+from cqrsctl.times import parse_duration
 
 STRESS = os.environ.get("CQRSCTL_STRESS") == "1"
 
@@ -280,8 +281,8 @@ def test_cli_status_list_show_retry_purge_drain(store_url: str, tmp_path: Path) 
 
 
 def test_parse_duration_and_backoff() -> None:
-    assert outbox.parse_duration("7d") == timedelta(days=7)
-    assert outbox.parse_duration("90") == timedelta(seconds=90)
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("90") == timedelta(seconds=90)
     b = outbox.Backoff(base=2, cap=100)
     assert [b.delay(n, rng=lambda: 1.0) for n in (1, 2, 3, 10)] == [2, 4, 8, 100]
     assert [b.delay(n, rng=lambda: 0.0) for n in (1, 2, 3, 10)] == [1, 2, 4, 50]
@@ -373,7 +374,7 @@ def test_daemon_outbox_worker_drains_once_and_while_running(
     import threading
 
     from cqrsctl.services.daemon import Daemon
-    from cqrsctl.services.outbox_relay import OutboxWorker
+    from cqrsctl.services.workers import OutboxWorker
 
     total = fill(store, accounts=3, deposits=10)
     path = tmp_path / "d.jsonl"

@@ -24,7 +24,7 @@ from outbox_support import Receiver, app, check_order, deposit, fill
 from cqrsctl.errors import UsageError
 from cqrsctl.services import outbox
 from cqrsctl.services.daemon import Daemon, Worker
-from cqrsctl.services.outbox_relay import OutboxWorker
+from cqrsctl.services.workers import OutboxWorker
 from cqrsctl.sinks import Sink, open_sink
 from cqrsctl.store import Store
 from cqrsctl.store.base import OutboxMessage

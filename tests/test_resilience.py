@@ -19,10 +19,11 @@ from helpers import command, subprocess_env
 from resilience_support import NAMES
 
 from cqrsctl.loader import load_app
-from cqrsctl.services.daemon import Daemon, SagaWorker, daemons
+from cqrsctl.services.daemon import Daemon, daemons
 from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.services.projections import catch_up
 from cqrsctl.services.sagas import SagaRunner, show_saga
+from cqrsctl.services.workers import SagaWorker
 from cqrsctl.store import NewEvent, Store, open_store
 
 SUPPORT = str(Path(__file__).with_name("resilience_support.py"))

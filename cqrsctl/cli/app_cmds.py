@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from ..errors import BatchError, FileAccessError, UsageError
 from ..services import replay as replay_service
 from ..services.dispatch import Dispatcher, parse_batch
 from ..services.query import run_query
+from ..times import parse_timestamp
 from .runtime import MAX_INT, confirm, parse_json_object, runtime
 
 snapshots_app = typer.Typer(no_args_is_help=True, help="Inspect, take and delete aggregate snapshots.")
@@ -106,12 +106,8 @@ def dispatch(
         ):
             if rt.output.json:  # the report went to stdout; the reason still goes to stderr
                 rt.output.error(f"line {first.line} ({first.command}): {first.message}", first.exit_code)
-            raise _exit_with(first.exit_code)
+            raise typer.Exit(first.exit_code)
         raise BatchError(f"{len(report.failures)} of {len(items)} commands failed (first: line {first.line})")
-
-
-def _exit_with(code: int) -> typer.Exit:
-    return typer.Exit(code)
 
 
 def _read(name: str) -> bytes:
@@ -119,18 +115,6 @@ def _read(name: str) -> bytes:
         return Path(name).read_bytes()
     except OSError as exc:
         raise FileAccessError(f"cannot read {name}: {exc.strerror}") from None
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--as-of is not an ISO 8601 timestamp: {text!r}") from None
-    ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    try:
-        return ts.astimezone(UTC)
-    except OverflowError:
-        raise UsageError(f"--as-of is out of range in UTC: {text!r}") from None
 
 
 def replay(
@@ -159,7 +143,7 @@ def replay(
     rt = runtime(ctx)
     app = None if generic else rt.app(required=False)
     store = rt.reading()
-    when = _timestamp(as_of) if as_of else None
+    when = parse_timestamp(as_of, "--as-of") if as_of else None
     if not generic and (app is None or app.aggregate_for(aggregate) is None):
         rt.output.say("note: no app aggregate for this stream; showing a generic fold (merge of event data)")
     if diff:

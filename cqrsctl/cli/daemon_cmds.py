@@ -10,6 +10,7 @@ import typer
 from ..errors import UsageError
 from ..services import daemon as service
 from ..services import projections as projection_service
+from ..services import workers
 from .runtime import MAX_INT, Runtime, duration, runtime
 
 
@@ -77,28 +78,26 @@ def daemon(
         raise UsageError("--lease must be at least 1s")
     store, app = rt.store(), rt.app()
     log = _logger(rt)
-    workers: list[service.Worker] = []
+    chosen: list[service.Worker] = []
     if not no_projections and app.projections:
         names = [n.strip() for n in projections.split(",") if n.strip()] if projections else None
         projection_service.select(app, names)  # unknown names fail here, before starting
-        workers.append(service.ProjectionWorker(names, retries=retries, backoff=retry_delay))
+        chosen.append(workers.ProjectionWorker(names, retries=retries, backoff=retry_delay))
     if not no_sagas and (app.sagas or app.reactions):
-        workers.append(service.SagaWorker())
+        chosen.append(workers.SagaWorker())
     if outbox_sink and not no_outbox:
-        from ..services.outbox_relay import OutboxWorker
         from ..sinks import open_sink
 
-        workers.append(
-            OutboxWorker(open_sink(outbox_sink, format=app.outbox_format))
+        chosen.append(
+            workers.OutboxWorker(open_sink(outbox_sink, format=app.outbox_format))
         )  # a bad sink URL fails here, before starting
-    if not workers:
+    if not chosen:
         log("nothing to run: the app has no projections or sagas (or all were turned off)")
         return
     runner = service.Daemon(
-        store, app, workers, poll=poll_interval, lease=lease, log=log,
+        store, app, chosen, poll=poll_interval, lease=lease, log=log,
         on_stall=None if once else service.restart_process,
     )  # fmt: skip
-    runner.install_signal_handlers()
     stop_metrics = None
     if metrics:
         from ..services import metrics as metrics_service
@@ -110,7 +109,8 @@ def daemon(
         stop_metrics = metrics_service.serve(metrics, collector)
         log(f"metrics at http://{metrics}/metrics")
     try:
-        runner.run(once=once)
+        with runner.stopping_on_signals():
+            runner.run(once=once)
     finally:
         if stop_metrics is not None:
             stop_metrics()

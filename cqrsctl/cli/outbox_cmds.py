@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,20 +12,13 @@ import typer
 
 from ..errors import UsageError
 from ..services import outbox as service
+from ..signals import on_stop
 from ..sinks import open_sink
 from ..store.base import utcnow
+from ..times import age, parse_duration, parse_timestamp
 from .runtime import MAX_INT, confirm, duration, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
 
 
 @outbox_app.command("status")
@@ -44,7 +34,7 @@ def status(ctx: typer.Context) -> None:
         return
     rt.output.say(
         f"pending {st.counts['pending']} (due now {st.due}), delivered {st.counts['delivered']},"
-        f" dead {st.counts['dead']}; oldest pending {_age(st.oldest_pending_age)}"
+        f" dead {st.counts['dead']}; oldest pending {age(st.oldest_pending_age)}"
     )
     if st.topics and not rt.output.quiet:
         rt.output.table(
@@ -170,13 +160,13 @@ def purge(
     """
     rt = runtime(ctx)
     statuses = [s for s, on in (("delivered", delivered), ("dead", dead)) if on]
-    age, store = service.parse_duration(older_than, zero=True), rt.store()
-    n = service.purge(store, statuses, age, dry_run=True)
+    older, store = parse_duration(older_than, zero=True), rt.store()
+    n = service.purge(store, statuses, older, dry_run=True)
     if not dry_run:
         if n:
             plural = "s" if n != 1 else ""
             confirm(rt, f"Delete {n} {' and '.join(statuses)} message{plural} older than {older_than}?", yes)
-        n = service.purge(store, statuses, age, actor=rt.actor)
+        n = service.purge(store, statuses, older, actor=rt.actor)
     if rt.output.json:
         rt.output.data({"purged": n, "dry_run": True} if dry_run else {"purged": n})
     elif dry_run:
@@ -185,32 +175,10 @@ def purge(
         rt.output.say(f"purged {n} message{'s' if n != 1 else ''}")
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[Any]:
-    """SIGINT/SIGTERM ask the drain to stop after the send in flight; a second one aborts."""
-    requested: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: bool(requested)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _clock(now: str | None) -> Any:
     if now is None:
         return utcnow
-    try:
-        start = datetime.fromisoformat(now.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--now is not an ISO 8601 timestamp: {now!r}") from None
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    start = parse_timestamp(now, "--now")
     began = time.monotonic()
     return lambda: start + timedelta(seconds=time.monotonic() - began)
 
@@ -280,7 +248,7 @@ def drain(
         total = service.status(store).due
         if max_messages is not None:
             total = min(total, max_messages)
-    with _stop_on_signals() as stop, rt.output.progress("draining", total) as advance:
+    with on_stop() as stop, rt.output.progress("draining", total) as advance:
         report = service.drain(
             store,
             sink,

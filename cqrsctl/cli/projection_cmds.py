@@ -140,14 +140,8 @@ def rebuild(
     for name in chosen:
         plan = service.plan_rebuild(store, app, name)
         with rt.output.progress(f"rebuilding {name}", max(plan.head - plan.resume_from, 1)) as advance:
-            seen = [0]
-
-            def progress(done: int, total: int, advance: Any = advance, seen: list[int] = seen) -> None:
-                advance(done - seen[0])
-                seen[0] = done
-
             result = service.rebuild(
-                store, app, name, batch=batch, on_progress=progress, log=rt.output.debug, actor=rt.actor
+                store, app, name, batch=batch, on_progress=advance, log=rt.output.debug, actor=rt.actor
             )
         results.append(result)
         if not rt.output.json:

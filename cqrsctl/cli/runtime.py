@@ -75,7 +75,7 @@ def duration(value: Any) -> float:
     (use as `typer.Option(..., parser=duration, metavar="DURATION")`)."""
     if isinstance(value, int | float):
         return float(value)
-    from ..services.outbox import parse_duration
+    from ..times import parse_duration
 
     try:
         seconds = parse_duration(str(value), zero=True).total_seconds()

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 import typer
 
-from ..errors import UsageError
 from ..services import sagas as saga_service
+from ..times import parse_timestamp
 from .runtime import MAX_INT, runtime
 
 sagas_app = typer.Typer(no_args_is_help=True, help="Inspect, run and retry sagas (process managers).")
-
-
-def _parse_now(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--now is not an ISO 8601 timestamp: {text!r}") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 @sagas_app.command("list")
@@ -133,7 +121,7 @@ def sagas_run(
     Example: cqrsctl --app samples/bank/app.py sagas run --once
     """
     rt = runtime(ctx)
-    when = _parse_now(now)
+    when = None if now is None else parse_timestamp(now, "--now")
     runner = saga_service.SagaRunner(
         rt.app(), rt.store(), batch=batch, **({"clock": lambda: when} if when else {})
     )

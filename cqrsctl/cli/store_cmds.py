@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,9 @@ from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError,
 from ..services import contract, journal, sources, transfer
 from ..services import doctor as doctor_service
 from ..services.events import follow, parse_append_lines, start_position, upcast_all
-from ..services.outbox import parse_duration
 from ..store import NewEvent, parse_expected
 from ..store.base import utcnow
+from ..times import parse_duration, parse_iso
 from .runtime import MAX_INT, confirm, parse_json_object, plural, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
@@ -448,10 +448,9 @@ def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         return utcnow() - parse_duration(text)
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def register(app: typer.Typer) -> None:

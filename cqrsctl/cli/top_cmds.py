@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..services.monitor import Monitor
+from ..times import age
 from .runtime import duration, runtime
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -33,15 +34,6 @@ def _n(value: Any, unit: str = "") -> str:
     if isinstance(value, float):
         return f"{value:,.1f}{unit}"
     return f"{value:,}{unit}"
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
 
 
 def render(view: dict[str, Any], source: str) -> Group:
@@ -68,7 +60,7 @@ def render(view: dict[str, Any], source: str) -> Group:
     for d in view["daemons"]:
         style = "" if d["status"] == "running" else "red"
         daemons.add_row(
-            Text(d["daemon_id"]), Text(d["status"], style=style), _age(d["heartbeat_age_seconds"]),
+            Text(d["daemon_id"]), Text(d["status"], style=style), age(d["heartbeat_age_seconds"]),
             Text(d["holds"] or "-"), _n(d["processed"]),
         )  # fmt: skip
     ob = view["outbox"]
@@ -77,7 +69,7 @@ def render(view: dict[str, Any], source: str) -> Group:
     )
     outbox.add_row(
         _n(ob["pending"]), _n(ob["due"]), Text(_n(ob["dead"]), style="red" if ob["dead"] else ""),
-        _age(ob["oldest_pending_age_seconds"]), _n(ob["delivered_per_second"]),
+        age(ob["oldest_pending_age_seconds"]), _n(ob["delivered_per_second"]),
     )  # fmt: skip
     sagas = Table(*(view["sagas"] or {"sagas": 0}), title="sagas", title_justify="left")
     sagas.add_row(*(_n(n) for n in (view["sagas"] or {"sagas": 0}).values()))

@@ -1,5 +1,5 @@
-"""The daemon: one loop running a list of workers (projections now; sagas and the outbox
-relay plug in the same way), with heartbeats, leases, wake-ups and a clean stop.
+"""The daemon: one loop running a list of workers (projections, sagas and the outbox relay:
+see `workers`), with heartbeats, leases, wake-ups and a clean stop.
 
 The loop gives every worker a `tick()` (a bounded piece of work), and when none has more
 to do right away, waits for a wake-up — a PostgreSQL NOTIFY (the store notifies on every
@@ -17,21 +17,20 @@ loop backs off and goes on; a watchdog thread notices a loop that stopped turnin
 
 from __future__ import annotations
 
-import math
 import os
-import signal
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..app import App
 from ..redaction import scrub
+from ..signals import on_stop
 from ..store import Store
 from ..store.tracking import Checkpoint
 from . import projections as proj
@@ -80,147 +79,6 @@ class Worker(ABC):
         return {}
 
 
-class ProjectionWorker(Worker):
-    """Runs projections, each under a lease, taking at most its share of them."""
-
-    name = "projections"
-
-    def __init__(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        batch: int = proj.STEP_BATCH,
-        retries: int = 3,
-        backoff: float = 0.2,
-        claim_every: float = 0.5,
-    ) -> None:
-        self.names = list(names) if names else None
-        self.batch, self.retries, self.backoff, self.claim_every = batch, retries, backoff, claim_every
-        self.runners: dict[str, proj.Runner] = {}
-        self.owned: set[str] = set()
-        self.failed: set[str] = set()
-        self.processed = 0
-        self._last_claim = 0.0
-        # The heartbeat thread renews and reports; the loop acts on its report.
-        self._lock = threading.Lock()
-        self._lost: set[str] = set()
-        self._holders: Counter[str] | None = None
-
-    def start(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        for cls in proj.select(daemon.app, self.names):
-            self.runners[cls.name] = proj.Runner(
-                daemon.store, daemon.app, cls, daemon.id, batch=self.batch, lease=daemon.lease,
-                retries=self.retries, backoff=self.backoff, log=daemon.log,
-            )  # fmt: skip
-
-    def share(self) -> int:
-        return math.ceil(len(self.runners) / max(1, self.daemon.peers))
-
-    def _claim(self) -> None:
-        self._last_claim = time.monotonic()
-        share = self.share()
-        for name, runner in self.runners.items():
-            if len(self.owned) >= share:
-                return
-            if name in self.owned:
-                continue
-            if runner.claim() == "claimed":
-                with self._lock:
-                    self.owned.add(name)
-                self.failed.discard(name)
-                self.daemon.log(f"{name}: taken (owner {self.daemon.id})")
-
-    def tick(self) -> bool:
-        self._apply_heartbeat()
-        if time.monotonic() - self._last_claim >= self.claim_every:
-            self._claim()
-        more = False
-        for name in sorted(self.owned):
-            step = self.runners[name].step()
-            self.processed += step.processed
-            if step.outcome == "progressed":
-                more = True
-            elif step.outcome in ("lost", "stale"):
-                with self._lock:
-                    self.owned.discard(name)
-                if step.outcome == "stale":
-                    self.runners[name].release()
-                self.daemon.log(
-                    f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}"
-                )
-            elif step.outcome == "failed" and name not in self.failed:
-                self.failed.add(name)
-            elif step.outcome == "caught-up":
-                self.failed.discard(name)
-        return more
-
-    def next_due(self) -> float | None:
-        waits = [
-            r.retry_at - time.monotonic() for n, r in self.runners.items() if n in self.owned and r.retry_at
-        ]
-        waits.append(self.claim_every if len(self.owned) < len(self.runners) else math.inf)
-        due = min(waits)
-        return None if due == math.inf else max(due, 0.0)
-
-    def busy(self) -> bool:
-        return any(self.runners[n].retry_at > time.monotonic() for n in self.owned)
-
-    def heartbeat(self) -> None:
-        with self._lock:
-            mine = sorted(self.owned)
-        with self.daemon.store.transaction() as tx:
-            tr = tx.tracking
-            held: set[str] = set(tr.renew(mine, self.daemon.id, self.daemon.lease)) if mine else set()
-            holders = Counter(
-                cp.owner for cp in tr.checkpoints()
-                if cp.name in self.runners and cp.owner and cp.lease_valid and not dead_here(cp.owner)
-            )  # fmt: skip
-        with self._lock:
-            self._lost |= set(mine) - held
-            self._holders = holders
-
-    def _apply_heartbeat(self) -> None:
-        with self._lock:
-            lost, self._lost = self._lost, set()
-            holders, self._holders = self._holders, None
-        for name in lost & self.owned:
-            self.daemon.log(f"{name}: lease lost")
-        with self._lock:
-            self.owned -= lost
-        if holders is None:
-            return
-        # Spread the work: never hold more than ceil(N/D); hand one over while another
-        # daemon holds fewer than floor(N/D) and we hold more.
-        peers, total = self.daemon.peers, len(self.runners)
-        low, high = total // peers, self.share()
-        starving = peers > len(holders) or any(n < low for n in holders.values())
-        give_count = len(self.owned) - high
-        if give_count <= 0 and starving and len(self.owned) > max(low, 1):
-            give_count = 1
-        if give_count > 0:
-            give = sorted(self.owned)[-give_count:]
-            with self.daemon.store.transaction() as tx:
-                tx.tracking.release(give, self.daemon.id)
-            with self._lock:
-                self.owned -= set(give)
-            # Leave them to the others for a moment before claiming again.
-            self._last_claim = time.monotonic() + 2 * self.daemon.heartbeat_every
-            self.daemon.log(f"handed over {', '.join(give)} ({peers} daemons)")
-
-    def stop(self) -> None:
-        if self.owned:
-            with self.daemon.store.transaction() as tx:
-                tx.tracking.release(sorted(self.owned), self.daemon.id)
-            with self._lock:
-                self.owned.clear()
-
-    def info(self) -> dict[str, Any]:
-        with self._lock:
-            owned = sorted(self.owned)
-        return {"owned": owned, "failed": sorted(self.failed), "processed": self.processed}
-
-
 @dataclass
 class DaemonInfo:
     """A daemon as its heartbeat shows it."""
@@ -257,20 +115,6 @@ class DaemonInfo:
 def daemons(store: Store) -> list[DaemonInfo]:
     with store.reader() as tx:
         return [DaemonInfo.from_checkpoint(cp) for cp in tx.tracking.checkpoints(DAEMON_PREFIX)]
-
-
-def prune_daemons(store: Store, older_than: timedelta = timedelta(days=1)) -> int:
-    """Forget heartbeats of daemons that stopped (or died) more than `older_than` ago."""
-    with store.transaction() as tx:
-        tr = tx.tracking
-        cutoff = tr.now() - older_than
-        gone = [
-            cp.name for cp in tr.checkpoints(DAEMON_PREFIX)
-            if not cp.lease_valid and cp.updated_at is not None and cp.updated_at < cutoff
-        ]  # fmt: skip
-        for name in gone:
-            tr.delete(name)
-    return len(gone)
 
 
 class Daemon:
@@ -321,30 +165,27 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def install_signal_handlers(self, exit_code: int = 13) -> None:
-        """SIGINT and SIGTERM stop the loop after the step in hand (main thread only). If
-        that step is not over within `stop_within` seconds (a handler that hangs), or at a
-        second signal, the process exits at once with `exit_code`, its leases given back
-        when the database answers within a second: what the step did is not committed,
-        and whoever takes the work over does it again."""
-
-        def on_signal(*_: object) -> None:
-            if self._stop.is_set():
-                self._force("a second signal")
-                return
-            self.stop()
-            timer = threading.Timer(
-                self.stop_within, self._force, (f"the step in hand ran past {self.stop_within:g}s",)
-            )
-            timer.daemon = True
-            timer.start()
-
+    @contextmanager
+    def stopping_on_signals(self, exit_code: int = 13) -> Iterator[None]:
+        """While inside, SIGINT and SIGTERM stop the loop after the step in hand (main thread
+        only). If that step is not over within `stop_within` seconds (a handler that hangs),
+        or at a second signal, the process exits at once with `exit_code`, its leases given
+        back when the database answers within a second: what the step did is not
+        committed, and whoever takes the work over does it again."""
         self._exit_code = exit_code
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
+        with on_stop(self._on_signal, lambda: self._force("a second signal")):
+            yield
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            self._force("a second signal")
+            return
+        self.stop()
+        timer = threading.Timer(
+            self.stop_within, self._force, (f"the step in hand ran past {self.stop_within:g}s",)
+        )
+        timer.daemon = True
+        timer.start()
 
     def _force(self, why: str) -> None:
         if self._stopped.is_set():
@@ -523,42 +364,6 @@ class Daemon:
                 if self.on_stall is not None:
                     self.on_stall()
                 self._beat = time.monotonic()
-
-
-class SagaWorker(Worker):
-    """Runs the app's sagas and reactions: new events in small batches, due deadlines.
-
-    Saga work takes a lock per batch, so among several daemons one does it at a time;
-    the others find the lock taken and go on with their other workers.
-    """
-
-    name = "sagas"
-
-    def __init__(
-        self, batch: int = 100, deadline_check: float = 1.0, clock: Callable[[], datetime] | None = None
-    ) -> None:
-        self.batch, self.deadline_check, self.clock = batch, deadline_check, clock
-        self.processed = 0
-        self.runner: Any = None
-
-    def start(self, daemon: Daemon) -> None:
-        from .sagas import SagaRunner
-
-        clock = {} if self.clock is None else {"clock": self.clock}
-        self.runner = SagaRunner(daemon.app, daemon.store, batch=self.batch, **clock)
-
-    def tick(self) -> bool:
-        report = self.runner.run_once(max_batches=1)
-        done = report.events + report.deadlines_fired
-        self.processed += done
-        # Work done may have produced events for other workers (or more for us): go round again.
-        return done > 0
-
-    def next_due(self) -> float | None:
-        return self.deadline_check  # deadlines come due without any event to wake us
-
-    def info(self) -> dict[str, Any]:
-        return {"processed": self.processed}
 
 
 def restart_process() -> None:

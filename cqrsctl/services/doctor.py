@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DatabaseError
-from ..store import Store, backend_of, redact
+from ..store import Store, backend_of, iso, redact
 from ..store.base import SCHEMA_VERSION
 
 
@@ -82,12 +82,12 @@ def diagnose(store: Store, app: Any = None, max_lag: int | None = None) -> Repor
     report.checks.append(Check("durability", True, store.durability()))
     if problems:
         return report  # the checks below read those tables
-    from .projections import doctor_checks
-
-    doctor_checks(store, app, report, max_lag)
+    _daemon_checks(store, report)
     if app is None:
         _checkpoint_checks(store, report, max_lag)
     else:
+        if app.projections:
+            _projection_checks(store, app, report, max_lag)
         _read_model_checks(store, app, report)
     _saga_checks(store, report)
     return report
@@ -161,6 +161,61 @@ def _read_model_checks(store: Store, app: Any, report: Report) -> None:
     if checked:
         detail = "; ".join(bad) + " (bump the projection's version and rebuild it)" if bad else ""
         report.checks.append(Check("read models", not bad, detail or f"{checked} tables as declared"))
+
+
+def _daemon_checks(store: Store, report: Report) -> None:
+    """Daemons by their heartbeats: one that still says `running` but renews nothing died."""
+    from .daemon import daemons
+
+    beats = daemons(store)
+    alive = [d for d in beats if d.alive]
+    dead = [d for d in beats if d.status == "running" and not d.alive]
+    detail = f"{len(alive)} running"
+    if dead:
+        detail += f"; {len(dead)} without a heartbeat (died?): {', '.join(d.daemon_id for d in dead)}"
+    report.checks.append(Check("daemons", True, detail))
+    report.details["daemons"] = [
+        {
+            "daemon": d.daemon_id,
+            "status": d.status if d.alive or d.status == "stopped" else "no heartbeat",
+            "heartbeat": None if d.heartbeat_at is None else iso(d.heartbeat_at),
+            "work": d.workers,
+            "last error": d.error,
+        }
+        for d in beats
+        if d.alive or d.status == "running"
+    ]
+
+
+def _projection_checks(store: Store, app: Any, report: Report, max_lag: int | None) -> None:
+    """Unhealthy when a projection is failed, stale, or (with `max_lag`) more than `max_lag`
+    events behind."""
+    from .projections import status
+
+    rows = status(store, app)
+    bad = []
+    for s in rows:
+        if s.state == "failed":
+            bad.append(f"{s.name} failed at position {s.error_position}")
+        elif s.state == "stale-version":
+            bad.append(f"{s.name} is stale (stored version {s.stored_version}, code {s.version}): rebuild it")
+        elif max_lag is not None and s.lag_events > max_lag:
+            bad.append(f"{s.name} is {s.lag_events} events behind (max {max_lag})")
+    lagging = max((s.lag_events for s in rows), default=0)
+    report.checks.append(
+        Check("projections", not bad, "; ".join(bad) or f"{len(rows)} ok, largest lag {lagging} events")
+    )
+    report.details["projections"] = [
+        {
+            "projection": s.name,
+            "state": s.state,
+            "position": s.position,
+            "lag": s.lag_events,
+            "lag seconds": round(s.lag_seconds, 1),
+            "error": s.error,
+        }
+        for s in rows
+    ]
 
 
 def _saga_checks(store: Store, report: Report) -> None:

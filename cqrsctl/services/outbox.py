@@ -14,7 +14,6 @@ of its key is leased or backing off. A dead message no longer holds its key back
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -661,27 +660,3 @@ def purge(
 class _Preview(Exception):
     def __init__(self, count: int) -> None:
         self.count = count
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-_MAX_DURATION = timedelta(days=36_500)
-
-
-def parse_duration(text: str, *, zero: bool = False) -> timedelta:
-    """`90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) as a timedelta: positive (or zero
-    when `zero`), finite, at most 100 years."""
-    t = text.strip().lower()
-    number, unit = (t[:-1], _UNITS[t[-1]]) if t and t[-1] in _UNITS else (t, 1)
-    try:
-        seconds = float(number) * unit if number.isascii() else float("nan")
-    except ValueError:
-        seconds = float("nan")
-    if not math.isfinite(seconds):
-        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 7d")
-    if seconds < 0 or (seconds == 0 and not zero):
-        raise UsageError(f"invalid duration {text!r}: it must be positive")
-    if seconds > _MAX_DURATION.total_seconds():
-        raise UsageError(f"invalid duration {text!r}: at most 100 years")
-    return timedelta(seconds=seconds)

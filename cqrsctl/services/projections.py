@@ -42,8 +42,6 @@ CACHE_ROWS = 100_000  # read-model rows a rebuild keeps in memory between batche
 REBUILD_PREFIX = "rebuild:"
 SHADOW_SUFFIX = "__rebuild"
 
-STATES = ("running", "idle", "rebuilding", "failed", "stale-version")
-
 
 def lease_free(cp: Checkpoint, owner: str) -> bool:
     return cp.owner is None or cp.owner == owner or not cp.lease_valid or dead_here(cp.owner)
@@ -519,7 +517,7 @@ def rebuild(
     name: str,
     *,
     batch: int = REBUILD_BATCH,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     actor: str | None = None,
 ) -> RebuildResult:
@@ -528,8 +526,9 @@ def rebuild(
     Readers keep seeing the old tables until the swap commits. The shadow build and its
     position (checkpoint ``rebuild:<name>``) commit together per batch, so a rebuild
     that is interrupted (Ctrl-C, kill -9) is resumed by running it again; the live
-    tables and the events are never touched before the swap. `on_progress(done, total)`
-    is called after every batch, in positions.
+    tables and the events are never touched before the swap. `on_progress(n)` is called
+    after every batch with the positions it moved (the rebuild's total is the head less
+    `plan_rebuild`'s `resume_from`, at least).
     """
     cls = projection_class(app, name)
     version = str(cls.version)
@@ -638,7 +637,7 @@ def rebuild(
     # Each batch runs its handlers in a deferred transaction and holds the write lock only
     # to write what they made (SQLite has one for the whole database: dispatches wait for
     # that much, not for the handlers).
-    caught_up = 0
+    caught_up = reported = 0
     try:
         while True:
             began = time.monotonic()
@@ -652,7 +651,8 @@ def rebuild(
                 tr.put(cp)
             rm.trim(CACHE_ROWS)
             if on_progress:
-                on_progress(min(position - resumed_from, max(total, position - resumed_from)), total)
+                on_progress(position - resumed_from - reported)
+                reported = position - resumed_from
             # Swap once the head was reached quickly: little can have come meanwhile, and
             # that little is all the swap does under the locks. (While writers outpace the
             # handlers it never is; after 20 tries the swap takes what is left.)
@@ -693,7 +693,7 @@ def rebuild(
             pass
         raise
     if on_progress:
-        on_progress(max(total, position - resumed_from), max(total, position - resumed_from))
+        on_progress(max(total, position - resumed_from) - reported)
     return RebuildResult(name, cls.version, events, position, time.monotonic() - started, resumed_from)
 
 
@@ -918,58 +918,3 @@ def status(store: Store, app: App, names: Sequence[str] | None = None) -> list[P
                 )  # fmt: skip
             )
     return out
-
-
-# -- doctor ------------------------------------------------------------------------------------------------
-
-
-def doctor_checks(store: Store, app: App | None, report: Any, max_lag: int | None) -> None:
-    """Add projection and daemon checks to a doctor report: unhealthy when a projection
-    is failed, stale, or (with `max_lag`) more than `max_lag` events behind."""
-    from .daemon import daemons
-    from .doctor import Check
-
-    beats = daemons(store)
-    alive = [d for d in beats if d.alive]
-    dead = [d for d in beats if d.status == "running" and not d.alive]
-    detail = f"{len(alive)} running"
-    if dead:
-        detail += f"; {len(dead)} without a heartbeat (died?): {', '.join(d.daemon_id for d in dead)}"
-    report.checks.append(Check("daemons", True, detail))
-    report.details["daemons"] = [
-        {
-            "daemon": d.daemon_id,
-            "status": d.status if d.alive or d.status == "stopped" else "no heartbeat",
-            "heartbeat": None if d.heartbeat_at is None else iso(d.heartbeat_at),
-            "work": d.workers,
-            "last error": d.error,
-        }
-        for d in beats
-        if d.alive or d.status == "running"
-    ]
-    if app is None or not app.projections:
-        return
-    rows = status(store, app)
-    bad = []
-    for s in rows:
-        if s.state == "failed":
-            bad.append(f"{s.name} failed at position {s.error_position}")
-        elif s.state == "stale-version":
-            bad.append(f"{s.name} is stale (stored version {s.stored_version}, code {s.version}): rebuild it")
-        elif max_lag is not None and s.lag_events > max_lag:
-            bad.append(f"{s.name} is {s.lag_events} events behind (max {max_lag})")
-    lagging = max((s.lag_events for s in rows), default=0)
-    report.checks.append(
-        Check("projections", not bad, "; ".join(bad) or f"{len(rows)} ok, largest lag {lagging} events")
-    )
-    report.details["projections"] = [
-        {
-            "projection": s.name,
-            "state": s.state,
-            "position": s.position,
-            "lag": s.lag_events,
-            "lag seconds": round(s.lag_seconds, 1),
-            "error": s.error,
-        }
-        for s in rows
-    ]

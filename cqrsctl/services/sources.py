@@ -34,6 +34,7 @@ import orjson
 from ..errors import FileAccessError, HistoryGapError, SourceError, UsageError, ValidationError
 from ..store import Store, StoredEvent
 from ..store.base import iso
+from ..times import parse_iso
 from . import transfer
 from .jsonl import json_objects
 
@@ -74,10 +75,9 @@ def _version(value: Any, where: str) -> int:
 
 def _time(value: Any, where: str) -> datetime:
     try:
-        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_iso(str(value))
     except ValueError:
         raise ValidationError(f"{where}: timestamp {value!r} is not ISO 8601") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _object(value: Any, name: str, where: str) -> dict[str, Any]:
@@ -465,7 +465,7 @@ class _Staging:
             b = orjson.loads(body)
             yield StoredEvent(
                 0, stream, version, event_id, b["type"], 1, b["data"], b["metadata"],
-                datetime.fromisoformat(at.replace("Z", "+00:00")),
+                parse_iso(at),
             )  # fmt: skip
 
     def close(self) -> None:

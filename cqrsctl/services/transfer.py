@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -13,6 +12,7 @@ from pydantic import Field, field_validator
 
 from ..errors import FileAccessError
 from ..store import Store, StoredEvent
+from ..times import parse_iso
 from . import journal
 from .events import upcast_all
 from .jsonl import EventType, Identifier, Line, Position, SchemaVersion, StreamId, validated
@@ -63,16 +63,13 @@ class ImportLine(Line):
     @classmethod
     def _timestamp(cls, value: str) -> str:
         try:
-            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            at.astimezone(UTC)
-        except (ValueError, OverflowError):
-            at = None
-        if at is None or at.tzinfo is None:
-            raise ValueError("not an ISO 8601 timestamp with a time zone (Z or +hh:mm)")
+            parse_iso(value, naive_is_utc=False)
+        except ValueError:
+            raise ValueError("not an ISO 8601 timestamp with a time zone (Z or +hh:mm)") from None
         return value
 
     def event(self) -> StoredEvent:
-        at = datetime.fromisoformat(self.recorded_at.replace("Z", "+00:00")).astimezone(UTC)
+        at = parse_iso(self.recorded_at)
         return StoredEvent(
             self.global_position, self.stream_id, self.stream_version, self.event_id, self.event_type,
             self.schema_version, self.data, self.metadata, at,
