@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as _logging
 from importlib import metadata as _metadata
 
 from .errors import (
@@ -12,6 +13,10 @@ from .errors import (
     ValidationError,
 )
 from .store import ANY, EXISTS, NO_STREAM, NewEvent, Store, StoredEvent, open_store
+
+# The library logs under "cqrsctl.*" and leaves output to the application (the CLI installs
+# a handler: see cqrsctl.cli.logs); without one, nothing is printed.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 try:  # the one place the version is written is pyproject.toml
     __version__ = _metadata.version("cqrsctl")

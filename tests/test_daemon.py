@@ -4,6 +4,7 @@ PostgreSQL several daemons at once and dropped connections."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -107,12 +108,19 @@ def test_daemon_follows_appends_and_stops_cleanly(
     assert position == store.head() and rows == oracle_totals(store)
 
 
-def test_daemon_once_in_process(store: Store) -> None:
+def test_daemon_once_in_process(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     append_random(store, 300, seed=2)
-    logs: list[str] = []
-    Daemon(store, app, [ProjectionWorker()], log=logs.append).run(once=True)
+    # Straight onto the library's logger: a command line run earlier in this process may
+    # have stopped it from propagating to the root, where caplog listens.
+    logger = logging.getLogger("cqrsctl")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="cqrsctl"):
+            Daemon(store, app, [ProjectionWorker()]).run(once=True)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert caught_up(store)
-    assert any("stopped" in line for line in logs)
+    assert any("stopped" in r.getMessage() for r in caplog.records)
     assert [d.status for d in daemons(store)] == ["stopped"]
 
 

@@ -15,7 +15,13 @@ from ..config import resolve
 from ..errors import CqrsError
 from ..redaction import redact
 from ..store.base import default_actor
+from . import logs
 from .runtime import Output, Runtime, error_json, scrub_urls
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
 
 
 class Format(enum.StrEnum):
@@ -27,7 +33,7 @@ class Format(enum.StrEnum):
 
 
 # Global options, accepted before or after the command (see _hoist_globals).
-_GLOBAL_VALUED = {"--db", "--app", "--format", "--actor"}
+_GLOBAL_VALUED = {"--db", "--app", "--format", "--actor", "--log-format"}
 _GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v", "--debug"}
 
 
@@ -222,6 +228,12 @@ def _global(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only data and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say more about what happens."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    log_format: LogFormat = typer.Option(
+        LogFormat.text,
+        "--log-format",
+        envvar="CQRSCTL_LOG_FORMAT",
+        help="The log on stderr: text (people) or json (one object per line, for log collectors).",
+    ),
     actor: str = typer.Option(
         None,
         "--actor",
@@ -237,6 +249,7 @@ def _global(
     rt = Runtime(settings, output, debug)
     rt.actor = actor or os.environ.get("CQRSCTL_ACTOR") or default_actor()
     ctx.obj = rt
+    logs.install(log_format.value, quiet=quiet, verbose=verbose, scrub=rt.scrub)
     ctx.call_on_close(rt.close)
     rt.output.debug(f"database {redact(settings.db)} ({settings.source['db']})")
     if settings.app:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from datetime import UTC, datetime
+import logging
 
 import typer
 
@@ -11,17 +10,10 @@ from ..errors import UsageError
 from ..services import daemon as service
 from ..services import projections as projection_service
 from ..services import workers
-from .runtime import MAX_INT, Runtime, duration, runtime
+from . import logs
+from .runtime import MAX_INT, duration, runtime
 
-
-def _logger(rt: Runtime) -> service.Log:
-    def log(message: str) -> None:
-        if not rt.output.quiet:
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-            sys.stderr.write(f"{stamp} {rt.scrub(message)}\n")
-            sys.stderr.flush()
-
-    return log
+log = logging.getLogger("cqrsctl.daemon")
 
 
 def daemon(
@@ -77,7 +69,7 @@ def daemon(
     if lease < 1:
         raise UsageError("--lease must be at least 1s")
     store, app = rt.store(), rt.app()
-    log = _logger(rt)
+    logs.show_info()  # the daemon's log is what it has to say
     chosen: list[service.Worker] = []
     if not no_projections and app.projections:
         names = [n.strip() for n in projections.split(",") if n.strip()] if projections else None
@@ -92,10 +84,10 @@ def daemon(
             workers.OutboxWorker(open_sink(outbox_sink, format=app.outbox_format))
         )  # a bad sink URL fails here, before starting
     if not chosen:
-        log("nothing to run: the app has no projections or sagas (or all were turned off)")
+        log.warning("nothing to run: the app has no projections or sagas (or all were turned off)")
         return
     runner = service.Daemon(
-        store, app, chosen, poll=poll_interval, lease=lease, log=log,
+        store, app, chosen, poll=poll_interval, lease=lease,
         on_stall=None if once else service.restart_process,
     )  # fmt: skip
     stop_metrics = None
@@ -107,7 +99,7 @@ def daemon(
             lambda: open_store(rt.settings.db, migrate=False), app, lambda: runner.workers
         )
         stop_metrics = metrics_service.serve(metrics, collector)
-        log(f"metrics at http://{metrics}/metrics")
+        log.info(f"metrics at http://{metrics}/metrics")
     try:
         with runner.stopping_on_signals():
             runner.run(once=once)

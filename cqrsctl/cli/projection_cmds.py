@@ -140,9 +140,7 @@ def rebuild(
     for name in chosen:
         plan = service.plan_rebuild(store, app, name)
         with rt.output.progress(f"rebuilding {name}", max(plan.head - plan.resume_from, 1)) as advance:
-            result = service.rebuild(
-                store, app, name, batch=batch, on_progress=advance, log=rt.output.debug, actor=rt.actor
-            )
+            result = service.rebuild(store, app, name, batch=batch, on_progress=advance, actor=rt.actor)
         results.append(result)
         if not rt.output.json:
             rt.output.say(
@@ -216,7 +214,7 @@ def catch_up(
     with rt.output.progress("catching up", None) as advance:
         results = service.catch_up(
             store, app, names, timeout=timeout, batch=batch, retries=retries, backoff=retry_delay,
-            on_progress=advance, log=rt.output.debug,
+            on_progress=advance,
         )  # fmt: skip
     if rt.output.json:
         rt.output.records(results)

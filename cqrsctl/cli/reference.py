@@ -21,7 +21,8 @@ the [README](../README.md).
 
 ## Conventions
 
-- **Global options** (`--db`, `--app`, `--format`, `--json`, `-q`, `-v`, `--debug`) go
+- **Global options** (`--db`, `--app`, `--format`, `--json`, `-q`, `-v`, `--debug`,
+  `--actor`, `--log-format`) go
   before or after the command: `cqrsctl --json doctor` and `cqrsctl doctor --json` are the
   same. `cqrsctl --version` prints the version.
 - **Output formats.** A command prints either *records* (zero or more objects of one kind:
@@ -42,6 +43,12 @@ the [README](../README.md).
   saying that more exist.
 - **Durations** are written the same everywhere: `50` or `50s` (seconds, fractions allowed),
   `5m`, `2h`, `7d`, `2w`.
+- **Logs** (what the daemon, catch-ups and rebuilds report as they work) go to stderr:
+  warnings and errors by default, everything with `-v`, errors only with `-q`; the daemon
+  logs everything unless `-q`. `--log-format text` (the default) writes a UTC timestamp and
+  the message; `--log-format json` (or env `CQRSCTL_LOG_FORMAT=json`) one JSON object per
+  line with `time`, `level`, `logger`, `message` and the event's own fields, for log
+  collectors. Passwords and tokens of URLs are masked in both.
 """
 
 _HIDDEN = {"help", "install_completion", "show_completion"}

@@ -17,6 +17,7 @@ loop backs off and goes on; a watchdog thread notices a loop that stopped turnin
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ HEARTBEAT_SECONDS = 1.0
 STALL_SECONDS = 60.0
 STOP_SECONDS = 5.0  # after SIGTERM, how long the step in hand may take before the process exits anyway
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class Worker(ABC):
@@ -133,14 +134,12 @@ class Daemon:
         stall: float = STALL_SECONDS,
         stop_within: float = STOP_SECONDS,
         on_stall: Callable[[], None] | None = None,
-        log: Log | None = None,
     ) -> None:
         self.store, self.app, self.workers = store, app, list(workers)
         self.poll = poll if poll is not None else store.poll_interval
         self.lease, self.heartbeat_every, self.stall = lease, heartbeat, stall
         self.stop_within = stop_within
         self.on_stall = on_stall
-        self.log: Log = log or (lambda message: None)
         self.id = owner_id("daemon")
         self.peers = 1
         self.started = time.monotonic()
@@ -190,7 +189,7 @@ class Daemon:
     def _force(self, why: str) -> None:
         if self._stopped.is_set():
             return
-        self.log(f"stopping at once ({why}): the work in hand is abandoned, not committed")
+        log.error(f"stopping at once ({why}): the work in hand is abandoned, not committed")
         releasing = threading.Thread(target=self._release_all, daemon=True)
         releasing.start()
         releasing.join(1.0)
@@ -224,7 +223,10 @@ class Daemon:
             self._listener.start()
         watchdog = threading.Thread(target=self._watch, name="cqrsctl-watchdog", daemon=True)
         watchdog.start()
-        self.log(f"daemon {self.id} started: {', '.join(w.name for w in self.workers)}")
+        log.info(
+            f"daemon {self.id} started: {', '.join(w.name for w in self.workers)}",
+            extra={"daemon_id": self.id, "workers": [w.name for w in self.workers]},
+        )
         backoff = 0.0
         try:
             while not self._stop.is_set():
@@ -242,7 +244,7 @@ class Daemon:
                         f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url
                     )[:500]
                     backoff = min(max(backoff * 2, 0.1), 5.0)
-                    self.log(f"error: {self.last_error} (retrying in {backoff:.1f}s)")
+                    log.warning(f"error: {self.last_error} (retrying in {backoff:.1f}s)")
                     self._sleep(backoff)
                     continue
                 if once and not more and not any(w.busy() for w in self.workers):
@@ -255,13 +257,13 @@ class Daemon:
                 try:
                     worker.stop()
                 except Exception as exc:
-                    self.log(f"{worker.name}: could not release its leases: {exc}")
+                    log.warning(f"{worker.name}: could not release its leases: {exc}")
             try:
                 self._unregister()
             except Exception:
                 pass
             self._stopped.set()
-            self.log(f"daemon {self.id} stopped")
+            log.info(f"daemon {self.id} stopped", extra={"daemon_id": self.id})
 
     def _wait(self) -> None:
         timeout = self.poll
@@ -352,7 +354,7 @@ class Daemon:
                 except Exception as exc:
                     if not self._stop.is_set():
                         reason = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", self.store.url)
-                        self.log(f"listener: {reason} (reconnecting)")
+                        log.warning(f"listener: {reason} (reconnecting)")
                         self._stop.wait(delay)
                         delay = min(delay * 2, 5.0)
 
@@ -360,7 +362,7 @@ class Daemon:
         while not self._stop.wait(min(self.stall / 4, 5.0)):
             idle = time.monotonic() - self._beat
             if idle > self.stall:
-                self.log(f"the loop has not turned for {idle:.0f}s: stalled")
+                log.error(f"the loop has not turned for {idle:.0f}s: stalled")
                 if self.on_stall is not None:
                     self.on_stall()
                 self._beat = time.monotonic()

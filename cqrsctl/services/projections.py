@@ -16,6 +16,7 @@ visible in commit order (see the stores), so "everything after my position" is e
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..store import Store, Transaction, iso
 from ..store.tracking import Checkpoint, EventTuple, ReadModels, Tracking
 from . import journal
 from .owners import dead_here, owner_id
+
+log = logging.getLogger(__name__)
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
 REBUILD_BATCH = 20_000  # events per rebuild transaction
@@ -162,7 +165,6 @@ class Runner:
         lease: float = LEASE_SECONDS,
         retries: int = 3,
         backoff: float = 0.2,
-        log: Callable[[str], None] | None = None,
     ) -> None:
         self.store, self.app, self.cls, self.owner = store, app, cls, owner
         self.name = cls.name
@@ -170,7 +172,6 @@ class Runner:
         self.projection = cls()
         self.handlers = self.projection.handlers()
         self.batch, self.lease, self.retries, self.backoff = batch, lease, retries, backoff
-        self.log = log or (lambda message: None)
         self.attempts = 0
         self.retry_at = 0.0
         self._rm: ReadModel | None = None
@@ -222,12 +223,12 @@ class Runner:
             self.attempts += 1
             if self.attempts > self.retries:
                 self._mark_failed(failure)
-                self.log(f"{self.name}: failed at position {failure.position}: {failure.message}")
+                log.warning(f"{self.name}: failed at position {failure.position}: {failure.message}")
                 self.attempts, self.retry_at = 0, 0.0
                 return Step("failed", position=failure.position - 1, error=failure.message)
             delay = self.backoff * 5 ** (self.attempts - 1)
             self.retry_at = time.monotonic() + delay
-            self.log(
+            log.warning(
                 f"{self.name}: handler failed at position {failure.position} "
                 f"(attempt {self.attempts} of {self.retries + 1}, retrying in {delay:.1f}s): {failure.message}"
             )
@@ -301,7 +302,7 @@ class Runner:
         except _Late as late:
             self._rm = None
             who = late.cp.owner if late.cp is not None and late.cp.lease_valid else None
-            self.log(
+            log.info(
                 f"{self.name}: lease lost during a step ({'now held by ' + who if who else 'expired'}): "
                 f"its result ({len(rows)} events) was discarded"
             )
@@ -358,7 +359,6 @@ def catch_up(
     retries: int = 3,
     backoff: float = 0.2,
     on_progress: Callable[[int], None] | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> list[CatchUpResult]:
     """Process what is new for each projection and return; projections a daemon holds
     are left to it ('held'). Raises nothing for failures: look at the outcomes (or use
@@ -368,7 +368,7 @@ def catch_up(
     results: dict[str, CatchUpResult] = {}
     runners: list[Runner] = []
     for cls in select(app, names):
-        runner = Runner(store, app, cls, owner, batch=batch, retries=retries, backoff=backoff, log=log)
+        runner = Runner(store, app, cls, owner, batch=batch, retries=retries, backoff=backoff)
         claimed = runner.claim()
         results[cls.name] = CatchUpResult(cls.name, "caught-up" if claimed == "claimed" else claimed)
         if claimed == "claimed":
@@ -518,7 +518,6 @@ def rebuild(
     *,
     batch: int = REBUILD_BATCH,
     on_progress: Callable[[int], None] | None = None,
-    log: Callable[[str], None] | None = None,
     actor: str | None = None,
 ) -> RebuildResult:
     """Replay every event into shadow tables, then swap them in atomically.
@@ -566,8 +565,7 @@ def rebuild(
             rm.mark_complete(table)
     events = 0
     total = max(head - resumed_from, 0)
-    if log:
-        log(f"{name}: rebuilding v{version} from position {position} (head {head})")
+    log.info(f"{name}: rebuilding v{version} from position {position} (head {head})")
 
     page_size = min(batch, PAGE)
     lean = True  # until a handler asks for metadata, recorded_at or event_id

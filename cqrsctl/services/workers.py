@@ -13,6 +13,7 @@ run side by side: claims keep them off each other's messages.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ from . import outbox
 from . import projections as proj
 from .daemon import Daemon, Worker
 from .owners import dead_here, owner_id
+
+log = logging.getLogger(__name__)
 
 
 class ProjectionWorker(Worker):
@@ -60,7 +63,7 @@ class ProjectionWorker(Worker):
         for cls in proj.select(daemon.app, self.names):
             self.runners[cls.name] = proj.Runner(
                 daemon.store, daemon.app, cls, daemon.id, batch=self.batch, lease=daemon.lease,
-                retries=self.retries, backoff=self.backoff, log=daemon.log,
+                retries=self.retries, backoff=self.backoff,
             )  # fmt: skip
 
     def share(self) -> int:
@@ -78,7 +81,7 @@ class ProjectionWorker(Worker):
                 with self._lock:
                     self.owned.add(name)
                 self.failed.discard(name)
-                self.daemon.log(f"{name}: taken (owner {self.daemon.id})")
+                log.info(f"{name}: taken (owner {self.daemon.id})")
 
     def tick(self) -> bool:
         self._apply_heartbeat()
@@ -95,9 +98,7 @@ class ProjectionWorker(Worker):
                     self.owned.discard(name)
                 if step.outcome == "stale":
                     self.runners[name].release()
-                self.daemon.log(
-                    f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}"
-                )
+                log.info(f"{name}: {'lease lost' if step.outcome == 'lost' else 'stale version, left alone'}")
             elif step.outcome == "failed" and name not in self.failed:
                 self.failed.add(name)
             elif step.outcome == "caught-up":
@@ -134,7 +135,7 @@ class ProjectionWorker(Worker):
             lost, self._lost = self._lost, set()
             holders, self._holders = self._holders, None
         for name in lost & self.owned:
-            self.daemon.log(f"{name}: lease lost")
+            log.info(f"{name}: lease lost")
         with self._lock:
             self.owned -= lost
         if holders is None:
@@ -155,7 +156,7 @@ class ProjectionWorker(Worker):
                 self.owned -= set(give)
             # Leave them to the others for a moment before claiming again.
             self._last_claim = time.monotonic() + 2 * self.daemon.heartbeat_every
-            self.daemon.log(f"handed over {', '.join(give)} ({peers} daemons)")
+            log.info(f"handed over {', '.join(give)} ({peers} daemons)")
 
     def stop(self) -> None:
         if self.owned:
@@ -262,12 +263,12 @@ class OutboxWorker(Worker):
         self.failed += report.failed
         self.dead += report.dead
         for e in report.errors[:5]:
-            daemon.log(f"outbox: message {e['message_id']} attempt {e['attempts']}: {e['error']}")
+            log.warning(f"outbox: message {e['message_id']} attempt {e['attempts']}: {e['error']}")
         if report.error:
             self.last_error = report.error
             self.pause = min(max(self.pause * 2, 1.0), 60.0)
             self.resume_at = time.monotonic() + self.pause
-            daemon.log(f"outbox: {report.error} (next try in {self.pause:.0f}s)")
+            log.warning(f"outbox: {report.error} (next try in {self.pause:.0f}s)")
             return False
         self.pause = 0.0
         return report.stopped == "max" and report.remaining > 0
@@ -281,7 +282,7 @@ class OutboxWorker(Worker):
                 self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
                 self.pause = min(max(self.pause * 2, 1.0), 60.0)
                 self.resume_at = time.monotonic() + self.pause
-                self.daemon.log(f"outbox: {self.last_error} (next try in {self.pause:.0f}s)")
+                log.warning(f"outbox: {self.last_error} (next try in {self.pause:.0f}s)")
             wait = max(self.poll, self.resume_at - time.monotonic())
             self._wake.wait(wait)
             self._wake.clear()
@@ -310,8 +311,7 @@ class OutboxWorker(Worker):
             # A send in flight ends by its deadline; the drain then releases what it holds.
             self.thread.join(self.sink.timeout + outbox.GRACE_SECONDS + 3)
             if self.thread.is_alive():
-                if self.daemon is not None:
-                    self.daemon.log("outbox: the relay did not stop in time; its claims expire or are freed")
+                log.warning("outbox: the relay did not stop in time; its claims expire or are freed")
                 return  # it still uses the sink and its store: leave both to it
             self.thread = None
         if self.sink.is_open:
