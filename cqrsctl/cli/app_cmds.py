@@ -15,7 +15,7 @@ from ..services import replay as replay_service
 from ..services.dispatch import Dispatcher, parse_batch
 from ..services.query import run_query
 from ..times import parse_timestamp
-from .runtime import MAX_INT, confirm, parse_json_object, runtime
+from .runtime import MAX_INT, Output, confirm, parse_json_object, runtime
 
 snapshots_app = typer.Typer(no_args_is_help=True, help="Inspect, take and delete aggregate snapshots.")
 
@@ -160,20 +160,7 @@ def replay(
         if rt.output.json:
             rt.output.records(steps)
         else:
-            rt.output.table(
-                ("ver", "pos", "type", "data", "state after"),
-                (
-                    (
-                        s.event.stream_version,
-                        s.event.global_position,
-                        s.event.event_type,
-                        _show(s.event.data),
-                        _show(s.state),
-                    )
-                    for s in steps
-                ),
-                title=aggregate,
-            )
+            _show_history(rt.output, aggregate, steps)
         return
     result = replay_service.replay(
         store, app, aggregate, at_version=at_version, as_of=when, use_snapshot=not no_snapshot
@@ -185,6 +172,23 @@ def replay(
             [(k, _show(v)) for k, v in result.state.items()],
             title=f"{result.stream_id} ({result.aggregate}) at version {result.version}",
         )
+
+
+def _show_history(out: Output, aggregate: str, steps: list[Any]) -> None:
+    out.table(
+        ("ver", "pos", "type", "data", "state after"),
+        (
+            (
+                s.event.stream_version,
+                s.event.global_position,
+                s.event.event_type,
+                _show(s.event.data),
+                _show(s.state),
+            )
+            for s in steps
+        ),
+        title=aggregate,
+    )
 
 
 def _show(value: Any) -> str:

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ContractError
 from ..services import contract
-from .runtime import runtime
+from .runtime import Output, runtime
 
 app_group = typer.Typer(no_args_is_help=True, help="Inspect the app given with --app.")
 contract_app = typer.Typer(
@@ -106,38 +106,7 @@ def contract_check(
     if rt.output.json:
         rt.output.data(report)
     else:
-        rt.output.table(
-            (
-                "event type",
-                "class",
-                "current",
-                "stored",
-                "versions",
-                "upcasters",
-                "checked",
-                "failed",
-                "first failure",
-            ),
-            (
-                (
-                    t.event_type,
-                    t.class_name or "(none)",
-                    "" if t.current_version is None else f"v{t.current_version}",
-                    t.stored,
-                    ", ".join(f"v{v}: {n}" for v, n in sorted(t.versions.items())),
-                    _chain(t),
-                    t.checked,
-                    t.failed,
-                    "" if t.first_failure is None else f"position {t.first_failure.position}",
-                )
-                for t in report.types
-            ),
-            title=f"{report.checked} of {report.events} events checked in {report.seconds:.1f} s",
-        )
-        if report.never_stored:
-            rt.output.say("never stored: " + ", ".join(report.never_stored))
-        for line in report.warnings:
-            rt.output.say(f"warning: {line}")
+        _show_check(rt.output, report)
     failures = report.failures()
     if strict and not failures and report.warnings:
         raise ContractError(f"{len(report.warnings)} warning(s), first: {report.warnings[0]}")
@@ -149,6 +118,41 @@ def contract_check(
             failures[0] if len(failures) == 1 else f"{failures[0]} (and {len(failures) - 1} more types)"
         )
     rt.output.say(f"ok: every checked event decodes with {app.name}")
+
+
+def _show_check(out: Output, report: contract.ContractReport) -> None:
+    out.table(
+        (
+            "event type",
+            "class",
+            "current",
+            "stored",
+            "versions",
+            "upcasters",
+            "checked",
+            "failed",
+            "first failure",
+        ),
+        (
+            (
+                t.event_type,
+                t.class_name or "(none)",
+                "" if t.current_version is None else f"v{t.current_version}",
+                t.stored,
+                ", ".join(f"v{v}: {n}" for v, n in sorted(t.versions.items())),
+                _chain(t),
+                t.checked,
+                t.failed,
+                "" if t.first_failure is None else f"position {t.first_failure.position}",
+            )
+            for t in report.types
+        ),
+        title=f"{report.checked} of {report.events} events checked in {report.seconds:.1f} s",
+    )
+    if report.never_stored:
+        out.say("never stored: " + ", ".join(report.never_stored))
+    for line in report.warnings:
+        out.say(f"warning: {line}")
 
 
 _FILE_HELP = "The contract file, kept in your repository."

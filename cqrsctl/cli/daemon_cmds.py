@@ -1,4 +1,4 @@
-"""`cqrsctl daemon`: run projections (and, as they arrive, sagas and the outbox) continuously."""
+"""`cqrsctl daemon`: run the app's projections, sagas and outbox relay continuously."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..services import daemon as service
 from ..services import projections as projection_service
 from ..services import workers
 from . import logs
-from .runtime import MAX_INT, duration, runtime
+from .runtime import MAX_INT, Runtime, duration_option, runtime
 
 log = logging.getLogger("cqrsctl.daemon")
 
@@ -28,26 +28,16 @@ def daemon(
     ),
     no_outbox: bool = typer.Option(False, "--no-outbox", help="Do not drain the outbox (overrides the env)."),
     once: bool = typer.Option(False, "--once", help="Process what is there, then exit."),
-    poll_interval: float = typer.Option(
-        None,
-        "--poll-interval",
-        parser=duration,
-        metavar="DURATION",
-        help="Time between looks at the store (default 0.15s SQLite, 1s PostgreSQL).",
+    poll_interval: float = duration_option(
+        None, "--poll-interval", help="Time between looks at the store (default 0.15s SQLite, 1s PostgreSQL)."
     ),
-    lease: float = typer.Option(
+    lease: float = duration_option(
         f"{projection_service.LEASE_SECONDS:g}s",
         "--lease",
-        parser=duration,
-        metavar="DURATION",
         help="How long a dead daemon's work stays locked.",
     ),
-    retry_delay: float = typer.Option(
-        "0.2s",
-        "--retry-delay",
-        parser=duration,
-        metavar="DURATION",
-        help="First back-off after a handler fails (×5 per attempt).",
+    retry_delay: float = duration_option(
+        "0.2s", "--retry-delay", help="First back-off after a handler fails (×5 per attempt)."
     ),
     retries: int = typer.Option(
         3, "--retries", min=0, max=MAX_INT, help="Retries of a failing handler before `failed`."
@@ -70,33 +60,29 @@ def daemon(
         raise UsageError("--lease must be at least 1s")
     store, app = rt.store(), rt.app()
     logs.show_info()  # the daemon's log is what it has to say
-    chosen: list[service.Worker] = []
-    if not no_projections and app.projections:
-        names = [n.strip() for n in projections.split(",") if n.strip()] if projections else None
-        projection_service.select(app, names)  # unknown names fail here, before starting
-        chosen.append(workers.ProjectionWorker(names, retries=retries, backoff=retry_delay))
-    if not no_sagas and (app.sagas or app.reactions):
-        chosen.append(workers.SagaWorker())
-    if outbox_sink and not no_outbox:
-        from ..sinks import open_sink
-
-        chosen.append(
-            workers.OutboxWorker(open_sink(outbox_sink, format=app.outbox_format))
-        )  # a bad sink URL fails here, before starting
+    names = [n.strip() for n in (projections or "").split(",") if n.strip()]
+    chosen = workers.for_app(
+        app, projections=not no_projections, names=names, sagas=not no_sagas,
+        outbox=None if no_outbox else outbox_sink, retries=retries, backoff=retry_delay,
+    )  # fmt: skip
     if not chosen:
         log.warning("nothing to run: the app has no projections or sagas (or all were turned off)")
         return
-    runner = service.Daemon(
-        store, app, chosen, poll=poll_interval, lease=lease,
-        on_stall=None if once else service.restart_process,
-    )  # fmt: skip
+    stall = None if once else service.restart_process
+    _run(
+        rt, service.Daemon(store, app, chosen, poll=poll_interval, lease=lease, on_stall=stall), metrics, once
+    )
+
+
+def _run(rt: Runtime, runner: service.Daemon, metrics: str | None, once: bool) -> None:
+    """Run the daemon until it stops, serving its metrics meanwhile when asked to."""
     stop_metrics = None
     if metrics:
         from ..services import metrics as metrics_service
         from ..store import open_store
 
         collector = metrics_service.StoreCollector(
-            lambda: open_store(rt.settings.db, migrate=False), app, lambda: runner.workers
+            lambda: open_store(rt.settings.db, migrate=False), runner.app, lambda: runner.workers
         )
         stop_metrics = metrics_service.serve(metrics, collector)
         log.info(f"metrics at http://{metrics}/metrics")

@@ -16,7 +16,7 @@ from ..signals import on_stop
 from ..sinks import open_sink
 from ..store.base import utcnow
 from ..times import age, parse_duration, parse_timestamp
-from .runtime import MAX_INT, confirm, duration, runtime, to_json
+from .runtime import MAX_INT, Runtime, confirm, duration_option, runtime, to_json
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect the outbox and deliver it to a sink.")
 
@@ -196,9 +196,7 @@ def drain(
     max_messages: int = typer.Option(
         None, "--max", min=1, max=MAX_INT, help="Stop after this many messages."
     ),
-    timeout: float = typer.Option(
-        None, "--timeout", parser=duration, metavar="DURATION", help="Stop after this long: 50, 50s, 5m."
-    ),
+    timeout: float = duration_option(None, "--timeout", help="Stop after this long: 50, 50s, 5m."),
     batch: int = typer.Option(
         100, "--batch", min=1, max=MAX_INT, help="Messages claimed (and sent) at a time."
     ),
@@ -206,26 +204,12 @@ def drain(
     max_attempts: int = typer.Option(
         10, "--max-attempts", min=1, max=MAX_INT, help="Attempts before a message is dead."
     ),
-    backoff: float = typer.Option(
-        "5s", "--backoff", parser=duration, metavar="DURATION", help="First retry delay; doubles per failure."
+    backoff: float = duration_option("5s", "--backoff", help="First retry delay; doubles per failure."),
+    backoff_max: float = duration_option("1h", "--backoff-max", help="Longest retry delay."),
+    lease: float = duration_option(
+        "60s", "--lease", help="How long a claim holds messages (renewed while sending)."
     ),
-    backoff_max: float = typer.Option(
-        "1h", "--backoff-max", parser=duration, metavar="DURATION", help="Longest retry delay."
-    ),
-    lease: float = typer.Option(
-        "60s",
-        "--lease",
-        parser=duration,
-        metavar="DURATION",
-        help="How long a claim holds messages (renewed while sending).",
-    ),
-    send_timeout: float = typer.Option(
-        "10s",
-        "--send-timeout",
-        parser=duration,
-        metavar="DURATION",
-        help="How long a sink may take per send.",
-    ),
+    send_timeout: float = duration_option("10s", "--send-timeout", help="How long a sink may take per send."),
     now: str = typer.Option(None, "--now", hidden=True, help="Pretend the clock starts here (tests)."),
 ) -> None:
     """Deliver due messages to a sink, in order per key, at least once; safe to run from cron.
@@ -242,41 +226,33 @@ def drain(
     # The app's `outbox_format` is the default message format: not needed when the URL names one.
     app = None if "format" in parse_qs(urlsplit(sink_url).query) else rt.app(required=False)
     sink = open_sink(sink_url, timeout=send_timeout, format=app.outbox_format if app else None)
-    policy = service.Backoff(backoff, backoff_max)
     total = None
     if rt.output.interactive:
-        total = service.status(store).due
-        if max_messages is not None:
-            total = min(total, max_messages)
+        total = min(service.status(store).due, max_messages or MAX_INT)
     with on_stop() as stop, rt.output.progress("draining", total) as advance:
         report = service.drain(
-            store,
-            sink,
-            max_messages=max_messages,
-            timeout=timeout,
-            batch=batch,
-            max_attempts=max_attempts,
-            backoff=policy,
-            lease=lease,
-            topics=topic or None,
-            stop=stop,
-            on_progress=advance,
-            clock=_clock(now),
-        )
+            store, sink, max_messages=max_messages, timeout=timeout, batch=batch, max_attempts=max_attempts,
+            backoff=service.Backoff(backoff, backoff_max), lease=lease, topics=topic or None, stop=stop,
+            on_progress=advance, clock=_clock(now),
+        )  # fmt: skip
+    _show_drain(rt, report, sink_url)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _show_drain(rt: Runtime, report: service.DrainReport, sink_url: str) -> None:
     if rt.output.json:
         # With the stdout sink the messages own stdout; the summary goes to stderr.
         stream = sys.stderr.buffer if sink_url.split("?", 1)[0] in ("stdout", "-") else sys.stdout.buffer
         stream.write(to_json(report) + b"\n")
         stream.flush()
-    else:
-        for e in report.errors[:10]:
-            dead = " (now dead)" if e["dead"] else ""
-            rt.output.error(f"message {e['message_id']} attempt {e['attempts']}{dead}: {e['error']}")
-        rt.output.say(report.summary())
-    if report.exit_code:
-        if not rt.output.json and report.error:
-            rt.output.error(report.error)
-        raise typer.Exit(report.exit_code)
+        return
+    for e in report.errors[:10]:
+        dead = " (now dead)" if e["dead"] else ""
+        rt.output.error(f"message {e['message_id']} attempt {e['attempts']}{dead}: {e['error']}")
+    rt.output.say(report.summary())
+    if report.exit_code and report.error:
+        rt.output.error(report.error)
 
 
 def register(app: typer.Typer) -> None:

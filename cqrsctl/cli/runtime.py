@@ -86,6 +86,11 @@ def duration(value: Any) -> float:
     return seconds
 
 
+def duration_option(default: Any, *names: str, help: str) -> Any:
+    """An option in seconds written as a DURATION (`50`, `50s`, `5m`): see `duration`."""
+    return typer.Option(default, *names, parser=duration, metavar="DURATION", help=help)
+
+
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")

@@ -5,6 +5,7 @@ decode with it (`check`), and how its event schemas changed since they were lock
 from __future__ import annotations
 
 import inspect
+import time
 import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,10 +75,22 @@ def describe(app: App) -> dict[str, Any]:
     """Everything the app declares: commands (with fields), events (with versions and
     upcasters), aggregates, queries, projections (tables, handled types), sagas, reactions
     and outbox rules. `cqrsctl app show` prints it."""
-    upcasters: dict[str, list[int]] = {}
-    for event_type, version in sorted(app.upcasters):
-        upcasters.setdefault(event_type, []).append(version)
-    commands = [
+    published = sorted(app.published_types) + [f"{c}-*" for c in sorted(app.published_categories)]
+    return {
+        "name": app.name,
+        "commands": _commands(app),
+        "events": _events(app),
+        "aggregates": _aggregates(app),
+        "queries": _queries(app),
+        "projections": _projections(app),
+        "sagas": _sagas(app),
+        "reactions": [{"name": r.name, "on": r.event_type} for r in app.reactions],
+        "published": published,
+    }
+
+
+def _commands(app: App) -> list[dict[str, Any]]:
+    return [
         {
             "name": spec.name,
             "class": spec.cls.__name__,
@@ -88,6 +101,12 @@ def describe(app: App) -> dict[str, Any]:
         }
         for spec in sorted(app.commands.values(), key=lambda s: s.name)
     ]
+
+
+def _events(app: App) -> list[dict[str, Any]]:
+    upcasters: dict[str, list[int]] = {}
+    for event_type, version in sorted(app.upcasters):
+        upcasters.setdefault(event_type, []).append(version)
     events = [
         {
             "type": t,
@@ -110,7 +129,11 @@ def describe(app: App) -> dict[str, Any]:
         for t, vs in sorted(upcasters.items())
         if t not in app.events
     ]
-    aggregates = [
+    return events
+
+
+def _aggregates(app: App) -> list[dict[str, Any]]:
+    return [
         {
             "category": cat,
             "class": cls.__name__,
@@ -120,7 +143,10 @@ def describe(app: App) -> dict[str, Any]:
         }
         for cat, cls in sorted(app.aggregates.items())
     ]
-    queries = [
+
+
+def _queries(app: App) -> list[dict[str, Any]]:
+    return [
         {
             "name": q.name,
             "params": [
@@ -135,7 +161,10 @@ def describe(app: App) -> dict[str, Any]:
         }
         for q in sorted(app.queries.values(), key=lambda q: q.name)
     ]
-    projections = [
+
+
+def _projections(app: App) -> list[dict[str, Any]]:
+    return [
         {
             "name": p.name,
             "version": p.version,
@@ -144,7 +173,10 @@ def describe(app: App) -> dict[str, Any]:
         }
         for p in sorted(app.projections.values(), key=lambda p: p.name)
     ]
-    sagas = [
+
+
+def _sagas(app: App) -> list[dict[str, Any]]:
+    return [
         {
             "name": s.name,
             "class": s.cls.__name__,
@@ -160,19 +192,6 @@ def describe(app: App) -> dict[str, Any]:
         }
         for s in sorted(app.sagas.values(), key=lambda s: s.name)
     ]
-    reactions = [{"name": r.name, "on": r.event_type} for r in app.reactions]
-    published = sorted(app.published_types) + [f"{c}-*" for c in sorted(app.published_categories)]
-    return {
-        "name": app.name,
-        "commands": commands,
-        "events": events,
-        "aggregates": aggregates,
-        "queries": queries,
-        "projections": projections,
-        "sagas": sagas,
-        "reactions": reactions,
-        "published": published,
-    }
 
 
 def _doc(cls: type) -> str:
@@ -456,43 +475,55 @@ def check(
 ) -> ContractReport:
     """Decode every stored event (or, with `sample`, the oldest and newest `sample` of each
     type and schema version) with the app's current classes and upcasters. Reads only."""
-    import time
-
     if sample is not None and sample < 1:
         raise UsageError("--sample must be at least 1")
     started = time.perf_counter()
     checker = _Checker(app)
     if sample is not None:
-        with store.reader() as tx:
-            rows, counts = tx.tracking.sample((sample + 1) // 2, sample // 2)
-        checker.count(counts)
-        checker.page(rows, count=False)
-        if on_progress:
-            on_progress(len(rows))
+        _check_sample(checker, store, sample, on_progress)
     else:
+        _check_all(checker, store, on_progress)
+    return _report(app, checker, sample, time.perf_counter() - started)
+
+
+def _check_sample(
+    checker: _Checker, store: Store, sample: int, on_progress: Callable[[int], None] | None
+) -> None:
+    with store.reader() as tx:
+        rows, counts = tx.tracking.sample((sample + 1) // 2, sample // 2)
+    checker.count(counts)
+    checker.page(rows, count=False)
+    if on_progress:
+        on_progress(len(rows))
+
+
+def _check_all(checker: _Checker, store: Store, on_progress: Callable[[int], None] | None) -> None:
+    with store.reader() as tx:
+        head = tx.tracking.head()
+
+    def read(after: int) -> list[Any]:
+        # One short read transaction per page: a long one would hold back SQLite's WAL
+        # checkpoints (and PostgreSQL's vacuum) for the whole check.
         with store.reader() as tx:
-            head = tx.tracking.head()
+            return tx.tracking.scan(after, CHECK_PAGE, None, head, lean=True)
 
-        def read(after: int) -> list[Any]:
-            # One short read transaction per page: a long one would hold back SQLite's WAL
-            # checkpoints (and PostgreSQL's vacuum) for the whole check.
-            with store.reader() as tx:
-                return tx.tracking.scan(after, CHECK_PAGE, None, head, lean=True)
+    # The next page is read on a second thread while this one is validated: the
+    # driver waits without the GIL, so the read costs little more than the decoding.
+    # Only that thread touches the store meanwhile.
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, 0) if head else None
+        while pending is not None:
+            rows = pending.result()
+            if not rows:
+                break
+            last = rows[-1][0]
+            pending = reader.submit(read, last) if last < head else None
+            checker.page(rows, count=True)
+            if on_progress:
+                on_progress(len(rows))
 
-        # The next page is read on a second thread while this one is validated: the
-        # driver waits without the GIL, so the read costs little more than the decoding.
-        # Only that thread touches the store meanwhile.
-        with ThreadPoolExecutor(1) as reader:
-            pending = reader.submit(read, 0) if head else None
-            while pending is not None:
-                rows = pending.result()
-                if not rows:
-                    break
-                last = rows[-1][0]
-                pending = reader.submit(read, last) if last < head else None
-                checker.page(rows, count=True)
-                if on_progress:
-                    on_progress(len(rows))
+
+def _report(app: App, checker: _Checker, sample: int | None, seconds: float) -> ContractReport:
     types = sorted(checker.types.values(), key=lambda t: t.event_type)
     stored_types = {t.event_type for t in types}
     without_class = sorted(t.event_type for t in types if t.class_name is None)
@@ -516,7 +547,7 @@ def check(
         sample,
         sum(t.stored for t in types),
         sum(t.checked for t in types),
-        time.perf_counter() - started,
+        seconds,
     )
 
 

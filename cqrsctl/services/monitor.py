@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from ..store import Store, iso
-from .daemon import DAEMON_PREFIX
+from ..store.tracking import Checkpoint
+from .daemon import DAEMON_PREFIX, DaemonInfo
 from .projections import REBUILD_PREFIX
 
 ACTIVE_SAGAS = ("in_progress", "compensating", "failed", "timed_out")
@@ -41,10 +42,6 @@ class Look:
 
 def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = None) -> Look:
     """One look. `finished_sagas`: counts of finished sagas to reuse instead of counting them."""
-    from .daemon import DaemonInfo
-    from .projections import status as projection_status
-    from .sagas import POSITION as SAGA_POSITION
-
     with store.reader() as tx:
         tr = tx.tracking
         now, head = tr.now(), tr.head()
@@ -52,6 +49,21 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
         pending, due, dead, oldest, seq = tx.outbox.backlog(now)
         sagas = tx.sagas.counts(ACTIVE_SAGAS if finished_sagas is not None else None)
     sagas = {**(finished_sagas or {}), **sagas}
+    daemons = _daemon_rows(checkpoints, now)
+    projections = _projection_rows(store, app, checkpoints, head)
+    outbox = {
+        "pending": pending,
+        "due": due,
+        "dead": dead,
+        "oldest_pending_age_seconds": None
+        if oldest is None
+        else round(max((now - oldest).total_seconds(), 0.0), 3),
+    }
+    return Look(now, time.monotonic(), head, projections, daemons, outbox, seq, sagas)
+
+
+def _daemon_rows(checkpoints: list[Checkpoint], now: datetime) -> list[dict[str, Any]]:
+    """The daemons worth watching: running, or gone without saying so."""
     daemons = []
     for cp in checkpoints:
         if cp.name.startswith(DAEMON_PREFIX):
@@ -69,6 +81,15 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
                     "error": d.error,
                 }
             )
+    return daemons
+
+
+def _projection_rows(
+    store: Store, app: Any, checkpoints: list[Checkpoint], head: int
+) -> list[dict[str, Any]]:
+    from .projections import status as projection_status
+    from .sagas import POSITION as SAGA_POSITION
+
     if app is not None and getattr(app, "projections", None):
         projections = [
             {
@@ -98,15 +119,7 @@ def look(store: Store, app: Any = None, finished_sagas: dict[str, int] | None = 
             and ":" not in cp.name
             and cp.name != SAGA_POSITION
         ]
-    outbox = {
-        "pending": pending,
-        "due": due,
-        "dead": dead,
-        "oldest_pending_age_seconds": None
-        if oldest is None
-        else round(max((now - oldest).total_seconds(), 0.0), 3),
-    }
-    return Look(now, time.monotonic(), head, projections, daemons, outbox, seq, sagas)
+    return projections
 
 
 def _rate(now: float | None, then: float | None, seconds: float) -> float | None:

@@ -162,75 +162,99 @@ def parse_kafka_url(url: str) -> tuple[str, list[str]]:
 def read_kafka(url: str, *, timeout: float = 30.0) -> Iterator[SourceEvent]:
     """Every record of the matching topics, each partition from its beginning to the end it
     has when the read reaches it (the broker's end-of-partition signal)."""
-    from ..sinks import require
-
-    servers, patterns = parse_kafka_url(url)
-    ck = require("confluent_kafka", "kafka", "kafka import")
-    errors: list[str] = []
-    down: list[str] = []
-
-    def on_error(err: Any) -> None:
-        errors.append(err.str())
-        if err.code() == ck.KafkaError._ALL_BROKERS_DOWN:
-            down.append(err.str())
-
-    consumer = ck.Consumer(
-        {
-            "bootstrap.servers": servers,
-            "group.id": "cqrsctl-import",  # offsets are never committed: every run reads it all
-            "enable.auto.commit": False,
-            # End of partition from the fetch itself: some brokers' ListOffsets lag behind.
-            "enable.partition.eof": True,
-            "socket.connection.setup.timeout.ms": int(timeout * 1000),
-            "error_cb": on_error,
-            "log_level": 0,
-        }
-    )
+    reader = _KafkaReader(url, timeout)
     try:
-        deadline = time.monotonic() + timeout
+        yield from reader.events()
+    finally:
+        reader.consumer.close()
+
+
+class _KafkaReader:
+    """One read of a Kafka source: reach the brokers, find the topics, read each partition
+    to its end."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        from ..sinks import require
+
+        self.servers, self.patterns = parse_kafka_url(url)
+        self.timeout = timeout
+        self.ck = require("confluent_kafka", "kafka", "kafka import")
+        self.errors: list[str] = []
+        self.down: list[str] = []
+        self.consumer = self.ck.Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": "cqrsctl-import",  # offsets are never committed: every run reads it all
+                "enable.auto.commit": False,
+                # End of partition from the fetch itself: some brokers' ListOffsets lag behind.
+                "enable.partition.eof": True,
+                "socket.connection.setup.timeout.ms": int(timeout * 1000),
+                "error_cb": self._on_error,
+                "log_level": 0,
+            }
+        )
+
+    def _on_error(self, err: Any) -> None:
+        self.errors.append(err.str())
+        if err.code() == self.ck.KafkaError._ALL_BROKERS_DOWN:
+            self.down.append(err.str())
+
+    def _metadata(self) -> Any:
+        deadline = time.monotonic() + self.timeout
         while True:  # a refused connection ends this at once, a silent one at the deadline
             try:
-                metadata = consumer.list_topics(timeout=1.0)
-                break
-            except ck.KafkaException as exc:
-                consumer.poll(0)  # serves error_cb
-                if down or time.monotonic() > deadline:
-                    reason = errors[0] if errors else exc.args[0].str()
-                    raise SourceError(f"kafka import: {servers} could not be reached: {reason}") from None
+                return self.consumer.list_topics(timeout=1.0)
+            except self.ck.KafkaException as exc:
+                self.consumer.poll(0)  # serves error_cb
+                if self.down or time.monotonic() > deadline:
+                    reason = self.errors[0] if self.errors else exc.args[0].str()
+                    raise SourceError(
+                        f"kafka import: {self.servers} could not be reached: {reason}"
+                    ) from None
+
+    def _partitions(self) -> set[tuple[str, int]]:
+        metadata = self._metadata()
         topics = sorted(
             t for t in metadata.topics
-            if not t.startswith("__") and any(fnmatch.fnmatchcase(t, p) for p in patterns)
+            if not t.startswith("__") and any(fnmatch.fnmatchcase(t, p) for p in self.patterns)
         )  # fmt: skip
         if not topics:
-            raise UsageError(f"kafka import: no topic on {servers} matches {','.join(patterns)}")
-        pending = {(t, p) for t in topics for p in metadata.topics[t].partitions}
-        consumer.assign([ck.TopicPartition(t, p, ck.OFFSET_BEGINNING) for t, p in sorted(pending)])
+            raise UsageError(f"kafka import: no topic on {self.servers} matches {','.join(self.patterns)}")
+        return {(t, p) for t in topics for p in metadata.topics[t].partitions}
+
+    def events(self) -> Iterator[SourceEvent]:
+        ck, pending = self.ck, self._partitions()
+        self.consumer.assign([ck.TopicPartition(t, p, ck.OFFSET_BEGINNING) for t, p in sorted(pending)])
         idle_since: float | None = None
         while pending:
-            records = consumer.consume(500, timeout=1.0)
+            records = self.consumer.consume(500, timeout=1.0)
             if not records:
                 idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > timeout:
+                if time.monotonic() - idle_since > self.timeout:
                     left = ", ".join(f"{t}[{p}]" for t, p in sorted(pending))
-                    reason = f" ({errors[-1]})" if errors else ""
-                    raise SourceError(f"kafka import: {left} not read to the end within {timeout:g}s{reason}")
+                    reason = f" ({self.errors[-1]})" if self.errors else ""
+                    raise SourceError(
+                        f"kafka import: {left} not read to the end within {self.timeout:g}s{reason}"
+                    )
                 continue
             idle_since = None
-            for r in records:
-                place = (r.topic(), r.partition())
-                if place not in pending:
+            yield from self._read(records, pending)
+
+    def _read(self, records: list[Any], pending: set[tuple[str, int]]) -> Iterator[SourceEvent]:
+        """The events of `records`; a partition's end takes it off `pending`."""
+        for r in records:
+            place = (r.topic(), r.partition())
+            if place not in pending:
+                continue
+            err = r.error()
+            if err is not None:
+                if err.code() == self.ck.KafkaError._PARTITION_EOF:
+                    pending.discard(place)
                     continue
-                err = r.error()
-                if err is not None:
-                    if err.code() == ck.KafkaError._PARTITION_EOF:
-                        pending.discard(place)
-                        continue
-                    raise SourceError(f"kafka import: {err.str()}")
-                kind, ms = r.timestamp()
-                fallback = datetime.fromtimestamp(ms / 1000, UTC) if kind and ms and ms > 0 else None
-                yield nestjs_event(r.value(), f"{r.topic()}[{r.partition()}]@{r.offset()}", fallback)
-    finally:
-        consumer.close()
+                raise SourceError(f"kafka import: {err.str()}")
+            kind, ms = r.timestamp()
+            fallback = datetime.fromtimestamp(ms / 1000, UTC) if kind and ms and ms > 0 else None
+            yield nestjs_event(r.value(), f"{r.topic()}[{r.partition()}]@{r.offset()}", fallback)
 
 
 # -- DynamoDB export ----------------------------------------------------------------------
@@ -389,6 +413,16 @@ class _Staging:
         self.db.execute("CREATE INDEX staged_stream ON staged (stream, version, seq)")
 
     def check(self, report: SourceReport, on_gap: str) -> None:
+        """Set aside duplicates, find the gaps (raising at the first with `on_gap` "stop"),
+        cut each stream at its first gap, and count what is left to import."""
+        self._drop_duplicates(report)
+        self._find_gaps(report, on_gap)
+        self._cut_at_gaps(report)
+        report.to_import, report.streams = self.db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT stream) FROM staged WHERE keep = 1"
+        ).fetchone()
+
+    def _drop_duplicates(self, report: SourceReport) -> None:
         q = self.db.execute
         # The first record of a (stream, version) wins; a later one is a duplicate (same
         # event id: re-delivered) or a conflict (another event claims that version).
@@ -420,6 +454,9 @@ class _Staging:
             seqs = [r[0] for r in rows[start : start + 500]]
             q(f"UPDATE staged SET keep = 0 WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
         q("COMMIT")
+
+    def _find_gaps(self, report: SourceReport, on_gap: str) -> None:
+        q = self.db.execute
         gaps = q(
             "SELECT stream, prev, version, place FROM (SELECT stream, version, place,"
             "   LAG(version, 1, 0) OVER (PARTITION BY stream ORDER BY version) AS prev"
@@ -438,6 +475,9 @@ class _Staging:
                 f"stream {s} skips from {after} to version {v} at {place}{more}; nothing was imported"
                 " (--on-gap report imports each stream up to its first gap)"
             )
+
+    def _cut_at_gaps(self, report: SourceReport) -> None:
+        q = self.db.execute
         # --on-gap report: a stream is imported up to its first gap, never with a hole in it.
         q("BEGIN")
         cut = q(
@@ -449,9 +489,6 @@ class _Staging:
         )
         report.cut = cut.rowcount
         q("COMMIT")
-        report.to_import, report.streams = q(
-            "SELECT COUNT(*), COUNT(DISTINCT stream) FROM staged WHERE keep = 1"
-        ).fetchone()
 
     def events(self) -> Iterator[StoredEvent]:
         # Each stream in version order; streams interleaved by time (the latest time seen so

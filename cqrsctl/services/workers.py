@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from ..app import App
 from ..sinks import Sink, open_sink
 from ..store import Store, open_store
 from . import outbox
@@ -30,6 +31,32 @@ from .daemon import Daemon, Worker
 from .owners import dead_here, owner_id
 
 log = logging.getLogger(__name__)
+
+
+def for_app(
+    app: App,
+    *,
+    projections: bool = True,
+    names: Sequence[str] | None = None,
+    sagas: bool = True,
+    outbox: str | Sink | None = None,
+    retries: int = 3,
+    backoff: float = 0.2,
+) -> list[Worker]:
+    """The workers a daemon runs for `app`: its projections (`names`, or all), its sagas and
+    reactions, and with an `outbox` sink the relay; none for what the app does not have.
+    Unknown projection names and bad sink URLs fail here, before anything starts."""
+    chosen: list[Worker] = []
+    if projections and app.projections:
+        proj.select(app, names)
+        chosen.append(ProjectionWorker(names, retries=retries, backoff=backoff))
+    if sagas and (app.sagas or app.reactions):
+        chosen.append(SagaWorker())
+    if outbox:
+        chosen.append(
+            OutboxWorker(open_sink(outbox, format=app.outbox_format) if isinstance(outbox, str) else outbox)
+        )
+    return chosen
 
 
 class ProjectionWorker(Worker):
