@@ -275,74 +275,26 @@ def drain(
     """
     if batch < 1 or max_attempts < 1 or lease <= 0:
         raise UsageError("batch and max attempts must be at least 1, and the lease positive")
-    run = _Run(store, sink, owner or owner_id("outbox"), lease, max_attempts, backoff, clock, on_progress)
-    report = run.report
-    started = time.monotonic()
+    run = _Run(
+        store, sink, owner or owner_id("outbox"), lease, _Policy(max_attempts, backoff), clock, on_progress
+    )
+    run.bound(max_messages, timeout, stop)
+    return run.drain(batch, topics, keep_open)
 
-    def out_of_bounds() -> str | None:
-        if stop is not None and stop():
-            return "signal"
-        if max_messages is not None and report.delivered >= max_messages:
-            return "max"
-        if timeout is not None and time.monotonic() - started >= timeout:
-            return "timeout"
-        return None
 
-    run.out_of_bounds = out_of_bounds
-    try:
-        next_dead_check = 0.0
-        while True:
-            report.stopped = out_of_bounds()
-            if report.stopped:
-                break
-            size = batch if max_messages is None else min(batch, max_messages - report.delivered)
-            now = clock()
-            until = now + timedelta(seconds=lease)
-            # One transaction records the last batch and claims the next.
-            with store.lazy_transaction() as tx:
-                run.record(tx, now)
-                if time.monotonic() >= next_dead_check:
-                    free_crashed_leases(tx, now)
-                    next_dead_check = time.monotonic() + DEAD_CHECK_SECONDS
-                claimed = tx.outbox.claim(run.owner, size, now, until, topics)
-                # A short claim may be short because a crashed run just died: look once more.
-                if len(claimed) < size and free_crashed_leases(tx, now):
-                    claimed += tx.outbox.claim(run.owner, size - len(claimed), now, until, topics)
-            if not claimed:
-                break
-            run.leased(now, until)
-            report.batches += 1
-            if not sink.is_open:
-                try:
-                    call_sink(sink, sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
-                    sink.is_open = True
-                except SinkUnavailable as exc:
-                    report.error = sink.scrub(str(exc))
-                    with store.lazy_transaction() as tx:
-                        tx.outbox.release(run.owner, [m.seq for m in claimed], report.error)
-                    break
-            run.deliver(claimed)
-            if report.error or report.stopped:
-                break
-    finally:
-        # Whatever happened, record what was sent and leave no lease behind.
-        try:
-            now = clock()
-            with store.lazy_transaction() as tx:
-                run.record(tx, now)
-                report.released += tx.outbox.release(run.owner)
-                report.remaining = tx.outbox.count_due(now, topics)
-        finally:
-            if sink.is_open and (not keep_open or report.error):
-                if not run.stuck:  # a stuck client may block in close() too: drop it
-                    sink.close()
-                sink.is_open = False
-            report.elapsed = time.monotonic() - started
-    return report
+@dataclass
+class _Policy:
+    """When a failed message is tried again, and when it is dead."""
+
+    max_attempts: int
+    backoff: Backoff
 
 
 class _Run:
-    """One drain's leases and the outcomes not yet recorded."""
+    """One drain: the store, the sink, this run's owner (its claims and leases), the retry
+    policy, the clock, the bounds and the report, with the outcomes not yet recorded.
+    `drain` claims a batch, opens the sink, delivers, and again, then records and
+    releases whatever is left."""
 
     def __init__(
         self,
@@ -350,20 +302,17 @@ class _Run:
         sink: Sink,
         owner: str,
         lease: float,
-        max_attempts: int,
-        backoff: Backoff,
+        policy: _Policy,
         clock: Callable[[], datetime],
         on_progress: Callable[[int], None] | None,
     ) -> None:
         self.store, self.sink, self.owner, self.lease = store, sink, owner, lease
-        self.max_attempts, self.backoff, self.clock, self.on_progress = (
-            max_attempts,
-            backoff,
-            clock,
-            on_progress,
-        )
+        self.policy, self.clock, self.on_progress = policy, clock, on_progress
         self.report = DrainReport(sink.name)
-        self.out_of_bounds: Callable[[], str | None] = lambda: None
+        self.started = time.monotonic()
+        self.max_messages: int | None = None
+        self.timeout: float | None = None
+        self.stop: Callable[[], bool] | None = None
         # A send must end this long before the lease does (clock steps, the record's commit).
         self.margin = min(1.0, lease / 10)
         self.until = self.renewed = clock()
@@ -372,6 +321,94 @@ class _Run:
         self.failures: list[OutboxFailure] = []
         self.handed_back: list[int] = []
         self.last_record = time.monotonic()
+        self.next_dead_check = 0.0
+
+    def bound(self, max_messages: int | None, timeout: float | None, stop: Callable[[], bool] | None) -> None:
+        self.max_messages, self.timeout, self.stop = max_messages, timeout, stop
+
+    def out_of_bounds(self) -> str | None:
+        if self.stop is not None and self.stop():
+            return "signal"
+        if self.max_messages is not None and self.report.delivered >= self.max_messages:
+            return "max"
+        if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
+            return "timeout"
+        return None
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def drain(self, batch: int, topics: Sequence[str] | None, keep_open: bool) -> DrainReport:
+        report = self.report
+        try:
+            while True:
+                report.stopped = self.out_of_bounds()
+                if report.stopped:
+                    break
+                size = (
+                    batch if self.max_messages is None else min(batch, self.max_messages - report.delivered)
+                )
+                claimed = self._claim(size, topics)
+                if not claimed:
+                    break
+                report.batches += 1
+                if not self._open_sink(claimed):
+                    break
+                self.deliver(claimed)
+                if report.error or report.stopped:
+                    break
+        finally:
+            self._finish(topics, keep_open)
+        return report
+
+    def _claim(self, size: int, topics: Sequence[str] | None) -> list[OutboxMessage]:
+        """Record the last batch and claim the next, in one transaction."""
+        now = self.clock()
+        until = now + timedelta(seconds=self.lease)
+        with self.store.lazy_transaction() as tx:
+            self.record(tx, now)
+            if time.monotonic() >= self.next_dead_check:
+                free_crashed_leases(tx, now)
+                self.next_dead_check = time.monotonic() + DEAD_CHECK_SECONDS
+            claimed = tx.outbox.claim(self.owner, size, now, until, topics)
+            # A short claim may be short because a crashed run just died: look once more.
+            if len(claimed) < size and free_crashed_leases(tx, now):
+                claimed += tx.outbox.claim(self.owner, size - len(claimed), now, until, topics)
+        if claimed:
+            self.leased(now, until)
+        return claimed
+
+    def _open_sink(self, claimed: list[OutboxMessage]) -> bool:
+        """Open the sink unless it is open; when it cannot be, give `claimed` back."""
+        sink = self.sink
+        if sink.is_open:
+            return True
+        try:
+            call_sink(sink, sink.open, 2 * sink.timeout + GRACE_SECONDS, f"connecting to {sink.name}")
+            sink.is_open = True
+            return True
+        except SinkUnavailable as exc:
+            self.report.error = sink.scrub(str(exc))
+            with self.store.lazy_transaction() as tx:
+                tx.outbox.release(self.owner, [m.seq for m in claimed], self.report.error)
+            return False
+
+    def _finish(self, topics: Sequence[str] | None, keep_open: bool) -> None:
+        """Whatever happened, record what was sent and leave no lease behind."""
+        report, sink = self.report, self.sink
+        try:
+            now = self.clock()
+            with self.store.lazy_transaction() as tx:
+                self.record(tx, now)
+                report.released += tx.outbox.release(self.owner)
+                report.remaining = tx.outbox.count_due(now, topics)
+        finally:
+            if sink.is_open and (not keep_open or report.error):
+                if not self.stuck:  # a stuck client may block in close() too: drop it
+                    sink.close()
+                sink.is_open = False
+            report.elapsed = time.monotonic() - self.started
+
+    # -- leases and records ----------------------------------------------------------------------
 
     def leased(self, now: datetime, until: datetime) -> None:
         self.renewed, self.until = now, until
@@ -426,69 +463,33 @@ class _Run:
             )
         return f"lost the lease (--lease {self.lease:g}s) on {lost} claimed messages, unsent: {why}"
 
+    # -- delivery --------------------------------------------------------------------------------
+
     def deliver(self, claimed: list[OutboxMessage]) -> None:
-        report, sink = self.report, self.sink
-        step = sink.batch_size or len(claimed)
+        """Send `claimed` in chunks the sink takes, in order per key, until done, a bound is
+        hit, the lease is lost or the sink fails; what is left is handed back."""
+        step = self.sink.batch_size or len(claimed)
         held = list(claimed)  # still leased to this run and unsent, in order
         first = True
         while held:
             if not first:  # the first chunk was just claimed; later ones re-check the bounds
-                report.stopped = self.out_of_bounds()
-                if report.stopped:
+                self.report.stopped = self.out_of_bounds()
+                if self.report.stopped:
                     self.handed_back += [m.seq for m in held]
                     return
             first = False
             seconds = self.room(held)
             if seconds is None:
                 return
-            size = step
-            if sink.parallel:  # sent at once: at most one message per key
-                keys: set[tuple[str, str]] = set()
-                size = 0
-                for m in held[:step]:
-                    if (m.topic, m.key) in keys:
-                        break
-                    keys.add((m.topic, m.key))
-                    size += 1
+            size = self._chunk_size(held, step)
             chunk, held = held[:size], held[size:]
-            sink.deadline = time.monotonic() + seconds
-            try:
-                results = call_sink(
-                    sink, partial(sink.send, chunk), seconds + GRACE_SECONDS, f"sending to {sink.name}"
-                )
-            except SinkUnavailable as exc:
-                self.stuck = isinstance(exc, SinkStuck)
-                report.error = sink.scrub(str(exc))
-                self.handed_back += [m.seq for m in held]
-                with self.store.lazy_transaction() as tx:
-                    self.record(tx, self.clock())
-                    tx.outbox.release(self.owner, [m.seq for m in chunk], report.error)
+            results = self._send(chunk, held, seconds)
+            if results is None:
                 return
-            finally:
-                sink.deadline = None
             # A sink that stops at a refusal answers for a prefix: the rest was not sent.
             self.handed_back += [m.seq for m in chunk[len(results) :]]
             chunk = chunk[: len(results)]
-            blocked: set[tuple[str, str]] = set()
-            now = self.clock()
-            for m, r in zip(chunk, results, strict=True):
-                if r is None:
-                    self.delivered.append(m.seq)
-                    report.delivered += 1
-                    continue
-                r = sink.scrub(r)  # stored in last_error and reported: no secret of the URL
-                attempts = m.attempts + 1
-                dead = attempts >= self.max_attempts
-                retry_at = now + timedelta(seconds=self.backoff.delay(attempts))
-                self.failures.append(OutboxFailure(m.seq, r, attempts, retry_at, dead))
-                blocked.add((m.topic, m.key))
-                report.errors.append(
-                    {"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r}
-                )
-                if dead:
-                    report.dead += 1
-                else:
-                    report.failed += 1
+            blocked = self._outcomes(chunk, results)
             # Later messages of a key that just failed must wait for it: hand them back.
             if blocked:
                 self.handed_back += [m.seq for m in held if (m.topic, m.key) in blocked]
@@ -498,6 +499,66 @@ class _Run:
             if held and time.monotonic() - self.last_record >= RECORD_SECONDS:
                 with self.store.lazy_transaction() as tx:
                     self.record(tx, self.clock())
+
+    def _chunk_size(self, held: list[OutboxMessage], step: int) -> int:
+        if not self.sink.parallel:
+            return step
+        # Sent at once: at most one message per key.
+        keys: set[tuple[str, str]] = set()
+        size = 0
+        for m in held[:step]:
+            if (m.topic, m.key) in keys:
+                break
+            keys.add((m.topic, m.key))
+            size += 1
+        return size
+
+    def _send(
+        self, chunk: list[OutboxMessage], held: list[OutboxMessage], seconds: float
+    ) -> list[str | None] | None:
+        """The sink's answers for `chunk` (None: delivered, else the error); None when the
+        sink failed, `chunk` and `held` then given back."""
+        sink = self.sink
+        sink.deadline = time.monotonic() + seconds
+        try:
+            results: list[str | None] = call_sink(
+                sink, partial(sink.send, chunk), seconds + GRACE_SECONDS, f"sending to {sink.name}"
+            )
+            return results
+        except SinkUnavailable as exc:
+            self.stuck = isinstance(exc, SinkStuck)
+            error = self.report.error = sink.scrub(str(exc))
+            self.handed_back += [m.seq for m in held]
+            with self.store.lazy_transaction() as tx:
+                self.record(tx, self.clock())
+                tx.outbox.release(self.owner, [m.seq for m in chunk], error)
+            return None
+        finally:
+            sink.deadline = None
+
+    def _outcomes(self, chunk: list[OutboxMessage], results: list[str | None]) -> set[tuple[str, str]]:
+        """Note each message delivered or failed (dead after the last attempt); returns the
+        (topic, key) of the failed ones."""
+        report, policy = self.report, self.policy
+        blocked: set[tuple[str, str]] = set()
+        now = self.clock()
+        for m, r in zip(chunk, results, strict=True):
+            if r is None:
+                self.delivered.append(m.seq)
+                report.delivered += 1
+                continue
+            r = self.sink.scrub(r)  # stored in last_error and reported: no secret of the URL
+            attempts = m.attempts + 1
+            dead = attempts >= policy.max_attempts
+            retry_at = now + timedelta(seconds=policy.backoff.delay(attempts))
+            self.failures.append(OutboxFailure(m.seq, r, attempts, retry_at, dead))
+            blocked.add((m.topic, m.key))
+            report.errors.append({"message_id": m.message_id, "attempts": attempts, "dead": dead, "error": r})
+            if dead:
+                report.dead += 1
+            else:
+                report.failed += 1
+        return blocked
 
 
 # -- inspecting and managing --------------------------------------------------------------

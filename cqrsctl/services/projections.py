@@ -252,6 +252,7 @@ class Runner:
         # keep others from taking its lease over). Only the commit is fenced: the row locked,
         # then owner, lease and token (updated_at: every claim, takeover, reset, skip or swap
         # changes it) must be what the step started from, or the result is thrown away.
+        rows: Sequence[EventTuple] = []
         try:
             with self.store.transaction(deferred=True) as tx:
                 tr = tx.tracking
@@ -261,41 +262,13 @@ class Runner:
                     self._rm = None
                     return early
                 assert cp is not None
-                started = cp.updated_at
                 until = _until(cp.position, head, self.batch)
                 rows = tr.scan(cp.position, self.batch, self.cls.handles, until, lean=self._lean)
                 if before is not None:
                     rows = [r for r in rows if r[0] < before]
-                page = EventPage(tr, rows, self.cls.handles) if self._lean and rows else None
-                skipped = {s["position"] for s in cp.skipped}
-                # The cache of read-model rows outlives a step only while nobody else wrote
-                # the checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is
-                # the token. Only the lease holder writes the tables themselves.
-                rm = self._rm
-                if rm is None or started != self._token:
-                    rm = self._rm = ReadModel(tx.read_models, self.cls.tables, _live(self.cls))
-                    # An empty table (a new projection's) holds nothing the cache lacks: a
-                    # miss then needs no lookup, until the cache is trimmed.
-                    for table, spec in self.cls.tables.items():
-                        if not tx.read_models.select(table, spec, limit=1):
-                            rm.mark_complete(table)
-                rm.bind(tx.read_models)
-                try:
-                    apply(self.app, self.handlers, rm, rows, skipped, page)
-                finally:
-                    if page is not None:
-                        self._lean = page.full is None
-                        page.close()
-                try:
-                    now = tr.fence(self.name)
-                except LockedError:
-                    raise _Busy() from None
-                if self._fenced(now) is not None or now is None or now.updated_at != started:
-                    raise _Late(now)
-                rm.flush()
+                rm = self._handle(tx, cp, rows)
                 new = before - 1 if before is not None else _advance(cp.position, until, rows, self.batch)
-                now.position, now.status = new, "idle"
-                token = tr.put(now, lease=self.lease)
+                token = self._commit(tr, rm, cp.updated_at, new)
         except _Busy:
             self._rm = None
             return Step("busy")
@@ -313,6 +286,43 @@ class Runner:
         self._token = token
         rm.trim(CACHE_ROWS)
         return Step("progressed" if new < head else "caught-up", len(rows), new)
+
+    def _handle(self, tx: Transaction, cp: Checkpoint, rows: Sequence[EventTuple]) -> ReadModel:
+        """Run the handlers over `rows` into the read-model cache; returns the cache."""
+        page = EventPage(tx.tracking, rows, self.cls.handles) if self._lean and rows else None
+        skipped = {s["position"] for s in cp.skipped}
+        # The cache of read-model rows outlives a step only while nobody else wrote the
+        # checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is the token.
+        # Only the lease holder writes the tables themselves.
+        rm = self._rm
+        if rm is None or cp.updated_at != self._token:
+            rm = self._rm = ReadModel(tx.read_models, self.cls.tables, _live(self.cls))
+            # An empty table (a new projection's) holds nothing the cache lacks: a miss
+            # then needs no lookup, until the cache is trimmed.
+            for table, spec in self.cls.tables.items():
+                if not tx.read_models.select(table, spec, limit=1):
+                    rm.mark_complete(table)
+        rm.bind(tx.read_models)
+        try:
+            apply(self.app, self.handlers, rm, rows, skipped, page)
+        finally:
+            if page is not None:
+                self._lean = page.full is None
+                page.close()
+        return rm
+
+    def _commit(self, tr: Tracking, rm: ReadModel, started: Any, position: int) -> Any:
+        """Fence, then write the read-model rows and move the checkpoint to `position`;
+        returns the new token. Raises _Busy or _Late when the step may not commit."""
+        try:
+            now = tr.fence(self.name)
+        except LockedError:
+            raise _Busy() from None
+        if self._fenced(now) is not None or now is None or now.updated_at != started:
+            raise _Late(now)
+        rm.flush()
+        now.position, now.status = position, "idle"
+        return tr.put(now, lease=self.lease)
 
     def _mark_failed(self, failure: HandlerFailure) -> None:
         self._rm = None
@@ -529,170 +539,219 @@ def rebuild(
     after every batch with the positions it moved (the rebuild's total is the head less
     `plan_rebuild`'s `resume_from`, at least).
     """
-    cls = projection_class(app, name)
-    version = str(cls.version)
-    owner = owner_id("rebuild")
-    rb_name = REBUILD_PREFIX + name
-    shadow = _shadow(cls)
-    handlers = cls().handlers()
-    started = time.monotonic()
+    return Rebuild(store, app, name, batch=batch, on_progress=on_progress, actor=actor).run()
 
-    with store.transaction() as tx:
-        tr = tx.tracking
-        rb = tr.get(rb_name, lock=True)
-        if rb is not None and not lease_free(rb, owner):
-            raise LockedError(f"a rebuild of {name} is already running ({rb.owner})")
-        fresh = (
-            rb is None
-            or rb.version != version
-            or not all(tx.read_models.table_exists(t) for t in shadow.values())
-        )
-        if fresh:
-            for table, spec in cls.tables.items():
-                tx.read_models.drop_table(shadow[table])
-                tx.read_models.create_table(shadow[table], spec)
-            rb = Checkpoint(rb_name, version=version, status="rebuilding")
-        assert rb is not None
-        rb.owner, rb.lease_until = owner, tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
-        tr.put(rb)
-        live = tr.get(name)
-        head = tr.head()
-    skipped = {s["position"] for s in live.skipped} if live is not None else set()
-    resumed_from = position = rb.position
-    rm = ReadModel(tx.read_models, cls.tables, shadow)
-    if position == 0:
-        for table in cls.tables:
-            rm.mark_complete(table)
-    events = 0
-    total = max(head - resumed_from, 0)
-    log.info(f"{name}: rebuilding v{version} from position {position} (head {head})")
 
-    page_size = min(batch, PAGE)
-    lean = True  # until a handler asks for metadata, recorded_at or event_id
+class Rebuild:
+    """One rebuild of one projection, in named steps: `prepare` (take the build's lease;
+    make the shadow tables, or keep them to resume), `step` (a batch of events into the
+    shadow tables, committed with the build's position), `swap` (the last events, then the
+    tables exchanged under the live checkpoint's lock) and `abandon` (give the build back,
+    its progress kept). `run` does them in order."""
 
-    def batch_step(tx: Transaction) -> bool:
-        """Pages into the shadow tables' cache until `batch` events (or as many positions,
-        or REBUILD_WINDOW seconds) are done or the head read first is reached; True in that
-        last case. The caller flushes."""
-        nonlocal position, events, lean
-        tr = tx.tracking
-        head_now = tr.head()
-        start, done = position, 0
-        until_time = time.monotonic() + REBUILD_WINDOW
-        rm.bind(tx.read_models)
-        pages: list[EventPage] = []
+    def __init__(
+        self,
+        store: Store,
+        app: App,
+        name: str,
+        *,
+        batch: int = REBUILD_BATCH,
+        on_progress: Callable[[int], None] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        self.store, self.app, self.name, self.actor = store, app, name, actor
+        self.cls = projection_class(app, name)
+        self.version = str(self.cls.version)
+        self.owner = owner_id("rebuild")
+        self.rb_name = REBUILD_PREFIX + name
+        self.shadow = _shadow(self.cls)
+        self.handlers = self.cls().handlers()
+        self.batch, self.page_size = batch, min(batch, PAGE)
+        self.on_progress = on_progress
+        self.lean = True  # until a handler asks for metadata, recorded_at or event_id
+        self.started = time.monotonic()
+        self.position = self.resumed_from = self.events = self.total = self.reported = 0
+        self.skipped: set[int] = set()
+        self.rm: ReadModel | None = None
+
+    def run(self) -> RebuildResult:
+        self.prepare()
+        # Each batch runs its handlers in a deferred transaction and holds the write lock
+        # only to write what they made (SQLite has one for the whole database: dispatches
+        # wait for that much, not for the handlers).
+        caught_up = 0
         try:
-            while (
-                position < head_now
-                and done < batch
-                and position - start < batch
-                and time.monotonic() < until_time
-            ):
-                until = _until(position, head_now, page_size)
-                rows = tr.scan(position, page_size, cls.handles, until, lean=lean)
-                page = EventPage(tr, rows, cls.handles) if lean and rows else None
-                if page is not None:
-                    pages.append(page)
-                # In slices, so that a slow handler ends the batch on time, whatever the page.
-                cut = len(rows)
-                try:
-                    for at in range(0, len(rows), SLICE):
-                        apply(
-                            app,
-                            handlers,
-                            rm,
-                            rows if len(rows) <= SLICE else rows[at : at + SLICE],
-                            skipped,
-                            page,
-                        )
-                        if at + SLICE < len(rows) and time.monotonic() >= until_time:
-                            cut = at + SLICE
-                            break
-                except HandlerFailure as failure:
-                    raise BatchError(
-                        f"rebuild of {name} stopped: {failure}; the live tables are untouched. Fix the handler "
-                        f"(or `cqrsctl projections skip {name} --position {failure.position}`) and run it again"
-                    ) from None
-                done += cut
-                position = (
-                    _advance(position, until, rows, page_size) if cut == len(rows) else rows[cut - 1][0]
-                )
-                lean = lean and (page is None or page.full is None)
-        finally:
-            for page in pages:
-                page.close()
-        events += done
-        return position >= head_now
+            while True:
+                began = time.monotonic()
+                # Swap once the head was reached quickly: little can have come meanwhile,
+                # and that little is all the swap does under the locks. (While writers
+                # outpace the handlers it never is; after 20 tries the swap takes what is left.)
+                if self.step():
+                    caught_up += 1
+                    if time.monotonic() - began < SWAP_TAIL or caught_up >= 20:
+                        break
+            self.swap()
+        except BaseException:
+            self.abandon()
+            raise
+        done = self.position - self.resumed_from
+        self._progress(max(self.total, done))
+        return RebuildResult(
+            self.name, self.cls.version, self.events, self.position, time.monotonic() - self.started,
+            self.resumed_from,
+        )  # fmt: skip
 
-    def fenced(tr: Tracking, swap: bool = False) -> Checkpoint:
-        # The swap runs handlers after taking its locks: no idle bound there, and it may
-        # wait for a daemon's commit to end.
-        cp = tr.fence(rb_name, wait=None, idle=None) if swap else tr.fence(rb_name)
-        if cp is None or cp.owner != owner:
-            raise LockedError(f"the rebuild of {name} was taken over by {cp.owner if cp else 'a reset'}")
-        return cp
-
-    # Each batch runs its handlers in a deferred transaction and holds the write lock only
-    # to write what they made (SQLite has one for the whole database: dispatches wait for
-    # that much, not for the handlers).
-    caught_up = reported = 0
-    try:
-        while True:
-            began = time.monotonic()
-            with store.transaction(deferred=True) as tx:
-                tr = tx.tracking
-                done = batch_step(tx)
-                cp = fenced(tr)
-                rm.flush()
-                cp.position = position
-                cp.lease_until = tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
-                tr.put(cp)
-            rm.trim(CACHE_ROWS)
-            if on_progress:
-                on_progress(position - resumed_from - reported)
-                reported = position - resumed_from
-            # Swap once the head was reached quickly: little can have come meanwhile, and
-            # that little is all the swap does under the locks. (While writers outpace the
-            # handlers it never is; after 20 tries the swap takes what is left.)
-            if done:
-                caught_up += 1
-                if time.monotonic() - began < SWAP_TAIL or caught_up >= 20:
-                    break
-        # The swap: catch up the last events and exchange the tables under the live
-        # checkpoint's row lock, so no step of a daemon interleaves.
-        with store.transaction(deferred=True) as tx:
+    def prepare(self) -> None:
+        """Take the build's lease, and start afresh unless a build of this version can resume."""
+        cls, shadow = self.cls, self.shadow
+        with self.store.transaction() as tx:
             tr = tx.tracking
-            cp = fenced(tr, swap=True)
+            rb = tr.get(self.rb_name, lock=True)
+            if rb is not None and not lease_free(rb, self.owner):
+                raise LockedError(f"a rebuild of {self.name} is already running ({rb.owner})")
+            fresh = (
+                rb is None
+                or rb.version != self.version
+                or not all(tx.read_models.table_exists(t) for t in shadow.values())
+            )
+            if fresh:
+                for table, spec in cls.tables.items():
+                    tx.read_models.drop_table(shadow[table])
+                    tx.read_models.create_table(shadow[table], spec)
+                rb = Checkpoint(self.rb_name, version=self.version, status="rebuilding")
+            assert rb is not None
+            rb.owner, rb.lease_until = self.owner, tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
+            tr.put(rb)
+            live = tr.get(self.name)
+            head = tr.head()
+        self.skipped = {s["position"] for s in live.skipped} if live is not None else set()
+        self.resumed_from = self.position = rb.position
+        self.rm = ReadModel(tx.read_models, cls.tables, shadow)
+        if self.position == 0:
+            for table in cls.tables:
+                self.rm.mark_complete(table)
+        self.total = max(head - self.resumed_from, 0)
+        log.info(f"{self.name}: rebuilding v{self.version} from position {self.position} (head {head})")
+
+    def step(self) -> bool:
+        """One batch into the shadow tables, committed with the build's position and lease;
+        True when it reached the head."""
+        assert self.rm is not None
+        with self.store.transaction(deferred=True) as tx:
+            tr = tx.tracking
+            done = self._handle(tx)
+            cp = self._fenced(tr)
+            self.rm.flush()
+            cp.position = self.position
+            cp.lease_until = tr.now() + timedelta(seconds=REBUILD_LEASE_SECONDS)
+            tr.put(cp)
+        self.rm.trim(CACHE_ROWS)
+        self._progress(self.position - self.resumed_from)
+        return done
+
+    def swap(self) -> None:
+        """Catch up the last events and exchange the tables under the live checkpoint's row
+        lock, so no step of a daemon interleaves."""
+        assert self.rm is not None
+        cls, name = self.cls, self.name
+        with self.store.transaction(deferred=True) as tx:
+            tr = tx.tracking
+            self._fenced(tr, swap=True)
             live = tr.get(name, lock=True)
-            while not batch_step(tx):
+            while not self._handle(tx):
                 pass
-            rm.flush()
+            self.rm.flush()
             for table, spec in cls.tables.items():
                 tx.read_models.drop_table(table)
-                tx.read_models.rename_table(shadow[table], table)
+                tx.read_models.rename_table(self.shadow[table], table)
                 tx.read_models.create_indexes(table, spec)
             if live is None:
                 live = Checkpoint(name)
             cleared = live.error
-            live.position, live.version, live.status = position, version, "idle"
+            live.position, live.version, live.status = self.position, self.version, "idle"
             live.error = live.error_position = None
             tr.put(live)
-            tr.delete(rb_name)
+            tr.delete(self.rb_name)
+            result = {"position": self.position, "events": self.events, "resumed_from": self.resumed_from}
             journal.record(
-                tx, "projections rebuild", {"name": name, "version": cls.version},
-                {"position": position, "events": events, "resumed_from": resumed_from, "error": cleared}, actor,
+                tx, "projections rebuild", {"name": name, "version": cls.version}, {**result, "error": cleared},
+                self.actor,
             )  # fmt: skip
-    except BaseException:
-        # Give the build back at once (its progress is kept) so a rerun need not wait.
+
+    def abandon(self) -> None:
+        """Give the build back at once (its progress is kept) so a rerun need not wait."""
         try:
-            with store.transaction() as tx:
-                tx.tracking.release([rb_name], owner)
+            with self.store.transaction() as tx:
+                tx.tracking.release([self.rb_name], self.owner)
         except Exception:
             pass
-        raise
-    if on_progress:
-        on_progress(max(total, position - resumed_from) - reported)
-    return RebuildResult(name, cls.version, events, position, time.monotonic() - started, resumed_from)
+
+    def _progress(self, done: int) -> None:
+        if self.on_progress:
+            self.on_progress(done - self.reported)
+            self.reported = done
+
+    def _fenced(self, tr: Tracking, swap: bool = False) -> Checkpoint:
+        # The swap runs handlers after taking its locks: no idle bound there, and it may
+        # wait for a daemon's commit to end.
+        cp = tr.fence(self.rb_name, wait=None, idle=None) if swap else tr.fence(self.rb_name)
+        if cp is None or cp.owner != self.owner:
+            raise LockedError(f"the rebuild of {self.name} was taken over by {cp.owner if cp else 'a reset'}")
+        return cp
+
+    def _handle(self, tx: Transaction) -> bool:
+        """Pages into the shadow tables' cache until `batch` events (or as many positions,
+        or REBUILD_WINDOW seconds) are done or the head read first is reached; True in that
+        last case. The caller flushes."""
+        assert self.rm is not None
+        tr = tx.tracking
+        head_now = tr.head()
+        start, done = self.position, 0
+        until_time = time.monotonic() + REBUILD_WINDOW
+        self.rm.bind(tx.read_models)
+        pages: list[EventPage] = []
+        try:
+            while (
+                self.position < head_now
+                and done < self.batch
+                and self.position - start < self.batch
+                and time.monotonic() < until_time
+            ):
+                done += self._page(tr, head_now, until_time, pages)
+        finally:
+            for page in pages:
+                page.close()
+        self.events += done
+        return self.position >= head_now
+
+    def _page(self, tr: Tracking, head_now: int, until_time: float, pages: list[EventPage]) -> int:
+        """One page of events through the handlers, in slices so that a slow handler ends
+        the batch on time, whatever the page; returns the events done."""
+        assert self.rm is not None
+        cls = self.cls
+        until = _until(self.position, head_now, self.page_size)
+        rows = tr.scan(self.position, self.page_size, cls.handles, until, lean=self.lean)
+        page = EventPage(tr, rows, cls.handles) if self.lean and rows else None
+        if page is not None:
+            pages.append(page)
+        cut = len(rows)
+        try:
+            for at in range(0, len(rows), SLICE):
+                part = rows if len(rows) <= SLICE else rows[at : at + SLICE]
+                apply(self.app, self.handlers, self.rm, part, self.skipped, page)
+                if at + SLICE < len(rows) and time.monotonic() >= until_time:
+                    cut = at + SLICE
+                    break
+        except HandlerFailure as failure:
+            raise BatchError(
+                f"rebuild of {self.name} stopped: {failure}; the live tables are untouched. Fix the handler "
+                f"(or `cqrsctl projections skip {self.name} --position {failure.position}`) and run it again"
+            ) from None
+        self.position = (
+            _advance(self.position, until, rows, self.page_size) if cut == len(rows) else rows[cut - 1][0]
+        )
+        self.lean = self.lean and (page is None or page.full is None)
+        return cut
 
 
 # -- reset, skip, retry -----------------------------------------------------------------------------
