@@ -17,7 +17,8 @@ from pydantic import PrivateAttr
 from cqrsctl.app import Aggregate, App, Command, Event
 from cqrsctl.errors import DecodeError, DomainError, NotFoundError, ValidationError
 from cqrsctl.loader import load_app
-from cqrsctl.services.dispatch import Dispatcher, load
+from cqrsctl.services.aggregates import load
+from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.services.replay import history, replay, take_snapshot
 from cqrsctl.store import NewEvent, Store
 

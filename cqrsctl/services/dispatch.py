@@ -7,21 +7,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..app import (
-    Aggregate,
-    App,
-    Command,
-    CommandSpec,
-    Event,
-    apply_new,
-    fold,
-    fold_rows,
-    folds_data,
-    new_aggregate,
-)
+from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new
 from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
-from ..store import NewEvent, Snapshot, Store, Transaction
-from ..store.base import new_id, utcnow
+from ..store import NewEvent, Store, Transaction
+from ..store.base import new_id
+from .aggregates import catch_up, load, snapshot_of
 from .jsonl import Identifier, Line, validated
 from .outbox import write_outbox
 
@@ -289,45 +279,6 @@ class Dispatcher:
             if on_progress:
                 on_progress(1)
         return report
-
-
-def snapshot_of(agg: Aggregate) -> Snapshot:
-    cls = type(agg)
-    return Snapshot(agg.stream_id, cls.__name__, agg.version, cls.snapshot_schema, agg.state(), utcnow())
-
-
-def load(
-    app: App,
-    tx: Transaction,
-    cls: type[Aggregate],
-    stream_id: str,
-    *,
-    at_version: int | None = None,
-    as_of: Any = None,
-    use_snapshot: bool = True,
-) -> Aggregate:
-    """Fold `stream_id` into a `cls`, starting from a usable snapshot when there is one."""
-    agg: Aggregate | None = None
-    if use_snapshot and as_of is None and (cls.snapshot_every or app.snapshot_every):
-        snap = tx.snapshots.load(stream_id)
-        if (
-            snap is not None
-            and snap.schema_version == cls.snapshot_schema
-            and (at_version is None or snap.version <= at_version)
-        ):
-            agg = new_aggregate(cls, stream_id, snap.version, snap.state)
-    if agg is None:
-        agg = new_aggregate(cls, stream_id)
-    return catch_up(app, tx, agg, at_version, as_of)
-
-
-def catch_up(
-    app: App, tx: Transaction, agg: Aggregate, at_version: int | None = None, as_of: Any = None
-) -> Aggregate:
-    """Fold the events after `agg.version` into it (up to `at_version` / `as_of`)."""
-    if folds_data(app, type(agg)):
-        return fold_rows(app, agg, tx.read_stream_data(agg.stream_id, agg.version + 1, at_version, as_of))
-    return fold(app, agg, tx.read_stream(agg.stream_id, agg.version + 1, at_version, None, as_of))
 
 
 class DispatchLine(Line):

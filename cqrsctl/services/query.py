@@ -9,7 +9,7 @@ from ..app import Aggregate, App
 from ..errors import NotFoundError, ValidationError
 from ..store import Store, StoredEvent
 from ..store.tracking import Table
-from .dispatch import load
+from .aggregates import load
 
 
 class QueryContext:

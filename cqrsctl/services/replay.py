@@ -9,7 +9,7 @@ from typing import Any
 from ..app import App, fold, new_aggregate
 from ..errors import NotFoundError, UsageError
 from ..store import Snapshot, Store, StoredEvent, iso
-from .dispatch import load, snapshot_of
+from .aggregates import load, snapshot_of
 from .events import upcast_all
 
 
