@@ -43,6 +43,13 @@ class CommandRaceError(ConcurrencyError):
         self.command_id, self.stream_id, self.expected, self.actual = command_id, stream_id, None, -1
 
 
+class ConflictError(CqrsError):
+    """The database undid the transaction to resolve a conflict with another one (a deadlock
+    or a serialization failure); nothing of it was committed, and running it again can succeed."""
+
+    exit_code = 4
+
+
 class DuplicateEventError(CqrsError):
     """An event id already exists with different content."""
 

@@ -426,8 +426,13 @@ def deposits(proc: int, per: int) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("retries", ["3", "0"])
-def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retries: str) -> None:
+@pytest.mark.parametrize(
+    ("retries", "group"),
+    [("3", "1"), ("0", "1"), ("3", "5")],
+    ids=["retries-3", "retries-0", "retries-3-groups-of-5"],
+)
+def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retries: str, group: str) -> None:
+    """One transaction per command, and groups: commands of a group race as their own."""
     per = PER_PROCESS[backend]
     batches = [deposits(i, per) for i in range(PROCESSES)]
     open_account(store_url)
@@ -458,6 +463,8 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
                     "--continue-on-error",
                     "--retries",
                     retries,
+                    "--group",
+                    group,
                 ),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

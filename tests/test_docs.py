@@ -132,7 +132,7 @@ def test_exit_codes_are_distinct_per_meaning() -> None:
         by_code.setdefault(cls.exit_code, []).append(cls.__name__)
     # Only the kinds of write conflict share a code.
     shared = {code: sorted(names) for code, names in by_code.items() if len(names) > 1}
-    assert shared == {4: ["CommandRaceError", "ConcurrencyError", "DuplicateEventError"]}
+    assert shared == {4: ["CommandRaceError", "ConcurrencyError", "ConflictError", "DuplicateEventError"]}
 
 
 @pytest.mark.parametrize("cls", error_classes(), ids=lambda c: c.__name__)

@@ -12,10 +12,26 @@ import typer
 
 from ..errors import BatchError, FileAccessError, UsageError
 from ..services import replay as replay_service
-from ..services.dispatch import Dispatcher, parse_batch
+from ..services.dispatch import BatchReport, Dispatcher, DispatchResult, parse_batch
+from ..services.grouping import DEFAULT_GROUP, DEFAULT_GROUP_MS
 from ..services.query import run_query
 from ..times import parse_timestamp
-from .runtime import MAX_INT, Output, confirm, parse_json_object, runtime
+from .runtime import MAX_INT, Output, Runtime, confirm, parse_json_object, runtime
+
+GROUP_OPTION = typer.Option(
+    None,
+    "--group",
+    min=1,
+    max=MAX_INT,
+    help=f"In a batch, at most N commands per transaction (default {DEFAULT_GROUP}; 1: one each).",
+)
+GROUP_MS_OPTION = typer.Option(
+    None,
+    "--group-ms",
+    min=0,
+    max=MAX_INT,
+    help=f"In a batch, a transaction takes no more commands once it is MS old (default {DEFAULT_GROUP_MS:g}).",
+)
 
 snapshots_app = typer.Typer(no_args_is_help=True, help="Inspect, take and delete aggregate snapshots.")
 
@@ -44,11 +60,15 @@ def dispatch(
     continue_on_error: bool = typer.Option(
         False, "--continue-on-error", help="In a batch, go on past failed lines."
     ),
+    group: int = GROUP_OPTION,
+    group_ms: float = GROUP_MS_OPTION,
 ) -> None:
-    """Dispatch a command (or a JSONL batch), one transaction per command.
+    """Dispatch a command (or a JSONL batch): validate, load, decide, append, in one transaction.
 
-    A batch exits 0 when every line was dispatched or was already done; when its only
-    failure is a first line that stopped it, with that failure's code (3, 5, …); else 14.
+    A batch commits its commands in groups (--group, --group-ms), each command in a savepoint
+    of its own: one that fails rolls back alone, and a command counts as done only once its
+    group has committed. It exits 0 when every line was dispatched or was already done; when
+    its only failure is a first line that stopped it, with that failure's code (3, 5, …); else 14.
 
     Example: cqrsctl --app samples/bank/app.py dispatch OpenAccount --data '{"account_id":"A-1","owner":"Ada"}'
     """
@@ -59,34 +79,48 @@ def dispatch(
         raise UsageError("give NAME --data JSON, or --file F.jsonl (- for stdin)")
     if source is not None and data is not None:
         raise UsageError("give either --data or --file, not both")
+    if source is None and (group is not None or group_ms is not None):
+        raise UsageError("--group and --group-ms are for batches (--file F.jsonl, or -)")
     dispatcher = Dispatcher(app, rt.store(), retries=retries, actor=actor)
     if source is None:
         meta = parse_json_object(metadata, "--metadata") if metadata else {}
-        result = dispatcher.dispatch(
-            name, parse_json_object(data, "--data"), command_id=command_id, metadata=meta
-        )
-        if rt.output.json:
-            rt.output.data(result)
-        else:
-            note = " (already dispatched: first result)" if result.duplicate else ""
-            rt.output.say(f"{result.command} → {result.stream_id} at version {result.version}{note}")
-            if not rt.output.quiet:
-                rt.output.fields(
-                    [
-                        ("command_id", result.command_id),
-                        ("stream", result.stream_id),
-                        ("version", result.version),
-                    ]
-                    + [
-                        (f"event {i + 1}", f"{eid} @ {pos}")
-                        for i, (eid, pos) in enumerate(zip(result.event_ids, result.positions, strict=True))
-                    ]
-                )
+        command = parse_json_object(data, "--data")
+        _render_result(rt, dispatcher.dispatch(name, command, command_id=command_id, metadata=meta))
         return
     raw = sys.stdin.buffer.read() if source == "-" else _read(source)
     items = list(parse_batch(raw.splitlines(), None if name == "-" else name))
     with rt.output.progress("dispatching", len(items)) as advance:
-        report = dispatcher.dispatch_many(items, continue_on_error=continue_on_error, on_progress=advance)
+        report = dispatcher.dispatch_many(
+            items, continue_on_error=continue_on_error, on_progress=advance, **_grouping(group, group_ms)
+        )
+    _render_report(rt, report, continue_on_error, len(items))
+
+
+def _grouping(group: int | None, group_ms: float | None) -> dict[str, Any]:
+    return {
+        "group": DEFAULT_GROUP if group is None else group,
+        "group_ms": DEFAULT_GROUP_MS if group_ms is None else group_ms,
+    }
+
+
+def _render_result(rt: Runtime, result: DispatchResult) -> None:
+    if rt.output.json:
+        rt.output.data(result)
+        return
+    note = " (already dispatched: first result)" if result.duplicate else ""
+    rt.output.say(f"{result.command} → {result.stream_id} at version {result.version}{note}")
+    if not rt.output.quiet:
+        rt.output.fields(
+            [("command_id", result.command_id), ("stream", result.stream_id), ("version", result.version)]
+            + [
+                (f"event {i + 1}", f"{eid} @ {pos}")
+                for i, (eid, pos) in enumerate(zip(result.event_ids, result.positions, strict=True))
+            ]
+        )
+
+
+def _render_report(rt: Runtime, report: BatchReport, continue_on_error: bool, total: int) -> None:
+    """The batch's report, then its exit code (see `dispatch`)."""
     if rt.output.json:
         rt.output.data(report)
     else:
@@ -96,18 +130,15 @@ def dispatch(
             f"dispatched {report.dispatched}, already done {report.duplicates}, failed {len(report.failures)}"
             + ("" if continue_on_error or not report.failures else " (stopped at the first failure)")
         )
-    if report.failures:
-        first = report.failures[0]
-        # Lines already done count as done: a re-run of the same file exits as the first run did.
-        if (
-            len(report.failures) == 1
-            and not continue_on_error
-            and not (report.dispatched or report.duplicates)
-        ):
-            if rt.output.json:  # the report went to stdout; the reason still goes to stderr
-                rt.output.error(f"line {first.line} ({first.command}): {first.message}", first.exit_code)
-            raise typer.Exit(first.exit_code)
-        raise BatchError(f"{len(report.failures)} of {len(items)} commands failed (first: line {first.line})")
+    if not report.failures:
+        return
+    first = report.failures[0]
+    # Lines already done count as done: a re-run of the same file exits as the first run did.
+    if len(report.failures) == 1 and not continue_on_error and not (report.dispatched or report.duplicates):
+        if rt.output.json:  # the report went to stdout; the reason still goes to stderr
+            rt.output.error(f"line {first.line} ({first.command}): {first.message}", first.exit_code)
+        raise typer.Exit(first.exit_code)
+    raise BatchError(f"{len(report.failures)} of {total} commands failed (first: line {first.line})")
 
 
 def _read(name: str) -> bytes:

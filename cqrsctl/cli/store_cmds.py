@@ -14,11 +14,19 @@ import typer
 from ..errors import FileAccessError, NotFoundError, UnhealthyError, UsageError, ValidationError
 from ..services import contract, journal, sources, transfer
 from ..services import doctor as doctor_service
-from ..services.events import follow, parse_append_lines, start_position, upcast_all
+from ..services.events import (
+    append_batch,
+    check_batch,
+    follow,
+    parse_append_lines,
+    start_position,
+    upcast_all,
+)
+from ..services.grouping import DEFAULT_GROUP_MS, Grouping
 from ..store import NewEvent, parse_expected
 from ..store.base import utcnow
 from ..times import parse_duration, parse_iso
-from .runtime import MAX_INT, confirm, parse_json_object, plural, runtime
+from .runtime import MAX_INT, Runtime, confirm, parse_json_object, plural, runtime
 
 streams_app = typer.Typer(no_args_is_help=True, help="Inspect streams.")
 
@@ -47,6 +55,35 @@ def init(
     rt.output.say(f"store ready: schema version {result['to_version']} ({store.backend})")
 
 
+_SCHEMA_VERSION_OPTION = typer.Option(
+    None,
+    "--schema-version",
+    min=1,
+    max=2**31 - 1,
+    help="Schema version of the event's data (default: the app's current version of TYPE, else 1).",
+)
+_FILE_OPTION = typer.Option(
+    None,
+    "--file",
+    "-f",
+    help='JSONL batch, one {"stream","type","data","metadata","event_id","expected_version"} per line; - for stdin. All lines commit together or not at all, unless --group.',
+)
+_GROUP_OPTION = typer.Option(
+    None,
+    "--group",
+    min=1,
+    max=MAX_INT,
+    help="With --file: commit N lines per transaction, each in a savepoint; the first failing line rolls back alone and stops the batch.",
+)
+_GROUP_MS_OPTION = typer.Option(
+    None,
+    "--group-ms",
+    min=0,
+    max=MAX_INT,
+    help=f"With --group: a transaction takes no more lines once it is MS old (default {DEFAULT_GROUP_MS:g}).",
+)
+
+
 def append(
     ctx: typer.Context,
     stream: str = typer.Argument(None, help="Stream id, e.g. Account-A-1 (omit with --file)."),
@@ -59,24 +96,15 @@ def append(
     event_id: str = typer.Option(
         None, "--event-id", help="Event UUID (appending the same id again is a no-op)."
     ),
-    schema_version: int = typer.Option(
-        None,
-        "--schema-version",
-        min=1,
-        max=2**31 - 1,
-        help="Schema version of the event's data (default: the app's current version of TYPE, else 1).",
-    ),
+    schema_version: int = _SCHEMA_VERSION_OPTION,
     unchecked: bool = typer.Option(
         False, "--unchecked", help="Do not check the data against the app's event class."
     ),
-    file: str = typer.Option(
-        None,
-        "--file",
-        "-f",
-        help='JSONL batch, one {"stream","type","data","metadata","event_id","expected_version"} per line; - for stdin. All lines commit together or not at all.',
-    ),
+    file: str = _FILE_OPTION,
+    group: int = _GROUP_OPTION,
+    group_ms: float = _GROUP_MS_OPTION,
 ) -> None:
-    """Append an event to a stream, or a JSONL batch atomically; checked against the app's classes when one is set.
+    """Append an event to a stream, or a JSONL batch atomically (or in groups); checked against the app's classes when one is set.
 
     Example: cqrsctl append Audit-1 NoteAdded --data '{"text": "checked"}' --expected-version no-stream
     """
@@ -89,30 +117,10 @@ def append(
     if file is not None:
         if stream or event_type or data:
             raise typer.BadParameter("give either STREAM TYPE --data or --file, not both")
-        items = parse_append_lines(_read_input(file))
-        if check:
-            for line, _, new_events, _ in items:
-                try:
-                    contract.check_new_events(app, new_events)
-                except ValidationError as exc:
-                    raise ValidationError(f"line {line}: {exc}") from None
-        store = rt.store()
-        results = []
-        with rt.output.progress("appending", len(items)) as advance, store.transaction() as tx:
-            for line, stream_id, events, expected in items:
-                try:
-                    results.append(tx.append(stream_id, events, expected))
-                except Exception as exc:
-                    if hasattr(exc, "exit_code"):
-                        exc.args = (f"line {line}: {exc}",)
-                    raise
-                advance(1)
-        if rt.output.json:
-            rt.output.records(results)
-        else:
-            n = sum(len(r.positions) for r in results)
-            rt.output.say(f"appended {plural(n, 'event')} in {plural(len(results), 'append')}")
+        _append_file(rt, app if check else None, file, group, group_ms)
         return
+    if group is not None or group_ms is not None:
+        raise UsageError("--group and --group-ms are for batches (--file F.jsonl, or -)")
     if not stream or not event_type:
         raise typer.BadParameter("STREAM and TYPE are required (or use --file)")
     if data is None:
@@ -126,13 +134,31 @@ def append(
     )
     if check:
         contract.check_new_events(app, [event])
-    expected = parse_expected(expected_version)
-    result = rt.store().append(stream, [event], expected)
+    result = rt.store().append(stream, [event], parse_expected(expected_version))
     if rt.output.json:
         rt.output.data(result)
     else:
         note = " (already there: nothing appended)" if result.duplicate else ""
         rt.output.say(f"{stream} is at version {result.version}, position {result.positions[-1]}{note}")
+
+
+def _append_file(rt: Runtime, app: Any, file: str, group: int | None, group_ms: float | None) -> None:
+    """`append --file`: the whole batch checked first (against `app` when given), then appended."""
+    items = parse_append_lines(_read_input(file))
+    if app is not None:
+        check_batch(app, items)
+    if group is None and group_ms is not None:
+        raise UsageError("--group-ms needs --group")
+    grouping = None if group is None else Grouping(group, DEFAULT_GROUP_MS if group_ms is None else group_ms)
+    with rt.output.progress("appending", len(items)) as advance:
+        report = append_batch(rt.store(), items, grouping=grouping, on_progress=advance)
+    if rt.output.json:
+        rt.output.records(report.results)
+    else:
+        n = sum(len(r.positions) for r in report.results)
+        rt.output.say(f"appended {plural(n, 'event')} in {plural(len(report.results), 'append')}")
+    if report.failure is not None:
+        raise report.failure
 
 
 def _uuid(value: str) -> str:
@@ -335,26 +361,38 @@ def import_(
         raise UsageError("give either FILE or --from URL")
     if source is None and input_format == "cqrsctl":
         assert file is not None
-        total = transfer.check_export(file)
-        store = rt.store()
-        if not dry_run and store.head() > 0:
-            confirm(
-                rt, f"The store already holds events (head {store.head()}): import {total} more into it?", yes
-            )
-        with rt.output.progress("importing", total) as advance:
-            result = transfer.import_file(store, file, dry_run=dry_run, actor=rt.actor, on_progress=advance)
-        if rt.output.json:
-            rt.output.data(result)
-        elif dry_run:
-            rt.output.say(
-                f"would import {result.imported} events and skip {result.skipped} already present;"
-                " nothing changed (--dry-run)"
-            )
-        else:
-            rt.output.say(f"imported {result.imported} events, skipped {result.skipped} already present")
+        _import_export(rt, file, dry_run, yes)
         return
     if dry_run:
         raise UsageError("--dry-run is available for cqrsctl export files only")
+    _import_source(rt, source, file, input_format, on_gap)
+
+
+def _import_export(rt: Runtime, file: Path, dry_run: bool, yes: bool) -> None:
+    """`import FILE` of a `cqrsctl export`."""
+    total = transfer.check_export(file)
+    store = rt.store()
+    if not dry_run and store.head() > 0:
+        confirm(
+            rt, f"The store already holds events (head {store.head()}): import {total} more into it?", yes
+        )
+    with rt.output.progress("importing", total) as advance:
+        result = transfer.import_file(store, file, dry_run=dry_run, actor=rt.actor, on_progress=advance)
+    if rt.output.json:
+        rt.output.data(result)
+    elif dry_run:
+        rt.output.say(
+            f"would import {result.imported} events and skip {result.skipped} already present;"
+            " nothing changed (--dry-run)"
+        )
+    else:
+        rt.output.say(f"imported {result.imported} events, skipped {result.skipped} already present")
+
+
+def _import_source(
+    rt: Runtime, source: str | None, file: Path | None, input_format: str, on_gap: str
+) -> None:
+    """`import --from URL`, or a file of another event store."""
     events = sources.open_source(source, file, input_format)
     with rt.output.progress("reading", None) as advance:
         staged = sources.stage(events, on_gap=on_gap, on_read=advance)

@@ -1,4 +1,5 @@
-"""Dispatch commands: validate, load, decide, append, record — one transaction per command."""
+"""Dispatch commands: validate, load, decide, append, record — one transaction per command,
+or a batch's commands in groups (see services.grouping)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app import Aggregate, App, Command, CommandSpec, Event, apply_new
-from ..errors import CommandRaceError, ConcurrencyError, CqrsError, ValidationError
-from ..store import NewEvent, Store, Transaction
+from ..errors import CommandRaceError, ConcurrencyError, ConflictError, CqrsError, ValidationError
+from ..store import AppendResult, NewEvent, Store, Transaction
 from ..store.base import new_id
 from .aggregates import catch_up, load, snapshot_of
+from .grouping import DEFAULT_GROUP, DEFAULT_GROUP_MS, Grouping, GroupRun
 from .jsonl import Identifier, Line, validated
 from .outbox import write_outbox
 
@@ -76,6 +78,16 @@ class BatchReport:
     failures: list[BatchFailure] = field(default_factory=list)
     results: list[DispatchResult] = field(default_factory=list)
 
+    def add(self, outcome: DispatchResult | BatchFailure) -> None:
+        if isinstance(outcome, BatchFailure):
+            self.failures.append(outcome)
+            return
+        self.results.append(outcome)
+        if outcome.duplicate:
+            self.duplicates += 1
+        else:
+            self.dispatched += 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dispatched": self.dispatched,
@@ -113,7 +125,10 @@ class Dispatcher:
         # mutate the aggregate they are given (state changes only through when_ methods).
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Aggregate] = OrderedDict()
+        # The aggregate the last command left, until its transaction (or savepoint) ends;
+        # and those of a group's commands, until the group commits.
         self._pending: tuple[str, Aggregate] | None = None
+        self._staged: dict[str, Aggregate] = {}
         # Hooks run inside the dispatch transaction after the append (outbox, inline work).
         self.after_append: list[Callable[[Transaction, str, list[Event], list[Any]], None]] = []
 
@@ -145,9 +160,9 @@ class Dispatcher:
                         # dispatchers of one busy aggregate do not starve each other.
                         tx.lock_stream(spec.stream_id(cmd))
                     result = self._run(tx, spec, cmd, command_id, metadata or {}, check_seen, remember)
-                self._cache_put()
+                self._cache_put(*(self._pending or ()))
                 return result
-            except ConcurrencyError:
+            except (ConcurrencyError, ConflictError):
                 attempts += 1
                 if attempts > self.retries:
                     raise
@@ -171,20 +186,115 @@ class Dispatcher:
                 if attempts > self.retries:
                     raise
 
+    def dispatch_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        continue_on_error: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+        group: int = DEFAULT_GROUP,
+        group_ms: float = DEFAULT_GROUP_MS,
+    ) -> BatchReport:
+        """Dispatch items in order; stops at the first failure unless told not to.
+
+        Up to `group` commands commit together, each in a savepoint of its own (one that
+        fails rolls back alone), and a transaction takes no new command once it is
+        `group_ms` milliseconds old; `group=1` runs one transaction per command. Results,
+        and `on_progress`, come only once their transaction has committed (see
+        services.grouping for what a group means after a crash or a conflict)."""
+        report = BatchReport()
+        grouping = Grouping(group, group_ms)
+
+        def committed(outcomes: list[DispatchResult | BatchFailure]) -> None:
+            for stream_id, agg in self._staged.items():
+                self._cache_put(stream_id, agg)
+            self._staged.clear()
+            for outcome in outcomes:
+                report.add(outcome)
+            if on_progress and outcomes:
+                on_progress(len(outcomes))
+
+        if grouping.size == 1:
+            for item in items:
+                committed([self._dispatch_item(item)])
+                if report.failures and not continue_on_error:
+                    break
+            return report
+        GroupRun(
+            self.store,
+            self._dispatch_grouped,
+            failed=lambda outcome: isinstance(outcome, BatchFailure),
+            failure=lambda item, exc: BatchFailure(item.line, item.name, exc.exit_code, str(exc)),
+            committed=committed,
+            rolled_back=self._staged.clear,
+            grouping=grouping,
+            stop_on_failure=not continue_on_error,
+            retries=self.retries,
+        ).run(items)
+        return report
+
+    def _dispatch_item(self, item: BatchItem) -> DispatchResult | BatchFailure:
+        try:
+            return self.dispatch(item.name, item.data, command_id=item.command_id, metadata=item.metadata)
+        except CqrsError as exc:
+            return BatchFailure(item.line, item.name, exc.exit_code, str(exc))
+
+    def _dispatch_grouped(self, tx: Transaction, item: BatchItem) -> DispatchResult | BatchFailure:
+        """One command of a group, in the group's transaction."""
+        try:
+            spec, cmd = self.app.build_command(item.name, item.data)
+            result = self._run_in_savepoint(tx, spec, cmd, item.command_id, item.metadata)
+        except ConflictError:
+            raise  # the group's transaction is gone
+        except CqrsError as exc:
+            return BatchFailure(item.line, item.name, exc.exit_code, str(exc))
+        if self._pending is not None:
+            self._staged[self._pending[0]] = self._pending[1]
+        return result
+
+    def _run_in_savepoint(
+        self,
+        tx: Transaction,
+        spec: CommandSpec,
+        cmd: Command,
+        command_id: str | None,
+        metadata: dict[str, Any],
+    ) -> DispatchResult:
+        remember = check_seen = command_id is not None
+        command_id = command_id or new_id()
+        attempts = 0
+        while True:
+            self._pending = None
+            try:
+                with tx.savepoint():
+                    if attempts:  # as in dispatch: decide again holding the stream
+                        tx.lock_stream(spec.stream_id(cmd))
+                    return self._run(tx, spec, cmd, command_id, metadata, check_seen, remember)
+            except ConcurrencyError:  # the savepoint undid the command: run it again
+                attempts += 1
+                if attempts > self.retries:
+                    raise
+                check_seen = True
+
     def _spec_for(self, command: Command) -> CommandSpec:
         for spec in self.app.commands.values():
             if type(command) is spec.cls:
                 return spec
         return self.app.command_spec(type(command).__name__)
 
-    def _cache_put(self) -> None:
+    def _cache_put(self, stream_id: str | None = None, agg: Aggregate | None = None) -> None:
         # Only committed state enters the cache; a failed attempt leaves the stream out.
-        if self._pending is None or not self.cache_size:
+        if stream_id is None or agg is None or not self.cache_size:
             return
-        stream_id, agg = self._pending
         self._cache[stream_id] = agg
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _cached(self, stream_id: str) -> Aggregate | None:
+        agg = self._staged.pop(stream_id, None)
+        if agg is None and self.cache_size:
+            agg = self._cache.pop(stream_id, None)
+        return agg
 
     def _run(
         self,
@@ -201,84 +311,76 @@ class Dispatcher:
             if seen is not None:
                 return DispatchResult.from_dict(seen)
         stream_id = spec.stream_id(cmd)
-        agg = self._cache.pop(stream_id, None) if self.cache_size else None
+        agg = self._cached(stream_id)
         if agg is not None and type(agg) is spec.aggregate:
             catch_up(self.app, tx, agg)
         else:
             agg = load(self.app, tx, spec.aggregate, stream_id)
         before = agg.version
-        decided = cmd.handle(agg)
-        events: list[Event] = (
-            [] if decided is None else [decided] if isinstance(decided, Event) else list(decided)
-        )
-        for e in events:
-            if not isinstance(e, Event):
-                raise ValidationError(f"{spec.name}.handle returned {type(e).__name__}, not an Event")
+        events = _decided(spec, cmd.handle(agg))
         result = DispatchResult(command_id, spec.name, stream_id, before, [], [])
         if events:
-            meta = {
-                **metadata,
-                "command_id": command_id,
-                "command": spec.name,
-                "correlation_id": metadata.get("correlation_id") or command_id,
-                "causation_id": metadata.get("causation_id") or command_id,
-            }
-            actor = metadata.get("actor") or self.actor
-            if actor:
-                meta["actor"] = actor
-            new = [NewEvent(e.event_type, _event_dict(e), meta, None, e.schema_version) for e in events]
-            appended = tx.append(stream_id, new, before)
+            appended = self._append(tx, spec, agg, events, command_id, metadata)
             result.version, result.event_ids, result.positions = (
                 appended.version,
                 appended.event_ids,
                 appended.positions,
             )
-            for e in events:
-                self.app.events.setdefault(e.event_type, type(e))
-            if self.app.publishes:  # the outbox rows commit (or not) with the events
-                write_outbox(tx, self.app, stream_id, new, appended)
-            for hook in self.after_append:
-                hook(tx, stream_id, events, [appended])
-            every = (
-                self.app.snapshot_every
-                if spec.aggregate.snapshot_every is None
-                else spec.aggregate.snapshot_every
-            )
-            apply_new(agg, events, before + 1)
-            if every and appended.version // every > before // every:
-                tx.snapshots.save(snapshot_of(agg))
         if remember:
             tx.commands.record(command_id, stream_id, result.to_dict())
         self._pending = (stream_id, agg)
         return result
 
-    def dispatch_many(
+    def _append(
         self,
-        items: Iterable[BatchItem],
-        *,
-        continue_on_error: bool = False,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> BatchReport:
-        """Dispatch items in order, one transaction each; stops at the first failure unless told not to."""
-        report = BatchReport()
-        for item in items:
-            try:
-                result = self.dispatch(
-                    item.name, item.data, command_id=item.command_id, metadata=item.metadata
-                )
-            except CqrsError as exc:
-                report.failures.append(BatchFailure(item.line, item.name, exc.exit_code, str(exc)))
-                if not continue_on_error:
-                    break
-            else:
-                report.results.append(result)
-                if result.duplicate:
-                    report.duplicates += 1
-                else:
-                    report.dispatched += 1
-            if on_progress:
-                on_progress(1)
-        return report
+        tx: Transaction,
+        spec: CommandSpec,
+        agg: Aggregate,
+        events: list[Event],
+        command_id: str,
+        metadata: dict[str, Any],
+    ) -> AppendResult:
+        """Append what a command decided, with what commits with it (outbox rows, hooks,
+        a snapshot when one is due), and fold it into `agg`."""
+        stream_id, before = agg.stream_id, agg.version
+        meta = {
+            **metadata,
+            "command_id": command_id,
+            "command": spec.name,
+            "correlation_id": metadata.get("correlation_id") or command_id,
+            "causation_id": metadata.get("causation_id") or command_id,
+        }
+        actor = metadata.get("actor") or self.actor
+        if actor:
+            meta["actor"] = actor
+        new = [NewEvent(e.event_type, _event_dict(e), meta, None, e.schema_version) for e in events]
+        appended = tx.append(stream_id, new, before)
+        for e in events:
+            self.app.events.setdefault(e.event_type, type(e))
+        if self.app.publishes:  # the outbox rows commit (or not) with the events
+            write_outbox(tx, self.app, stream_id, new, appended)
+        for hook in self.after_append:
+            hook(tx, stream_id, events, [appended])
+        every = (
+            self.app.snapshot_every
+            if spec.aggregate.snapshot_every is None
+            else spec.aggregate.snapshot_every
+        )
+        apply_new(agg, events, before + 1)
+        if every and appended.version // every > before // every:
+            tx.snapshots.save(snapshot_of(agg))
+        return appended
+
+
+def _decided(spec: CommandSpec, decided: Event | Iterable[Event] | None) -> list[Event]:
+    """What `handle` returned, as a list of events (refusing anything else)."""
+    events: list[Event] = (
+        [] if decided is None else [decided] if isinstance(decided, Event) else list(decided)
+    )
+    for e in events:
+        if not isinstance(e, Event):
+            raise ValidationError(f"{spec.name}.handle returned {type(e).__name__}, not an Event")
+    return events
 
 
 class DispatchLine(Line):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from ..errors import UsageError, ValidationError
-from ..store import ExpectedVersion, NewEvent, Store, StoredEvent
+from ..errors import ConflictError, CqrsError, UsageError, ValidationError
+from ..store import AppendResult, ExpectedVersion, NewEvent, Store, StoredEvent, Transaction
+from . import contract
+from .grouping import Grouping, GroupRun
 from .jsonl import EventType, Identifier, Line, SchemaVersion, StreamId, validated
 
 if TYPE_CHECKING:
@@ -74,6 +77,101 @@ class AppendLine(Line):
         "any"
     )
     schema_version: SchemaVersion = 1
+
+
+@dataclass
+class AppendBatchReport:
+    """The appends a batch committed, in order; in groups, also the error of the line that
+    stopped it (the lines before it committed)."""
+
+    results: list[AppendResult] = field(default_factory=list)
+    failure: CqrsError | None = None
+
+
+def check_batch(app: App, items: Sequence[AppendItem]) -> None:
+    """Refuse a batch with a line whose events the app could not read back (naming the line)."""
+    for line, _, new_events, _ in items:
+        try:
+            contract.check_new_events(app, new_events)
+        except ValidationError as exc:
+            raise ValidationError(f"line {line}: {exc}") from None
+
+
+def append_batch(
+    store: Store,
+    items: Sequence[AppendItem],
+    *,
+    grouping: Grouping | None = None,
+    retries: int = 3,
+    on_progress: Callable[[int], None] | None = None,
+) -> AppendBatchReport:
+    """Append the lines of a batch in order.
+
+    Without `grouping`, all lines commit in one transaction or none does: the first line
+    that fails raises its error, naming the line. With it, lines commit in groups, each in a
+    savepoint: the first line that fails rolls back alone and ends the batch, and the report
+    holds the appends committed before it and its error (see services.grouping)."""
+    if grouping is None:
+        return AppendBatchReport(_append_atomically(store, items, retries, on_progress))
+    report = AppendBatchReport()
+
+    def committed(outcomes: list[AppendResult | CqrsError]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, CqrsError):
+                report.failure = outcome
+            else:
+                report.results.append(outcome)
+        if on_progress and outcomes:
+            on_progress(len(outcomes))
+
+    GroupRun(
+        store,
+        _append_line,
+        failed=lambda outcome: isinstance(outcome, CqrsError),
+        failure=_at_line,
+        committed=committed,
+        grouping=grouping,
+        retries=retries,
+    ).run(items)
+    return report
+
+
+def _at_line(item: AppendItem, exc: CqrsError) -> CqrsError:
+    exc.args = (f"line {item[0]}: {exc}",)
+    return exc
+
+
+def _append_line(tx: Transaction, item: AppendItem) -> AppendResult | CqrsError:
+    _, stream_id, events, expected = item
+    try:
+        with tx.savepoint():
+            return tx.append(stream_id, events, expected)
+    except ConflictError:
+        raise  # the group's transaction is gone
+    except CqrsError as exc:
+        return _at_line(item, exc)
+
+
+def _append_atomically(
+    store: Store, items: Sequence[AppendItem], retries: int, on_progress: Callable[[int], None] | None
+) -> list[AppendResult]:
+    attempts = 0
+    while True:
+        try:
+            with store.transaction(appending=True) as tx:
+                results = []
+                for item in items:
+                    try:
+                        results.append(tx.append(*item[1:]))
+                    except CqrsError as exc:
+                        raise _at_line(item, exc) from None
+            if on_progress:
+                on_progress(len(items))
+            return results
+        except ConflictError:  # nothing was committed: run it all again
+            attempts += 1
+            if attempts > retries:
+                raise
 
 
 def parse_append_lines(raw: bytes) -> list[AppendItem]:

@@ -28,7 +28,7 @@ from .journal import PostgresJournal
 from .outbox import PostgresOutbox
 from .read_models import PostgresReadModels
 from .sagas import PostgresSagas
-from .sql import _EVENT_COLUMNS, _event
+from .sql import _CONFLICTS, _EVENT_COLUMNS, _conflict, _event
 from .tracking import PostgresTracking
 
 if TYPE_CHECKING:
@@ -184,11 +184,13 @@ class PostgresTransaction(Transaction):
         self.cur.execute("SAVEPOINT cqrsctl_sp")
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             if not self.conn.broken:
                 self.cur.execute("ROLLBACK TO SAVEPOINT cqrsctl_sp; RELEASE SAVEPOINT cqrsctl_sp")
             # Locks taken under a savepoint go with its rollback.
             self._streams = streams
+            if isinstance(exc, _CONFLICTS):  # the whole transaction has to go, not the savepoint
+                raise _conflict(exc) from None
             raise
         self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
 

@@ -23,7 +23,7 @@ from ...redaction import redact, scrub
 from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StreamInfo
 from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
 from .schema import _SCHEMA_TABLE, MIGRATIONS
-from .sql import _IDENT, _lock_key
+from .sql import _CONFLICTS, _IDENT, _conflict, _lock_key
 from .wakeups import Listener
 
 
@@ -124,12 +124,17 @@ class PostgresStore(Store):
                 try:
                     tx = PostgresTransaction(conn, self, registered=appending)
                     yield tx
-                except BaseException:
+                except BaseException as exc:
                     if not conn.broken:
                         conn.execute("ROLLBACK")
+                    if isinstance(exc, _CONFLICTS):
+                        raise _conflict(exc) from None
                     raise
                 if not tx.appended:
-                    conn.execute("COMMIT")
+                    try:
+                        conn.execute("COMMIT")
+                    except _CONFLICTS as exc:
+                        raise _conflict(exc) from None
                     return
                 # Why the NOTIFY is not in the appending transaction: PostgreSQL holds one
                 # database-wide lock from queueing a notification until the end of the commit,
@@ -138,6 +143,8 @@ class PostgresStore(Store):
                 # wake-up costs a listener one poll interval, never an event), the lock is brief.
                 try:
                     conn.execute(f"COMMIT; {self.notify_sql}")
+                except _CONFLICTS as exc:
+                    raise _conflict(exc) from None  # the COMMIT failed: nothing was committed
                 except psycopg.Error:
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                         raise  # the COMMIT failed
