@@ -144,11 +144,11 @@ def append(
 
 def _append_file(rt: Runtime, app: Any, file: str, group: int | None, group_ms: float | None) -> None:
     """`append --file`: the whole batch checked first (against `app` when given), then appended."""
+    if group is None and group_ms is not None:
+        raise UsageError("--group-ms needs --group")
     items = parse_append_lines(_read_input(file))
     if app is not None:
         check_batch(app, items)
-    if group is None and group_ms is not None:
-        raise UsageError("--group-ms needs --group")
     grouping = None if group is None else Grouping(group, DEFAULT_GROUP_MS if group_ms is None else group_ms)
     with rt.output.progress("appending", len(items)) as advance:
         report = append_batch(rt.store(), items, grouping=grouping, on_progress=advance)

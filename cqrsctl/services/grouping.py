@@ -12,7 +12,8 @@ and what it does not:
 - A crash loses the group in flight, whole: after it the store holds whole units only.
 - When the database undoes the transaction to resolve a conflict (a deadlock, a
   serialization failure: `ConflictError`), nothing of the group was committed, so the group
-  is run again from its first unit, at most `retries` times.
+  is run again from its first unit, halved each time, at most `retries` times; then its
+  first unit fails with that error.
 - A unit meeting a stream that another transaction holds (`StreamBusy`, PostgreSQL) ends
   the group before that unit, which starts the next one: a transaction holding streams
   never waits for another (two groups waiting for each other would deadlock).
@@ -105,11 +106,11 @@ class GroupRun(Generic[T, R]):
                 return
 
     def _group(self, todo: _Todo[T]) -> list[R]:
-        attempts = 0
+        size, attempts = self.grouping.size, 0
         while True:
             taken: list[T] = []
             try:
-                outcomes, error = self._fill(todo, taken)
+                outcomes, error = self._fill(todo, taken, size)
             except ConflictError as exc:
                 self.rolled_back()
                 todo.give_back(taken)
@@ -118,21 +119,23 @@ class GroupRun(Generic[T, R]):
                     outcome = self.failure(todo.take(), exc)
                     self.committed([outcome])
                     return [outcome]
-                time.sleep(random.uniform(0, 0.01 * attempts))  # let the other side finish
+                # A smaller group meets fewer others; the pause lets the other side finish.
+                size = max(1, size // 2)
+                time.sleep(random.uniform(0, 0.005 * 2**attempts))
                 continue
             self.committed(outcomes)
             if error is not None:
                 raise error
             return outcomes
 
-    def _fill(self, todo: _Todo[T], taken: list[T]) -> tuple[list[R], Exception | None]:
+    def _fill(self, todo: _Todo[T], taken: list[T], size: int) -> tuple[list[R], Exception | None]:
         """One transaction: units until the group is full or old enough. An unexpected
         error (a bug in a handler) ends the group; the units before it still commit."""
         outcomes: list[R] = []
         error: Exception | None = None
         with self.store.transaction(appending=True) as tx:
             deadline = time.monotonic() + self.grouping.ms / 1000
-            while len(outcomes) < self.grouping.size:
+            while len(outcomes) < size:
                 unit = todo.peek()
                 if unit is None or (outcomes and time.monotonic() >= deadline):
                     break
