@@ -58,6 +58,7 @@ SIZES: dict[str, dict[str, int]] = {
         "poll_ms": 10,
         "outbox_messages": 300,
         "outbox_batch": 100,
+        "writer_ms": 200,
     },
     "quick": {
         "dispatch_commands": 200,
@@ -72,6 +73,7 @@ SIZES: dict[str, dict[str, int]] = {
         "poll_ms": 10,
         "outbox_messages": 1_000,
         "outbox_batch": 100,
+        "writer_ms": 1_000,
     },
     "default": {
         "dispatch_commands": 2_000,
@@ -86,6 +88,7 @@ SIZES: dict[str, dict[str, int]] = {
         "poll_ms": 10,
         "outbox_messages": 10_000,
         "outbox_batch": 100,
+        "writer_ms": 2_000,
     },
     "target": {
         "dispatch_commands": 20_000,
@@ -100,6 +103,7 @@ SIZES: dict[str, dict[str, int]] = {
         "poll_ms": 10,
         "outbox_messages": 50_000,
         "outbox_batch": 100,
+        "writer_ms": 5_000,
     },
 }
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..core import Measurement
-from . import append, dispatch, latency, outbox, rebuild, replay
+from . import append, batch, dispatch, latency, outbox, rebuild, replay, writers
 
 ALL: list[Measurement] = [
     dispatch.MEASUREMENT,
+    batch.MEASUREMENT,
     append.MEASUREMENT,
     replay.MEASUREMENT,
     rebuild.MEASUREMENT,
     latency.MEASUREMENT,
     outbox.MEASUREMENT,
+    writers.MEASUREMENT,
 ]
