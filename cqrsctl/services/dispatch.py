@@ -153,7 +153,9 @@ class Dispatcher:
         while True:
             self._pending = None
             try:
-                with self.store.transaction() as tx:
+                # Appending (PostgreSQL: the writer registers in BEGIN's round trip, not
+                # in one of its own before the append).
+                with self.store.transaction(appending=True) as tx:
                     if attempts:
                         # After a conflict, decide again holding the stream (what the append
                         # takes anyway, until commit): nobody can slip in between, so
