@@ -123,6 +123,7 @@ class PostgresTransaction(Transaction):
         self._all_streams = False  # lock_all_streams() was called
         self.nowait = False
         self.appended = False  # listeners get a NOTIFY after the commit
+        self.one_shot = False  # the transaction is one append, begun and ended with it
 
     @property
     def commands(self) -> PostgresCommands:
@@ -228,15 +229,9 @@ class PostgresTransaction(Transaction):
             if stream_id in self._streams or self.nowait:
                 self.lock_stream(stream_id)
                 self.cur.execute(query, params)
+                head, positions = self.cur.fetchone()  # type: ignore[misc]
             else:
-                # The stream's lock, then the append in a statement of its own (whose
-                # snapshot, taken once the lock is held, sees every earlier append to the
-                # stream): two statements, one round trip.
-                with self.conn.pipeline():
-                    self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
-                    self.cur.execute(query, params)
-                self._streams.add(stream_id)
-            head, positions = self.cur.fetchone()  # type: ignore[misc]
+                head, positions = self._lock_and_append(stream_id, query, params)
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateEventError(
                 f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
@@ -244,6 +239,35 @@ class PostgresTransaction(Transaction):
         check_expected(stream_id, expected, head)
         self.appended = True
         return head, positions
+
+    def _lock_and_append(self, stream_id: str, query: str, params: dict[str, Any]) -> tuple[int, list[int]]:
+        """The stream's lock, then the append in a statement of its own (whose snapshot,
+        taken once the lock is held, sees every earlier append to the stream), in one round
+        trip. `one_shot` (a transaction that is only this append, see PostgresStore.append):
+        BEGIN and the registration go before them and COMMIT and the wake-up after them, in
+        the same round trip: the statements and their order are those of docs/ordering.md,
+        only nobody waits between them."""
+        append = self.conn.cursor() if self.one_shot else self.cur
+        commit = self.conn.cursor() if self.one_shot else None
+        try:
+            with self.conn.pipeline():
+                if self.one_shot:
+                    self.cur.execute("BEGIN")
+                    self.cur.execute(self.store.register_sql)
+                self.cur.execute(_STREAM_LOCK, (self.store.stream_tag, stream_id))
+                append.execute(query, params)
+                if commit is not None:
+                    commit.execute("COMMIT")
+                    for statement in self.store.notify_statements:
+                        self.cur.execute(statement)
+        except psycopg.Error:
+            if commit is None or commit.statusmessage != "COMMIT":
+                raise
+            # Committed; only the wake-up failed (a listener then waits one poll interval).
+            if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                self.conn.execute("ROLLBACK")
+        self._streams.add(stream_id)
+        return append.fetchone()  # type: ignore[return-value]
 
     def _insert_events(self, rows: list[EventRow]) -> list[int]:
         insert = (

@@ -7,7 +7,7 @@ Durability: a commit returns after the WAL is flushed (with the server's default
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,7 +20,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import DatabaseError, NotFoundError, UsageError
 from ...redaction import redact, scrub
-from ..base import CORE_COLUMNS, SCHEMA_VERSION, JournalEntry, Store, StreamInfo
+from ..base import (
+    ANY,
+    CORE_COLUMNS,
+    SCHEMA_VERSION,
+    AppendResult,
+    ExpectedVersion,
+    JournalEntry,
+    NewEvent,
+    Store,
+    StreamInfo,
+)
 from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
 from .schema import _SCHEMA_TABLE, MIGRATIONS
 from .sql import _CONFLICTS, _IDENT, _conflict, _lock_key
@@ -74,6 +84,7 @@ class PostgresStore(Store):
         self.notify_sql = (
             f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
         )
+        self.notify_statements = tuple(self.notify_sql.split("; "))  # for a pipeline
         self._check_connect(connect_timeout)
         self.pool = ConnectionPool(
             self.conninfo,
@@ -149,6 +160,26 @@ class PostgresStore(Store):
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                         raise  # the COMMIT failed
                     conn.execute("ROLLBACK")  # only the wake-up did
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
+    ) -> AppendResult:
+        if any(e.event_id for e in events):  # ids given: look them up first (idempotency)
+            return super().append(stream_id, events, expected)
+        # The whole transaction in one round trip (see PostgresTransaction._lock_and_append).
+        try:
+            with self.pool.connection() as conn:
+                tx = PostgresTransaction(conn, self, registered=True)
+                tx.one_shot = True
+                try:
+                    return tx.append(stream_id, events, expected)
+                except _CONFLICTS as exc:
+                    raise _conflict(exc) from None
+                finally:
+                    if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
