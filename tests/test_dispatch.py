@@ -528,6 +528,8 @@ def test_concurrent_processes_lose_no_update(store_url: str, backend: str, retri
     if retries == "3":
         # A retry decides holding the stream, so it cannot lose the race again.
         assert not rejected
+    if group != "1":
+        return  # a group holds the stream for several commands: how often writers take turns is luck
     # The writers really overlapped: their commands conflicted, or the stream interleaves
     # them. (Without retries one writer may win every race; its rejected rivals prove the
     # overlap.)
