@@ -343,21 +343,6 @@ def test_store_shared_by_eight_threads(store: Store) -> None:
           f"worst {worst * 1000:.1f} ms ({worst / median:.1f}x median)")  # fmt: skip
 
 
-def test_sqlite_log_is_checkpointed_outside_the_writers_turn(tmp_path: Path) -> None:
-    """SQLite's own checkpoint is off (it ran inside COMMIT, holding this process's other
-    writers in their queue); the store's own one must keep the log bounded all the same."""
-    path = tmp_path / "wal.db"
-    wal = Path(f"{path}-wal")
-    with open_store(f"sqlite:///{path}") as store:
-        biggest = 0
-        for i in range(2_000):  # ~16 MB of log written in small commits
-            store.append(f"W-{i % 50}", [NewEvent("Filled", {"pad": "x" * 8_000})])
-            biggest = max(biggest, wal.stat().st_size)
-        # The log is cut back after each checkpoint: never far past SQLite's 1,000 pages.
-        assert biggest < 6 * 1024 * 1024, biggest
-        assert store.head() == 2_000
-
-
 # -- a SQLite rebuild with a slow handler never holds dispatches up -------------------------------------------
 
 

@@ -7,7 +7,6 @@ process but may lose the last commits on power loss or an OS crash;
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -81,10 +80,6 @@ _TURNS: dict[str, _Turns] = {}
 _TURNS_LOCK = threading.Lock()
 
 
-# SQLite's own default: 1,000 pages of 4 KiB.
-_CHECKPOINT_BYTES = 1000 * 4096
-
-
 def _turns(path: str) -> _Turns:
     key = path if path == ":memory:" else str(Path(path).resolve())
     with _TURNS_LOCK:
@@ -131,7 +126,7 @@ class _WriteTransaction:
             self.store.turns.release()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        conn, wrote = self.conn, self.turn
+        conn = self.conn
         try:
             if exc_type is not None:
                 if conn.in_transaction:
@@ -145,8 +140,6 @@ class _WriteTransaction:
                 raise DatabaseError(f"sqlite commit failed: {error}") from None
         finally:
             self.give_turn()
-        if wrote:
-            self.store.checkpoint_if_due(conn)
 
 
 class SQLiteStore(Store):
@@ -180,7 +173,6 @@ class SQLiteStore(Store):
             if not create and not Path(self.path).exists():
                 raise DatabaseError(f"no store at {self.path}; run `cqrsctl init`")
         self.turns = _turns(self.path)
-        self._wal_path = self.path + "-wal"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -201,30 +193,12 @@ class SQLiteStore(Store):
                 self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
-            if self.path != ":memory:":
-                # Checkpoints are ours (checkpoint_if_due); a log emptied by one is cut back to
-                # nothing by the next writer, so its size on disk says how much waits.
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
-                conn.execute("PRAGMA journal_size_limit = 0")
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"cannot open sqlite database {self.path}: {exc}") from None
         self._local.conn = conn
         with self._all_lock:
             self._all.append(conn)
         return conn
-
-    def checkpoint_if_due(self, conn: sqlite3.Connection) -> None:
-        """The checkpoint SQLite would run by itself (PASSIVE, once the log holds about 1,000
-        pages), but after the writer has given back its turn: run inside COMMIT, it kept every
-        writer of this process queued behind one that was copying pages that were not its own."""
-        if self.path == ":memory:":
-            return
-        try:
-            if os.stat(self._wal_path).st_size < _CHECKPOINT_BYTES:
-                return
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except (OSError, sqlite3.OperationalError):
-            return  # no log yet, or another connection is checkpointing it right now
 
     @property
     def conn(self) -> sqlite3.Connection:
