@@ -15,6 +15,8 @@ timestamps computed by the database's clock, and how an insert returns its key.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import OUTBOX_COLUMNS
 
 # The columns every backend reads events, outbox rows, sagas and deadlines in (the
@@ -57,7 +59,6 @@ class Statements:
         "SELECT global_position, stream_id, stream_version, event_type, schema_version, data{text},"
         " metadata{text}, recorded_at, event_id FROM events WHERE global_position > ?"
     )
-    scan_until = " AND global_position <= ?"
     # The window runs over three narrow columns; only the chosen rows are joined back for data.
     sample = (
         "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data{text}, s.n"
@@ -147,12 +148,38 @@ class Statements:
     )
     list_journal = "SELECT id, at, actor, kind, args{text}, result{text} FROM cqrsctl_journal WHERE 1 = 1"
 
-    def __init__(self, param: str, json: str, text: str) -> None:
+    def __init__(self, param: str, json: str, text: str, *, arrays: bool, no_limit: int | None) -> None:
+        self.param, self.arrays, self.no_limit = param, arrays, no_limit
         for name, template in vars(Statements).items():
             if not name.startswith("_") and isinstance(template, str):
                 rendered = template.replace("{json}", json).replace("{text}", text).replace("?", param)
                 setattr(self, name, rendered)
 
+    def filtered(
+        self, sql: str, params: list[Any], *conditions: tuple[str, Any], order: str, limit: int | None
+    ) -> tuple[str, list[Any]]:
+        """`sql` (a rendered statement ending in its WHERE clause) narrowed by ` AND condition`
+        for each condition whose value is neither None nor an empty sequence, ordered, limited (None: no
+        limit); with `params` and the values. Conditions use `?`; one ending in ` IN ?` takes
+        a sequence (an `IN (…)` list on SQLite, `= ANY(array)` on PostgreSQL)."""
+        params = list(params)
+        for condition, value in conditions:
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            if condition.endswith(" IN ?"):
+                column = condition.removesuffix(" IN ?")
+                if self.arrays:
+                    condition, values = f"{column} = ANY(?)", [list(value)]
+                else:
+                    condition, values = f"{column} IN ({', '.join('?' * len(value))})", list(value)
+            else:
+                values = [value]
+            sql += " AND " + condition.replace("?", self.param)
+            params += values
+        params.append(self.no_limit if limit is None else limit)
+        return f"{sql} ORDER BY {order} LIMIT {self.param}", params
 
-SQLITE = Statements("?", "", "")
-POSTGRES = Statements("%s", "::jsonb", "::text")
+
+# SQLite reads LIMIT -1 as no limit, PostgreSQL LIMIT NULL.
+SQLITE = Statements("?", "", "", arrays=False, no_limit=-1)
+POSTGRES = Statements("%s", "::jsonb", "::text", arrays=True, no_limit=None)

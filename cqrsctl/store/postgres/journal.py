@@ -33,19 +33,9 @@ class PostgresJournal(Journal):
     def select(
         self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
     ) -> list[JournalEntry]:
-        query = Q.list_journal
-        params: list[Any] = []
-        if since is not None:
-            query += " AND at >= %s"
-            params.append(since)
-        if kinds:
-            query += " AND kind = ANY(%s)"
-            params.append(list(kinds))
-        query += " ORDER BY id"
-        if limit is not None:
-            query += " LIMIT %s"
-            params.append(limit)
-        self.cur.execute(query, params)
+        self.cur.execute(
+            *Q.filtered(Q.list_journal, [], ("at >= ?", since), ("kind IN ?", kinds), order="id", limit=limit)
+        )
         return [
             JournalEntry(r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], r[1], r[0])
             for r in self.cur.fetchall()

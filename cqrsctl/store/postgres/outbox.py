@@ -163,20 +163,17 @@ class PostgresOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        query = Q.list_outbox
-        params: list[Any] = []
-        if status:
-            query += " AND status = %s"
-            params.append(status)
-        if topic:
-            query += " AND topic = %s"
-            params.append(topic)
-        if key is not None:
-            query += " AND key = %s"
-            params.append(key)
-        query += " ORDER BY seq LIMIT %s"
-        params.append(limit)
-        self.cur.execute(query, params)
+        self.cur.execute(
+            *Q.filtered(
+                Q.list_outbox,
+                [],
+                ("status = ?", status or None),
+                ("topic = ?", topic or None),
+                ("key = ?", key),
+                order="seq",
+                limit=limit,
+            )
+        )
         return [OutboxMessage(*r) for r in self.cur.fetchall()]
 
     def get(self, ident: str) -> OutboxMessage | None:

@@ -42,16 +42,14 @@ class PostgresTracking(Tracking):
         lean: bool = False,
     ) -> list[EventTuple]:
         # JSON as text: EventView decodes it only if a handler reads it.
-        query = Q.scan_lean if lean else Q.scan
-        params: list[Any] = [after]
-        if until is not None:
-            query += Q.scan_until
-            params.append(until)
-        if types:
-            query += " AND event_type = ANY(%s)"
-            params.append(list(types))
-        query += " ORDER BY global_position LIMIT %s"
-        params.append(limit)
+        query, params = Q.filtered(
+            Q.scan_lean if lean else Q.scan,
+            [after],
+            ("global_position <= ?", until),
+            ("event_type IN ?", types),
+            order="global_position",
+            limit=limit,
+        )
         self.cur.execute(query, params)
         return self.cur.fetchall()
 

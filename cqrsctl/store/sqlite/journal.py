@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -31,16 +30,14 @@ class SQLiteJournal(Journal):
     def select(
         self, since: datetime | None = None, kinds: Sequence[str] | None = None, limit: int | None = None
     ) -> list[JournalEntry]:
-        sql = Q.list_journal
-        params: list[Any] = []
-        if since is not None:
-            sql += " AND at >= ?"
-            params.append(_ts(since))
-        if kinds:
-            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params += kinds
-        sql += " ORDER BY id LIMIT ?"
-        params.append(-1 if limit is None else limit)
+        sql, params = Q.filtered(
+            Q.list_journal,
+            [],
+            ("at >= ?", None if since is None else _ts(since)),
+            ("kind IN ?", kinds),
+            order="id",
+            limit=limit,
+        )
         return [
             JournalEntry(
                 r[3], orjson.loads(r[4]), orjson.loads(r[5]), r[2], datetime.fromisoformat(r[1]), r[0]

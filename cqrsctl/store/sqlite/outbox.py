@@ -147,19 +147,15 @@ class SQLiteOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        sql = Q.list_outbox
-        params: list[Any] = []
-        if status:
-            sql += " AND status = ?"
-            params.append(status)
-        if topic:
-            sql += " AND topic = ?"
-            params.append(topic)
-        if key is not None:
-            sql += " AND key = ?"
-            params.append(key)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(-1 if limit is None else limit)
+        sql, params = Q.filtered(
+            Q.list_outbox,
+            [],
+            ("status = ?", status or None),
+            ("topic = ?", topic or None),
+            ("key = ?", key),
+            order="seq",
+            limit=limit,
+        )
         return [_message(r) for r in self.conn.execute(sql, params)]
 
     def get(self, ident: str) -> OutboxMessage | None:

@@ -61,16 +61,14 @@ class SQLiteTracking(Tracking):
         until: int | None = None,
         lean: bool = False,
     ) -> list[EventTuple]:
-        sql = Q.scan_lean if lean else Q.scan
-        params: list[Any] = [after]
-        if until is not None:
-            sql += Q.scan_until
-            params.append(until)
-        if types:
-            sql += f" AND event_type IN ({','.join('?' * len(types))})"
-            params += types
-        sql += " ORDER BY global_position LIMIT ?"
-        params.append(limit)
+        sql, params = Q.filtered(
+            Q.scan_lean if lean else Q.scan,
+            [after],
+            ("global_position <= ?", until),
+            ("event_type IN ?", types),
+            order="global_position",
+            limit=limit,
+        )
         return self.conn.execute(sql, params).fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
