@@ -96,10 +96,12 @@ class SQLiteOutbox(Outbox):
         return self.conn.execute(sql + f" AND seq IN ({_ints(seqs)})", (error, owner)).rowcount
 
     def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
+        # `+status`: a bare `status` term makes SQLite update the rows' index entries the
+        # slow way (over twice the CPU per row); the rows are found by seq either way.
         t = _ts(now)
         sql = (
             "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1,"
-            f" claimed_by = NULL, claimed_until = NULL WHERE seq IN ({_ints(seqs)}) AND status = 'pending'"
+            f" claimed_by = NULL, claimed_until = NULL WHERE seq IN ({_ints(seqs)}) AND +status = 'pending'"
         )
         if owner is None:
             return self.conn.execute(sql, (t,)).rowcount
