@@ -56,6 +56,8 @@ class Aggregate(BaseModel):
     snapshot_schema: ClassVar[str] = ""
     _handlers: ClassVar[dict[str, Callable[..., None]]] = {}
     _event_classes: ClassVar[dict[str, type[Event]]] = {}
+    # Whether every handler takes a registered event class (see folds_data).
+    _typed_handlers: ClassVar[bool] = True
     _snapshot_version: ClassVar[int] = 1
 
     # The stream id and version live in __pydantic_private__ as "_stream_id" and
@@ -103,6 +105,7 @@ class Aggregate(BaseModel):
             hint = hints.get(params[0]) if params else None
             if isinstance(hint, type) and issubclass(hint, Event):
                 cls._event_classes[hint.event_type] = hint
+        cls._typed_handlers = cls._handlers.keys() <= cls._event_classes.keys()
 
     @classmethod
     def handlers(cls) -> dict[str, Callable[..., None]]:
@@ -138,7 +141,8 @@ class Aggregate(BaseModel):
         return self.__pydantic_private__["_version"] > 0  # type: ignore[index,no-any-return]
 
     def state(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # model_dump(mode="json") without its Python wrapper (a quarter of its time).
+        return self.__pydantic_serializer__.to_python(self, mode="json")  # type: ignore[no-any-return]
 
 
 class Command(BaseModel):
@@ -480,9 +484,15 @@ def _pydantic_message(exc: pydantic.ValidationError) -> str:
 
 
 def new_aggregate(
-    cls: type[Aggregate], stream_id: str, version: int = 0, state: dict[str, Any] | None = None
+    cls: type[Aggregate], stream_id: str, version: int = 0, state: dict[str, Any] | str | bytes | None = None
 ) -> Aggregate:
-    agg = cls() if state is None else cls.model_validate(state)
+    if state is None:
+        agg = cls()
+    elif isinstance(state, str | bytes):
+        # A snapshot's state as stored: pydantic parses and validates the JSON in one pass.
+        agg = cls.__pydantic_validator__.validate_json(state)
+    else:
+        agg = cls.model_validate(state)
     private = agg.__pydantic_private__
     private["_stream_id"], private["_version"] = stream_id, version  # type: ignore[index]
     return agg
@@ -518,11 +528,15 @@ def fold(app: App, agg: Aggregate, events: list[StoredEvent]) -> Aggregate:
 def folds_data(app: App, cls: type[Aggregate]) -> bool:
     """Whether `cls` can be folded from FoldRows (fold_rows): every handler takes a
     registered event class and no upcaster needs the whole stored event."""
-    return not app.upcasters and cls.handlers().keys() <= cls.event_classes().keys()
+    if not cls._handlers:
+        cls._resolve_handlers()
+    return not app.upcasters and cls._typed_handlers
 
 
 def fold_rows(app: App, agg: Aggregate, rows: list[FoldRow]) -> Aggregate:
     """fold() over FoldRows (see folds_data): the events are never built as StoredEvents."""
+    if not rows:
+        return agg
     handlers = type(agg).handlers()
     classes = type(agg).event_classes()
     loads = orjson.loads

@@ -617,6 +617,33 @@ def test_snapshots_save_load_overwrite_list_delete(store: Store) -> None:
     assert store.counts()["snapshots"] == 0
 
 
+def test_read_from_snapshot_gives_the_usable_snapshot_and_the_events_after_it(store: Store) -> None:
+    store.append("Account-1", [ev(n) for n in range(1, 6)])
+
+    def read(schema: str, to: int | None = None) -> tuple[int, Any, list[tuple[int, int]]]:
+        with store.reader(consistent=False) as tx:
+            version, state, rows = tx.read_from_snapshot("Account-1", schema, to)
+        state = orjson.loads(state) if isinstance(state, str | bytes) else state
+        return (
+            version,
+            state,
+            [(r[1], (orjson.loads(r[4]) if isinstance(r[4], str) else r[4])["n"]) for r in rows],
+        )
+
+    everything = [(v, v) for v in range(1, 6)]
+    assert read("s1") == (0, None, everything)  # no snapshot yet
+    with store.transaction() as tx:
+        tx.snapshots.save(Snapshot("Account-1", "Account", 3, "s1", {"total": 6}, datetime.now(UTC)))
+    assert read("s1") == (3, {"total": 6}, [(4, 4), (5, 5)])
+    assert read("s1", 4) == (3, {"total": 6}, [(4, 4)])
+    assert read("s1", 3) == (3, {"total": 6}, [])
+    assert read("s1", 2) == (0, None, everything[:2])  # the snapshot is past the version asked for
+    assert read("s2") == (0, None, everything)  # taken with another aggregate shape
+    assert read("s1", 9) == (3, {"total": 6}, [(4, 4), (5, 5)])
+    with store.reader(consistent=False) as tx:
+        assert tx.read_from_snapshot("Account-2", "s1") == (0, None, [])
+
+
 def test_processed_commands(store: Store) -> None:
     result = {"stream_id": "Account-1", "positions": [1, 2], "note": "ünïcode"}
     with store.reader() as tx:

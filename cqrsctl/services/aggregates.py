@@ -26,18 +26,19 @@ def load(
     use_snapshot: bool = True,
 ) -> Aggregate:
     """Fold `stream_id` into a `cls`, starting from a usable snapshot when there is one."""
-    agg: Aggregate | None = None
     if use_snapshot and as_of is None and (cls.snapshot_every or app.snapshot_every):
+        if folds_data(app, cls):
+            # The snapshot and the events after it in one read.
+            version, state, rows = tx.read_from_snapshot(stream_id, cls.snapshot_schema, at_version)
+            return fold_rows(app, new_aggregate(cls, stream_id, version, state), rows)
         snap = tx.snapshots.load(stream_id)
         if (
             snap is not None
             and snap.schema_version == cls.snapshot_schema
             and (at_version is None or snap.version <= at_version)
         ):
-            agg = new_aggregate(cls, stream_id, snap.version, snap.state)
-    if agg is None:
-        agg = new_aggregate(cls, stream_id)
-    return catch_up(app, tx, agg, at_version, as_of)
+            return catch_up(app, tx, new_aggregate(cls, stream_id, snap.version, snap.state), at_version)
+    return catch_up(app, tx, new_aggregate(cls, stream_id), at_version, as_of)
 
 
 def catch_up(

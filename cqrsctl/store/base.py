@@ -805,6 +805,21 @@ class Transaction(ABC):
             for e in self.read_stream(stream_id, from_version, to_version, None, as_of)
         ]
 
+    def read_from_snapshot(
+        self, stream_id: str, schema_version: str, to_version: int | None = None
+    ) -> tuple[int, Any, list[FoldRow]]:
+        """The stream's snapshot if it has one of `schema_version` (at most at `to_version`)
+        and the FoldRows after it: (snapshot version, its state as JSON text or a dict, rows),
+        or (0, None, every row up to `to_version`). Backends read both in one statement."""
+        snap = self.snapshots.load(stream_id)
+        if (
+            snap is None
+            or snap.schema_version != schema_version
+            or (to_version is not None and snap.version > to_version)
+        ):
+            return 0, None, self.read_stream_data(stream_id, 1, to_version)
+        return snap.version, snap.state, self.read_stream_data(stream_id, snap.version + 1, to_version)
+
     # -- the other concerns, bound to this transaction -------------------------------------
 
     @property

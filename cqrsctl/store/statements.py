@@ -82,6 +82,16 @@ class Statements:
         " aggregate_type = excluded.aggregate_type, version = excluded.version,"
         " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at"
     )
+    # A usable snapshot (its row first: position 0) and the stream's events after it, in
+    # one statement; see snapshot_and_tail_params.
+    snapshot_and_tail = (
+        "SELECT 0, version, state{text}, NULL, NULL FROM snapshots"
+        " WHERE stream_id = ? AND schema_version = ? AND version <= ?"
+        " UNION ALL SELECT global_position, stream_version, event_type, schema_version, data{text} FROM events"
+        " WHERE stream_id = ? AND stream_version <= ? AND stream_version > coalesce(("
+        "SELECT version FROM snapshots WHERE stream_id = ? AND schema_version = ? AND version <= ?), 0)"
+        " ORDER BY 2"
+    )
     list_snapshots = f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY stream_id LIMIT ?"
     delete_snapshot = "DELETE FROM snapshots WHERE stream_id = ?"
     delete_snapshots = "DELETE FROM snapshots"
@@ -183,3 +193,16 @@ class Statements:
 # SQLite reads LIMIT -1 as no limit, PostgreSQL LIMIT NULL.
 SQLITE = Statements("?", "", "", arrays=False, no_limit=-1)
 POSTGRES = Statements("%s", "::jsonb", "::text", arrays=True, no_limit=None)
+
+
+def snapshot_and_tail_params(stream_id: str, schema_version: str, to_version: int | None) -> tuple[Any, ...]:
+    """The parameters of snapshot_and_tail (a version past any stream's head when there is no last one)."""
+    last = 2**62 if to_version is None else to_version
+    return (stream_id, schema_version, last, stream_id, last, stream_id, schema_version, last)
+
+
+def split_snapshot(rows: list[Any]) -> tuple[int, Any, list[Any]]:
+    """snapshot_and_tail's rows as Transaction.read_from_snapshot returns them."""
+    if rows and rows[0][0] == 0:
+        return rows[0][1], rows[0][2], rows[1:]
+    return 0, None, rows

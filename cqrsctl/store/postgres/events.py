@@ -23,6 +23,7 @@ from ..base import (
     check_expected,
 )
 from ..statements import POSTGRES as Q
+from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
@@ -379,3 +380,9 @@ class PostgresTransaction(Transaction):
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
         self.cur.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params)
         return self.cur.fetchall()
+
+    def read_from_snapshot(
+        self, stream_id: str, schema_version: str, to_version: int | None = None
+    ) -> tuple[int, Any, list[FoldRow]]:
+        self.cur.execute(Q.snapshot_and_tail, snapshot_and_tail_params(stream_id, schema_version, to_version))
+        return split_snapshot(self.cur.fetchall())

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import DuplicateEventError
 from ..base import EventRow, FoldRow, StoredEvent, Transaction
 from ..statements import SQLITE as Q
+from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import SQLiteCommands, SQLiteSnapshots
 from .journal import SQLiteJournal
 from .outbox import SQLiteOutbox
@@ -190,3 +191,12 @@ class SQLiteTransaction(Transaction):
             elif from_version == 1:
                 self._known[stream_id] = 0
         return rows
+
+    def read_from_snapshot(
+        self, stream_id: str, schema_version: str, to_version: int | None = None
+    ) -> tuple[int, Any, list[FoldRow]]:
+        params = snapshot_and_tail_params(stream_id, schema_version, to_version)
+        version, state, rows = split_snapshot(self.conn.execute(Q.snapshot_and_tail, params).fetchall())
+        if to_version is None and (rows or version == 0):  # without a snapshot, rows start at 1
+            self._known[stream_id] = rows[-1][1] if rows else 0
+        return version, state, rows
