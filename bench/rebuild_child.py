@@ -7,6 +7,7 @@ means the contender is not available (a cqrsctl module not written yet).
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import sqlite3
@@ -142,11 +143,20 @@ def main() -> None:
     # Imports happen before the clock starts: the rebuild is timed, not the interpreter.
     from . import raw as _  # noqa: F401
 
+    if job["backend"] == "postgres":
+        import psycopg  # noqa: F401
     if job["contender"] == "eventsourcing":
         from . import domain_es  # noqa: F401
+
+        importlib.import_module(f"eventsourcing.{job['backend']}")
     elif job["contender"] == "cqrsctl":
         try:
+            from cqrsctl.services import projections  # noqa: F401
+
             from . import domain_cq_projection  # noqa: F401
+
+            # open_store imports its backend when it first opens one.
+            importlib.import_module(f"cqrsctl.store.{job['backend']}")
         except ImportError:
             pass  # reported by the contender itself
     started = time.perf_counter()

@@ -441,6 +441,10 @@ class ReadModel:
             self._t.write(slot.physical, slot.spec, [cache[k] for k in slot.dirty if cache[k] is not None])  # type: ignore[misc]
             slot.dirty.clear()
 
+    def pending(self) -> int:
+        """How many rows the next flush writes (or deletes)."""
+        return sum(len(slot.dirty) for slot in self._slots.values())
+
     def trim(self, max_rows: int) -> None:
         """When more than `max_rows` rows are cached, forget the older half of each table's
         (after a flush, so none is pending): the newer ones are likelier to be used again."""

@@ -142,6 +142,22 @@ def test_interrupted_rebuild_leaves_live_tables_and_resumes(store: Store) -> Non
     assert table_totals(store) == oracle_totals(store)
 
 
+def test_a_rebuild_batch_ends_once_it_has_rebuild_dirty_rows_to_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One stream per event: each event changes a row of its own.
+    for i in range(100):
+        store.append(f"Counter-{i}", [NewEvent("Added", {"n": 1})])
+    monkeypatch.setattr(P, "REBUILD_DIRTY", 30)
+    monkeypatch.setattr(P, "PAGE", 10)
+    batches: list[int] = []
+    result = P.rebuild(store, app, "totals", on_progress=batches.append)
+    assert result.events == 100 and sum(batches) == 100
+    # Pages of 10 are read until 30 rows wait to be written: 30 events a batch, then the rest.
+    assert batches[:3] == [30, 30, 30]
+    assert table_totals(store) == oracle_totals(store)
+
+
 def test_a_second_rebuild_waits_for_a_running_one(store: Store) -> None:
     append_random(store, 300, seed=5)
 

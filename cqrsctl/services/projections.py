@@ -34,7 +34,10 @@ from .owners import dead_here, owner_id
 log = logging.getLogger(__name__)
 
 STEP_BATCH = 500  # events per incremental transaction (daemon, catch-up)
-REBUILD_BATCH = 20_000  # events per rebuild transaction
+REBUILD_BATCH = 100_000  # events per rebuild transaction
+# Changed rows a rebuild transaction may leave to write: it writes them holding the write
+# lock (SQLite's, of the whole database), so they bound what a dispatch may wait for.
+REBUILD_DIRTY = 20_000
 REBUILD_WINDOW = 0.5  # seconds of handler work per rebuild transaction, whatever the batch
 SLICE = 50  # events between looks at the clock in a rebuild
 SWAP_TAIL = 0.1  # a rebuild swaps once a batch that reached the head took less than this
@@ -701,8 +704,8 @@ class Rebuild:
 
     def _handle(self, tx: Transaction) -> bool:
         """Pages into the shadow tables' cache until `batch` events (or as many positions,
-        or REBUILD_WINDOW seconds) are done or the head read first is reached; True in that
-        last case. The caller flushes."""
+        REBUILD_DIRTY changed rows or REBUILD_WINDOW seconds) are done or the head read
+        first is reached; True in that last case. The caller flushes."""
         assert self.rm is not None
         tr = tx.tracking
         head_now = tr.head()
@@ -715,6 +718,7 @@ class Rebuild:
                 self.position < head_now
                 and done < self.batch
                 and self.position - start < self.batch
+                and self.rm.pending() < REBUILD_DIRTY
                 and time.monotonic() < until_time
             ):
                 done += self._page(tr, head_now, until_time, pages)

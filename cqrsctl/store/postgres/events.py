@@ -378,11 +378,12 @@ class PostgresTransaction(Transaction):
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
         where, params = _stream_range(stream_id, from_version, to_version, as_of)
-        self.cur.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params)
+        self.cur.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params, binary=True)
         return self.cur.fetchall()
 
     def read_from_snapshot(
         self, stream_id: str, schema_version: str, to_version: int | None = None
     ) -> tuple[int, Any, list[FoldRow]]:
-        self.cur.execute(Q.snapshot_and_tail, snapshot_and_tail_params(stream_id, schema_version, to_version))
+        params = snapshot_and_tail_params(stream_id, schema_version, to_version)
+        self.cur.execute(Q.snapshot_and_tail, params, binary=True)
         return split_snapshot(self.cur.fetchall())
