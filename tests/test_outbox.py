@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from helpers import rolled_back
 from outbox_support import (
@@ -35,6 +36,7 @@ from cqrsctl.services import outbox
 from cqrsctl.services.dispatch import Dispatcher
 from cqrsctl.sinks import open_sink
 from cqrsctl.store import Store, open_store
+from cqrsctl.store.base import NewMessage
 from cqrsctl.times import parse_duration
 
 STRESS = os.environ.get("CQRSCTL_STRESS") == "1"
@@ -170,6 +172,20 @@ def test_drain_to_a_file_delivers_everything_once_in_order(store: Store, tmp_pat
     assert st.counts == {"pending": 0, "delivered": total, "dead": 0} and st.oldest_pending is None
     again = outbox.drain(store, open_sink(f"file://{path}"))
     assert again.delivered == 0 and again.exit_code == 0 and len(read_jsonl(path)) == total
+
+
+def test_the_file_sink_writes_each_message_as_peek_shows_it(store: Store, tmp_path: Path) -> None:
+    """Sent bytes are the payload's JSON as orjson writes it, however the backend keeps it."""
+    fill(store, accounts=2, deposits=3)
+    odd = {"text": 'ünï 🚀 "q"\n', "amount": 0.1, "big": 2**53 + 1, 7: None, "nested": {"b": [1.5e300, -0.0]}}
+    now = datetime.now(UTC)
+    with store.transaction() as tx:
+        tx.outbox.add([NewMessage("odd-1", None, "t", "k", odd, {"event-type": "Odd"}, now)])
+    expected = [orjson.dumps(m) for m in outbox.peek(store, limit=None)]
+    path = tmp_path / "out.jsonl"
+    report = outbox.drain(store, open_sink(f"file://{path}"), batch=4)
+    assert report.delivered == len(expected) == 6
+    assert path.read_bytes().splitlines() == expected
 
 
 def test_drain_bounds_report_work_left(store: Store, tmp_path: Path) -> None:

@@ -19,8 +19,7 @@ outbox topic), `?bus=` the EventBridge bus (default `default`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,9 +35,9 @@ JSON = "application/json"
 _TOP_LEVEL = ("correlation_id", "causation_id")
 
 
-@dataclass(frozen=True)
-class Encoded:
-    """One message as a sink sends it: body bytes, headers (where the sink has them), content type."""
+class Encoded(NamedTuple):
+    """One message as a sink sends it: body bytes, headers (where the sink has them), content type.
+    A tuple: one is built per message sent, and a frozen dataclass costs three times as much."""
 
     body: bytes
     headers: dict[str, str]

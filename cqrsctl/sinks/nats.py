@@ -5,8 +5,9 @@ JetStream drops a re-delivery inside the stream's duplicate window (2 minutes by
 With `?stream=NAME` the stream is created when missing and its subjects grow to cover each
 topic published; without it, an existing stream must already capture the topics.
 A batch is published pipelined and then all acks are awaited: each message's reply
-subject is a token under one inbox this sink subscribes to once, and an ack is read with
-orjson (the client's own `publish_async` costs about twice the CPU per message).
+subject is a token under one inbox this sink subscribes to once, the batch waits on one
+future that the last ack resolves, and an ack is read with orjson (the client's own
+`publish_async` costs about twice the CPU per message).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class NatsSink(Sink):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.nc: Any = None
         self.js: Any = None
-        self.inbox = ""  # acks come to inbox.<n>, each resolving waiting[inbox.<n>]
-        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self.inbox = ""  # acks come to inbox.<n>, for the batch's acks[inbox.<n>]
+        self.acks: dict[str, Any] = {}  # the batch in flight's reply subjects, in order: ack or None
+        self.missing = 0
+        self.all_in: asyncio.Future[None] | None = None  # done when the last ack came
         self.sent = 0
 
     def _run(self, coro: Any) -> Any:
@@ -82,12 +85,16 @@ class NatsSink(Sink):
 
     async def _listen(self) -> None:
         self.inbox = self.nc.new_inbox()
-        self.waiting = {}
+        self.acks = {}
 
         async def ack(msg: Any) -> None:
-            future = self.waiting.pop(msg.subject, None)
-            if future is not None and not future.done():
-                future.set_result(msg)
+            # A late ack of an abandoned batch has a reply subject no longer waited for.
+            if self.acks.get(msg.subject, msg) is not None:
+                return
+            self.acks[msg.subject] = msg
+            self.missing -= 1
+            if not self.missing and self.all_in is not None and not self.all_in.done():
+                self.all_in.set_result(None)
 
         await self.nc.subscribe(self.inbox + ".*", cb=ack)
 
@@ -112,23 +119,24 @@ class NatsSink(Sink):
     async def _publish(self, messages: Sequence[OutboxMessage]) -> list[str | None]:
         if self.stream:
             await self._cover({m.topic for m in messages})
-        loop = asyncio.get_running_loop()
-        futures = []
-        publish = self.nc.publish
+        # One future for the batch, resolved by the last ack, rather than one per message.
+        acks: dict[str, Any] = {}
+        self.acks, self.missing = acks, len(messages)
+        self.all_in = asyncio.get_running_loop().create_future()
+        publish, inbox = self.nc.publish, self.inbox
         try:
             for m in messages:
                 encoded = self.encode(m)
                 headers = {**encoded.headers, "Nats-Msg-Id": m.message_id, "Key": m.key}
                 self.sent += 1
-                reply = f"{self.inbox}.{self.sent}"
-                future = self.waiting[reply] = loop.create_future()
-                futures.append(future)
+                reply = f"{inbox}.{self.sent}"
+                acks[reply] = None
                 await publish(m.topic, encoded.body, reply=reply, headers=headers)
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.time_left())
-        except BaseException:
-            self.waiting.clear()  # one batch at a time: nothing else waits
-            raise
-        return [self._refusal(a) for a in acks]
+            if messages:
+                await asyncio.wait_for(self.all_in, self.time_left())
+        finally:
+            self.acks, self.all_in = {}, None  # one batch at a time: nothing else waits
+        return [self._refusal(a) for a in acks.values()]
 
     @staticmethod
     def _refusal(ack: Any) -> str | None:

@@ -34,7 +34,10 @@ def wire_form(m: OutboxMessage) -> dict[str, Any]:
 def _line(sink: Sink, m: OutboxMessage) -> bytes:
     if sink.format != "cqrsctl":  # the formatted message alone: a NestJS value, a CloudEvent, …
         return sink.encode(m).body
-    return orjson.dumps(wire_form(m))
+    # wire_form, with the payload's JSON as the store has it rather than encoded again.
+    line = {"message_id": m.message_id, "topic": m.topic, "key": m.key, "headers": m.headers}
+    line["payload"] = orjson.Fragment(m.body())
+    return orjson.dumps(line)
 
 
 class StdoutSink(Sink):

@@ -321,9 +321,14 @@ class OutboxMessage:
     claimed_until: datetime | None
     created_at: datetime
     delivered_at: datetime | None
+    #: The payload's JSON text as stored, when the backend keeps it as written (SQLite):
+    #: then sending needs no re-encoding.
+    stored_payload: bytes | None = field(default=None, repr=False, compare=False)
 
     def body(self) -> bytes:
         """The payload as the JSON bytes sinks send."""
+        if self.stored_payload is not None:
+            return self.stored_payload
         return orjson.dumps(self.payload)
 
     def to_dict(self, payload: bool = True) -> dict[str, Any]:
