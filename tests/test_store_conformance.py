@@ -369,6 +369,25 @@ def test_unicode_round_trip(store: Store) -> None:
     assert [s.stream_id for s in store.list_streams()] == ["Konto-Ä-1"]
 
 
+def test_quotes_and_backslashes_round_trip_in_every_field(store: Store) -> None:
+    # One event, its own transaction: the path that writes its values into the statement.
+    tricky = "O'Brien \\' '' \\\\ '); DROP TABLE events; --"
+    data = {tricky: tricky, "escaped quote": '\\"', "ends in": "\\"}
+    result = store.append(f"Quote-{tricky}", [NewEvent(f"Said {tricky}", data, {"actor": tricky})])
+    (stored,) = store.read_stream(f"Quote-{tricky}")
+    assert (stored.stream_id, stored.event_type, stored.data, stored.metadata) == (
+        f"Quote-{tricky}", f"Said {tricky}", data, {"actor": tricky}
+    )  # fmt: skip
+    assert (stored.global_position, stored.stream_version) == (result.positions[0], result.version)
+    assert stored.recorded_at == result.recorded_at
+
+
+def test_one_event_with_a_nul_is_rejected(store: Store) -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        store.append("Doc-1", [NewEvent("Written", {"s": "a\x00b"})])
+    assert all_events(store) == []
+
+
 @pytest.mark.parametrize(
     ("stream_id", "event"),
     [

@@ -6,6 +6,7 @@ Durability: a commit returns after the WAL is flushed (with the server's default
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from ..base import (
     Store,
     StreamInfo,
 )
-from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
+from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql, prepared_statements
 from .schema import _SCHEMA_TABLE, MIGRATIONS
 from .sql import _CONFLICTS, _IDENT, _conflict, _lock_key
 from .wakeups import Listener
@@ -85,6 +86,8 @@ class PostgresStore(Store):
             f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
         )
         self.notify_statements = tuple(self.notify_sql.split("; "))  # for a pipeline
+        self._prepare_sql = "; ".join(prepared_statements(self.register_sql, self.stream_tag))
+        self._prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self._check_connect(connect_timeout)
         self.pool = ConnectionPool(
             self.conninfo,
@@ -116,6 +119,13 @@ class PostgresStore(Store):
         set_json_loads(orjson.loads, conn)
         conn.execute("SET timezone TO 'UTC'")
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Prepare the one-event append's statements on `conn`, once per connection (not
+        when it connects: the events table may not exist yet then)."""
+        if conn not in self._prepared:
+            conn.execute(self._prepare_sql)
+            self._prepared.add(conn)
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled autocommit connection on this store's schema (for LISTEN)."""
