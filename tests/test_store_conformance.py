@@ -382,6 +382,53 @@ def test_quotes_and_backslashes_round_trip_in_every_field(store: Store) -> None:
     assert stored.recorded_at == result.recorded_at
 
 
+def test_appends_go_on_after_rollbacks_around_and_inside_their_transaction(store: Store) -> None:
+    # A driver may drop statements it prepared after a rollback (psycopg does, once it has
+    # prepared some of its own: hence the repeated reads first).
+    def reads() -> None:
+        for _ in range(8):
+            store.read_stream("Doc-1")
+
+    reads()
+    with pytest.raises(RuntimeError), store.transaction(appending=True) as tx:
+        tx.append("Doc-1", [ev(1)])
+        raise RuntimeError("rolled back")
+    store.append("Doc-1", [ev(1)])
+    with store.transaction(appending=True) as tx:
+        tx.append("Doc-1", [ev(2)])
+        for _ in range(8):
+            tx.read_stream("Doc-1")
+        with pytest.raises(RuntimeError), tx.savepoint():
+            tx.append("Doc-1", [ev(3)])
+            raise RuntimeError("only this")
+        tx.append("Doc-1", [ev(3)])
+        tx.append("Doc-2", [ev(1)])
+    reads()
+    with store.reader(snapshot=True) as tx:
+        tx.read_stream("Doc-1")
+    store.append("Doc-2", [ev(2)])
+    assert [(e.stream_id, e.stream_version) for e in all_events(store)] == [
+        ("Doc-1", 1), ("Doc-1", 2), ("Doc-1", 3), ("Doc-2", 1), ("Doc-2", 2)
+    ]  # fmt: skip
+
+
+def test_appends_go_on_when_prepared_statements_vanish_unnoticed(store: Store) -> None:
+    if store.backend != "postgres":
+        pytest.skip("only PostgreSQL appends through statements prepared on the connection")
+    store.append("Doc-1", [ev(1)])
+
+    def deallocate_all() -> None:  # behind the store's back, on its only connection
+        with store.pool.connection() as conn:  # type: ignore[attr-defined]
+            assert conn.pgconn.exec_(b"DEALLOCATE ALL").command_status == b"DEALLOCATE ALL"
+
+    deallocate_all()
+    store.append("Doc-1", [ev(2)])
+    deallocate_all()
+    with store.transaction(appending=True) as tx:
+        tx.append("Doc-1", [ev(3)])
+    assert [e.stream_version for e in store.read_stream("Doc-1")] == [1, 2, 3]
+
+
 def test_one_event_with_a_nul_is_rejected(store: Store) -> None:
     with pytest.raises(ValidationError, match="NUL"):
         store.append("Doc-1", [NewEvent("Written", {"s": "a\x00b"})])

@@ -27,33 +27,16 @@ from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
+from .prepared import PreparedCursor, literal
 from .read_models import PostgresReadModels
 from .sagas import PostgresSagas
-from .sql import _CONFLICTS, _EVENT_COLUMNS, _conflict, _event
+from .sql import _APPEND_MANY, _APPEND_ONE, _CONFLICTS, _EVENT_COLUMNS, _conflict, _event
 from .tracking import PostgresTracking
 
 if TYPE_CHECKING:
     from .store import PostgresStore
 
 
-# Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
-# expected version); returns the head and the new positions (none when the check failed).
-# Arrays go in binary: psycopg quotes every element of a text array with regular expressions.
-_APPEND = (
-    "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
-    " ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
-    " data, metadata, recorded_at)"
-    " SELECT %(s)s, head.v + x.o, x.i, x.t, x.sv, %(c)s, x.d::jsonb, x.m::jsonb, %(r)s FROM head, {source}"
-    " WHERE head.v BETWEEN %(lo)s AND %(hi)s ORDER BY x.o RETURNING global_position)"
-    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1)"
-)
-_APPEND_ONE = _APPEND.format(
-    source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
-)
-_APPEND_MANY = _APPEND.format(
-    source="unnest(%(i)b::text[], %(t)b::text[], %(sv)b::int[], %(d)b::text[], %(m)b::text[])"
-    " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
-)
 _NO_LIMIT = 2**62
 # Per-stream locks (two-key form: schema tag, hash of the stream id), held to commit:
 # appends to one stream queue, so the head an append reads is the one it inserts after.
@@ -75,25 +58,6 @@ _TRY_STREAM_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
 # transaction's locks are released only after its commit is visible to new snapshots.
 # A lock key is bit 62 (set), 15 bits of schema tag, then k in the low 47 bits.
 _SEQUENCE_LAST = "(SELECT last_value - (NOT is_called)::int FROM events_global_position_seq)"
-
-
-def _literal(text: str) -> str:
-    """`text` as an SQL string literal, whatever standard_conforming_strings says. Callers
-    pass only text without NUL (validated ids and types, JSON from orjson, which escapes it)."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def prepared_statements(register_sql: str, stream_tag: int) -> list[str]:
-    """What a connection prepares for one_shot appends (see _append_in_one_query)."""
-    append = _APPEND_ONE
-    for n, name in enumerate(("s", "c", "r", "lo", "hi", "i", "t", "sv", "d", "m"), 1):
-        append = append.replace(f"%({name})s", f"${n}")
-    return [
-        f"PREPARE cqrsctl_register AS {register_sql}",
-        f"PREPARE cqrsctl_lock(text) AS SELECT pg_advisory_xact_lock({stream_tag}, hashtext($1))",
-        "PREPARE cqrsctl_append_one(text, text, timestamptz, bigint, bigint, text, text, int, text, text)"
-        f" AS {append}",
-    ]
 
 
 def _bound_sql(tag: int) -> str:
@@ -132,10 +96,17 @@ def _stream_range(
 
 
 class PostgresTransaction(Transaction):
-    def __init__(self, conn: psycopg.Connection[Any], store: PostgresStore, registered: bool = False) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        store: PostgresStore,
+        registered: bool = False,
+        fast: bool = False,
+    ) -> None:
         self.conn = conn
         self.store = store
-        self.cur = conn.cursor()
+        # `fast`: BEGIN's round trip ran a prepared statement (see prepared.py).
+        self.cur = PreparedCursor(conn, store.prepared, fast)
         self._registered = registered
         # Streams this transaction holds (their lock is until commit, or until the
         # savepoint it was taken in rolls back).
@@ -232,6 +203,20 @@ class PostgresTransaction(Transaction):
         # One statement reads the head, checks it and inserts (nothing when the check fails).
         self._lock_for_append()
         lo, hi = _head_range(expected)
+        try:
+            if len(rows) == 1 and self.cur.fast:
+                head, positions = self._append_one(stream_id, rows[0], lo, hi)
+            else:
+                head, positions = self._append_rows(stream_id, rows, lo, hi)
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateEventError(
+                f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
+            ) from None
+        check_expected(stream_id, expected, head)
+        self.appended = True
+        return head, positions
+
+    def _append_rows(self, stream_id: str, rows: list[EventRow], lo: int, hi: int) -> tuple[int, list[int]]:
         first = rows[0]
         params: dict[str, Any] = {
             "s": stream_id, "c": first[5], "r": first[8], "lo": lo, "hi": hi,
@@ -245,20 +230,11 @@ class PostgresTransaction(Transaction):
                 i=[r[2] for r in rows], t=[r[3] for r in rows], sv=[r[4] for r in rows],
                 d=[r[6] for r in rows], m=[r[7] for r in rows],
             )  # fmt: skip
-        try:
-            if stream_id in self._streams or self.nowait:
-                self.lock_stream(stream_id)
-                self.cur.execute(query, params)
-                head, positions = self.cur.fetchone()  # type: ignore[misc]
-            else:
-                head, positions = self._lock_and_append(stream_id, query, params)
-        except psycopg.errors.UniqueViolation as exc:
-            raise DuplicateEventError(
-                f"append rejected by a uniqueness rule: {exc.diag.message_detail}"
-            ) from None
-        check_expected(stream_id, expected, head)
-        self.appended = True
-        return head, positions
+        if stream_id in self._streams or self.nowait:
+            self.lock_stream(stream_id)
+            self.cur.execute(query, params)
+            return self.cur.fetchone()  # type: ignore[return-value]
+        return self._lock_and_append(stream_id, query, params)
 
     def _lock_and_append(self, stream_id: str, query: str, params: dict[str, Any]) -> tuple[int, list[int]]:
         """The stream's lock, then the append in a statement of its own (whose snapshot,
@@ -267,8 +243,6 @@ class PostgresTransaction(Transaction):
         BEGIN and the registration go before them and COMMIT and the wake-up after them, in
         the same round trip: the statements and their order are those of docs/ordering.md,
         only nobody waits between them."""
-        if self.one_shot and query is _APPEND_ONE:
-            return self._append_in_one_query(stream_id, params)
         append = self.conn.cursor() if self.one_shot else self.cur
         commit = self.conn.cursor() if self.one_shot else None
         try:
@@ -291,41 +265,61 @@ class PostgresTransaction(Transaction):
         self._streams.add(stream_id)
         return append.fetchone()  # type: ignore[return-value]
 
-    def _append_in_one_query(self, stream_id: str, params: dict[str, Any]) -> tuple[int, list[int]]:
-        """A one_shot append of one event: the same statements as `_lock_and_append`, as one
-        query of the simple protocol. The registration, the lock and the append are
-        statements prepared on the connection (PostgresStore.prepare): parsing and planning
-        the append each time cost the server twice what running it does, and the client
-        binds nothing but literals. Client and server CPU is what many writers on few cores
-        run out of."""
-        store = self.store
-        store.prepare(self.conn)
-        stream = _literal(stream_id)
-        text = (
-            f"BEGIN; EXECUTE cqrsctl_register; EXECUTE cqrsctl_lock({stream});"
-            f" EXECUTE cqrsctl_append_one({stream}, {_literal(params['c'])}, '{params['r'].isoformat()}',"
-            f" {int(params['lo'])}, {int(params['hi'])}, {_literal(params['i'])}, {_literal(params['t'])},"
-            f" {int(params['sv'])}, {_literal(params['d'])}, {_literal(params['m'])}); COMMIT; {store.notify_sql}"
+    def _append_one(self, stream_id: str, row: EventRow, lo: int, hi: int) -> tuple[int, list[int]]:
+        """One event through the statements prepared on the connection (prepared.py), its
+        values as literals, in one query of the simple protocol: the lock (unless held) and
+        the append, in that order as in `_lock_and_append`."""
+        stream = literal(stream_id)
+        append = (
+            f"EXECUTE cqrsctl_append_one({stream}, {literal(row[5])}, '{row[8].isoformat()}', {int(lo)},"
+            f" {int(hi)}, {literal(row[2])}, {literal(row[3])}, {int(row[4])}, {literal(row[6])},"
+            f" {literal(row[7])})"
         )
-        cur = self.cur
+        if self.one_shot:
+            return self._append_in_one_query(stream_id, stream, append, row[2])
+        skip = 0
+        if stream_id in self._streams or self._all_streams:
+            pass
+        elif self.nowait:
+            self.lock_stream(stream_id)
+        else:
+            append, skip = f"EXECUTE cqrsctl_lock({stream}); {append}", 1
+        self.cur.run(append)
+        for _ in range(skip):
+            self.cur.nextset()
+        self._streams.add(stream_id)
+        return self.cur.fetchone()  # type: ignore[return-value]
+
+    def _append_in_one_query(
+        self, stream_id: str, stream: str, append: str, event_id: str, again: bool = True
+    ) -> tuple[int, list[int]]:
+        """`_append_one` in a one_shot transaction: BEGIN and the registration before the
+        lock and the append, COMMIT and the wake-up after them, in the same query."""
+        prepared = self.store.prepared
         try:
-            cur.execute(text)
-        except psycopg.Error:
+            self.cur.run(
+                f"BEGIN; EXECUTE cqrsctl_register; EXECUTE cqrsctl_lock({stream}); {append}; COMMIT;"
+                f" {self.store.notify_sql}"
+            )
+        except psycopg.Error as exc:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 raise
-            self.conn.execute("ROLLBACK")
+            prepared.rollback(self.conn)
+            if again and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
+                prepared.ensure(self.conn)  # deallocated unnoticed (prepared.py): nothing ran
+                return self._append_in_one_query(stream_id, stream, append, event_id, False)
             # Failed in the append's transaction, or (after its COMMIT) in the wake-up's.
             found = self.conn.execute(
-                "SELECT stream_version, global_position FROM events WHERE event_id = %s", (params["i"],)
+                "SELECT stream_version, global_position FROM events WHERE event_id = %s", (event_id,)
             ).fetchone()
             if found is None:
                 raise
             self._streams.add(stream_id)
             return found[0] - 1, [found[1]]
         for _ in range(3):  # BEGIN, the registration, the lock: then the append's row
-            cur.nextset()
+            self.cur.nextset()
         self._streams.add(stream_id)
-        return cur.fetchone()  # type: ignore[return-value]
+        return self.cur.fetchone()  # type: ignore[return-value]
 
     def _insert_events(self, rows: list[EventRow]) -> list[int]:
         insert = (

@@ -37,3 +37,23 @@ def _conflict(exc: psycopg.Error) -> ConflictError:
 
 def _q(name: str) -> str:
     return f'"{name}"'
+
+
+# Append after the head of stream %(s)s when the head is within [%(lo)s, %(hi)s] (the
+# expected version); returns the head and the new positions (none when the check failed).
+# Arrays go in binary: psycopg quotes every element of a text array with regular expressions.
+_APPEND = (
+    "WITH head AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %(s)s),"
+    " ins AS (INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, category,"
+    " data, metadata, recorded_at)"
+    " SELECT %(s)s, head.v + x.o, x.i, x.t, x.sv, %(c)s, x.d::jsonb, x.m::jsonb, %(r)s FROM head, {source}"
+    " WHERE head.v BETWEEN %(lo)s AND %(hi)s ORDER BY x.o RETURNING global_position)"
+    " SELECT (SELECT v FROM head), array(SELECT global_position FROM ins ORDER BY 1)"
+)
+_APPEND_ONE = _APPEND.format(
+    source="(SELECT %(i)s::text, %(t)s::text, %(sv)s::int, %(d)s::text, %(m)s::text, 1::bigint) AS x(i, t, sv, d, m, o)"
+)
+_APPEND_MANY = _APPEND.format(
+    source="unnest(%(i)b::text[], %(t)b::text[], %(sv)b::int[], %(d)b::text[], %(m)b::text[])"
+    " WITH ORDINALITY AS x(i, t, sv, d, m, o)"
+)

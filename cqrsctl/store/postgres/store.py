@@ -6,7 +6,6 @@ Durability: a commit returns after the WAL is flushed (with the server's default
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,8 @@ from ..base import (
     Store,
     StreamInfo,
 )
-from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql, prepared_statements
+from .events import _SEQUENCE_LAST, PostgresTransaction, _bound_sql
+from .prepared import Prepared
 from .schema import _SCHEMA_TABLE, MIGRATIONS
 from .sql import _CONFLICTS, _IDENT, _conflict, _lock_key
 from .wakeups import Listener
@@ -86,8 +86,7 @@ class PostgresStore(Store):
             f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.channel}', ''); COMMIT"
         )
         self.notify_statements = tuple(self.notify_sql.split("; "))  # for a pipeline
-        self._prepare_sql = "; ".join(prepared_statements(self.register_sql, self.stream_tag))
-        self._prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self.prepared = Prepared(self.register_sql, self.stream_tag)
         self._check_connect(connect_timeout)
         self.pool = ConnectionPool(
             self.conninfo,
@@ -120,13 +119,6 @@ class PostgresStore(Store):
         conn.execute("SET timezone TO 'UTC'")
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
-    def prepare(self, conn: psycopg.Connection[Any]) -> None:
-        """Prepare the one-event append's statements on `conn`, once per connection (not
-        when it connects: the events table may not exist yet then)."""
-        if conn not in self._prepared:
-            conn.execute(self._prepare_sql)
-            self._prepared.add(conn)
-
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled autocommit connection on this store's schema (for LISTEN)."""
         conn = psycopg.connect(self.conninfo, autocommit=True)
@@ -141,13 +133,16 @@ class PostgresStore(Store):
             with self.pool.connection() as conn:
                 # BEGIN and the registration in one round trip (the simple query protocol,
                 # used when there are no parameters, takes both statements).
-                conn.execute(f"BEGIN; {self.register_sql}" if appending else "BEGIN")
+                if appending:
+                    self.prepared.begin_appending(conn)
+                else:
+                    conn.execute("BEGIN")
                 try:
-                    tx = PostgresTransaction(conn, self, registered=appending)
+                    tx = PostgresTransaction(conn, self, registered=appending, fast=appending)
                     yield tx
                 except BaseException as exc:
                     if not conn.broken:
-                        conn.execute("ROLLBACK")
+                        self.prepared.rollback(conn)
                     if isinstance(exc, _CONFLICTS):
                         raise _conflict(exc) from None
                     raise
@@ -169,7 +164,7 @@ class PostgresStore(Store):
                 except psycopg.Error:
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                         raise  # the COMMIT failed
-                    conn.execute("ROLLBACK")  # only the wake-up did
+                    self.prepared.rollback(conn)  # only the wake-up failed
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
@@ -181,7 +176,8 @@ class PostgresStore(Store):
         # The whole transaction in one round trip (see PostgresTransaction._lock_and_append).
         try:
             with self.pool.connection() as conn:
-                tx = PostgresTransaction(conn, self, registered=True)
+                self.prepared.ensure(conn)
+                tx = PostgresTransaction(conn, self, registered=True, fast=True)
                 tx.one_shot = True
                 try:
                     return tx.append(stream_id, events, expected)
@@ -189,7 +185,7 @@ class PostgresStore(Store):
                     raise _conflict(exc) from None
                 finally:
                     if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        conn.execute("ROLLBACK")
+                        self.prepared.rollback(conn)
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
@@ -203,7 +199,7 @@ class PostgresStore(Store):
                         yield PostgresTransaction(conn, self)
                     finally:
                         if not conn.broken:
-                            conn.execute("ROLLBACK")
+                            self.prepared.rollback(conn)
             except psycopg.OperationalError as exc:
                 raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
             return
@@ -226,7 +222,7 @@ class PostgresStore(Store):
                     yield PostgresTransaction(conn, self)
                 except BaseException:
                     if not conn.broken:
-                        conn.execute("ROLLBACK")
+                        self.prepared.rollback(conn)
                     raise
                 conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
