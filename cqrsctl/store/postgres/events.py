@@ -27,7 +27,7 @@ from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
-from .prepared import PreparedCursor, literal
+from .prepared import NOTIFY, StoreConnection, literal
 from .read_models import PostgresReadModels
 from .sagas import PostgresSagas
 from .sql import _APPEND_MANY, _APPEND_ONE, _CONFLICTS, _EVENT_COLUMNS, _conflict, _event
@@ -98,7 +98,7 @@ def _stream_range(
 class PostgresTransaction(Transaction):
     def __init__(
         self,
-        conn: psycopg.Connection[Any],
+        conn: StoreConnection,
         store: PostgresStore,
         registered: bool = False,
         fast: bool = False,
@@ -106,7 +106,7 @@ class PostgresTransaction(Transaction):
         self.conn = conn
         self.store = store
         # `fast`: BEGIN's round trip ran a prepared statement (see prepared.py).
-        self.cur = PreparedCursor(conn, store.prepared, fast)
+        self.cur = conn.cursor_for(fast)
         self._registered = registered
         # Streams this transaction holds (their lock is until commit, or until the
         # savepoint it was taken in rolls back).
@@ -297,12 +297,9 @@ class PostgresTransaction(Transaction):
         lock and the append, COMMIT and the wake-up after them, in the same query."""
         prepared = self.store.prepared
         try:
-            self.cur.run(
-                f"BEGIN; EXECUTE cqrsctl_register; EXECUTE cqrsctl_lock({stream}); {append}; COMMIT;"
-                f" {self.store.notify_sql}"
-            )
+            self.cur.run(f"BEGIN; EXECUTE cqrsctl_register_lock({stream}); {append}; COMMIT; {NOTIFY}")
         except psycopg.Error as exc:
-            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            if self.conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 raise
             prepared.rollback(self.conn)
             if again and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
@@ -316,7 +313,7 @@ class PostgresTransaction(Transaction):
                 raise
             self._streams.add(stream_id)
             return found[0] - 1, [found[1]]
-        for _ in range(3):  # BEGIN, the registration, the lock: then the append's row
+        for _ in range(2):  # BEGIN, the registration and the lock: then the append's row
             self.cur.nextset()
         self._streams.add(stream_id)
         return self.cur.fetchone()  # type: ignore[return-value]

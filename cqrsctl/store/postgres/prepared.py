@@ -12,7 +12,6 @@ once it has run one (BEGIN's round trip does) and until it runs such a statement
 from __future__ import annotations
 
 import re
-import weakref
 from contextlib import suppress
 from typing import Any
 
@@ -20,8 +19,9 @@ import psycopg
 
 from .sql import _APPEND_ONE
 
-NAMES = ("cqrsctl_register", "cqrsctl_lock", "cqrsctl_append_one")
+NAMES = ("cqrsctl_register", "cqrsctl_lock", "cqrsctl_register_lock", "cqrsctl_append_one", "cqrsctl_notify")
 BEGIN_APPENDING = "BEGIN; EXECUTE cqrsctl_register"
+NOTIFY = "BEGIN; EXECUTE cqrsctl_notify; COMMIT"
 
 # What makes psycopg deallocate every prepared statement (psycopg's own rule, by command
 # status; a multi-statement query is judged by its text).
@@ -35,27 +35,54 @@ def literal(text: str) -> str:
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class Prepared:
-    """Which connections of a store hold the statements."""
+class StoreConnection(psycopg.Connection[Any]):
+    """A connection of a store's pool: whether the statements are prepared on it, and the
+    cursor its transactions share (making a cursor costs the client as much as a third
+    of an append)."""
 
-    def __init__(self, register_sql: str, stream_tag: int) -> None:
+    prepared = False
+    tx_cursor: PreparedCursor | None = None
+
+    def rollback(self) -> None:  # the pool's, for a connection returned mid-transaction
+        if self.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.prepared = False  # psycopg deallocates after a ROLLBACK
+        super().rollback()
+
+    def cursor_for(self, fast: bool) -> PreparedCursor:
+        cur = self.tx_cursor
+        if cur is None:
+            cur = self.tx_cursor = PreparedCursor(self)
+        cur.fast = fast
+        return cur
+
+
+class Prepared:
+    """The statements, and preparing them on a store's connections."""
+
+    def __init__(self, register: str, stream_tag: int, channel: str) -> None:
+        """`register`: the registration's expression (docs/ordering.md)."""
         append = _APPEND_ONE
         for n, name in enumerate(("s", "c", "r", "lo", "hi", "i", "t", "sv", "d", "m"), 1):
             append = append.replace(f"%({name})s", f"${n}")
+        lock = f"pg_advisory_xact_lock({stream_tag}, hashtext($1))"
         self.sql = "; ".join(
             [
-                f"PREPARE cqrsctl_register AS {register_sql}",
-                f"PREPARE cqrsctl_lock(text) AS SELECT pg_advisory_xact_lock({stream_tag}, hashtext($1))",
+                f"PREPARE cqrsctl_register AS SELECT {register}",
+                f"PREPARE cqrsctl_lock(text) AS SELECT {lock}",
+                # A one-event Store.append registers, then locks its stream, in one statement.
+                f"PREPARE cqrsctl_register_lock(text) AS SELECT {register}, {lock}",
                 "PREPARE cqrsctl_append_one(text, text, timestamptz, bigint, bigint, text, text, int, text,"
                 f" text) AS {append}",
+                # The wake-up's transaction commits without waiting for the disk (store.py).
+                "PREPARE cqrsctl_notify AS SELECT set_config('synchronous_commit', 'off', true),"
+                f" pg_notify('{channel}', '')",
             ]
         )
-        self._conns: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
-    def ensure(self, conn: psycopg.Connection[Any]) -> None:
+    def ensure(self, conn: StoreConnection) -> None:
         """Prepare on `conn` (idle) unless done since its last rollback; not when it
         connects: the events table may not exist yet then."""
-        if conn in self._conns:
+        if conn.prepared:
             return
         try:
             conn.execute(self.sql)
@@ -66,12 +93,9 @@ class Prepared:
                 with suppress(psycopg.Error):  # those prepared before the failure
                     conn.execute(f"DEALLOCATE {name}")
             raise
-        self._conns.add(conn)
+        conn.prepared = True
 
-    def forget(self, conn: psycopg.Connection[Any]) -> None:
-        self._conns.discard(conn)
-
-    def begin_appending(self, conn: psycopg.Connection[Any]) -> None:
+    def begin_appending(self, conn: StoreConnection) -> None:
         """BEGIN and the registration, in one round trip, through the prepared statement
         (which shows the statements are there for the rest of the transaction)."""
         self.ensure(conn)
@@ -82,18 +106,16 @@ class Prepared:
             self.ensure(conn)
             conn.execute(BEGIN_APPENDING)
 
-    def rollback(self, conn: psycopg.Connection[Any]) -> None:
+    def rollback(self, conn: StoreConnection) -> None:
         conn.execute("ROLLBACK")
-        self.forget(conn)
+        conn.prepared = False
 
 
 class PreparedCursor(psycopg.Cursor[Any]):
     """A transaction's cursor: `fast` (the statements are there) until it runs a statement
     after which psycopg may have deallocated them; the store then prepares them again."""
 
-    def __init__(self, conn: psycopg.Connection[Any], prepared: Prepared, fast: bool) -> None:
-        super().__init__(conn)
-        self.prepared, self.fast = prepared, fast
+    fast = False
 
     def execute(
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
@@ -103,7 +125,7 @@ class PreparedCursor(psycopg.Cursor[Any]):
             params is None and isinstance(query, str) and ";" in query and _CLEARS_TEXT.search(query)
         ):
             self.fast = False
-            self.prepared.forget(self.connection)
+            self.connection.prepared = False  # type: ignore[attr-defined]
         return self
 
     def run(self, query: str) -> None:

@@ -183,13 +183,21 @@ class SQLiteTransaction(Transaction):
         to_version: int | None = None,
         as_of: datetime | None = None,
     ) -> list[FoldRow]:
-        where, params = _stream_range(stream_id, from_version, to_version, as_of)
+        if to_version is not None or as_of is not None:
+            where, params = _stream_range(stream_id, from_version, to_version, as_of)
+            return self.conn.execute(
+                f"{Q.read_stream_data}{where} ORDER BY stream_version", params
+            ).fetchall()
+        # From the version before too: when it is there, the rows end at the head (versions
+        # have no gaps), and an append after this catch-up need not ask for the head.
+        before = max(from_version - 1, 0)
+        where, params = _stream_range(stream_id, before, None, None)
         rows = self.conn.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params).fetchall()
-        if to_version is None and as_of is None:
-            if rows:
-                self._known[stream_id] = rows[-1][1]
-            elif from_version == 1:
-                self._known[stream_id] = 0
+        if rows and rows[0][1] == before:
+            self._known[stream_id] = rows[-1][1]
+            return rows[1:]
+        if before == 0:
+            self._known[stream_id] = rows[-1][1] if rows else 0
         return rows
 
     def read_from_snapshot(
