@@ -1,8 +1,8 @@
 """3. Replay of one long aggregate (`replay_events` events: opened, then deposits).
 
 Each run seeds a fresh database, times the replay from the events, then takes a snapshot
-at the head and times the replay from it. Every timing replays once to warm up, then
-times `replay_reps` replays and reports their mean.
+at the head and times the replay from it. Every timing warms up (see _timed), then
+times at least `replay_reps` replays (and at least 20 ms of them) and reports their mean.
 """
 
 from __future__ import annotations
@@ -29,18 +29,32 @@ def _expected(n: int) -> Decimal:
     return Decimal(sum(amount(v) for v in range(2, n + 1)))
 
 
+# A replay of a few microseconds (from a snapshot at the head) timed once right after one
+# warm-up measures the warm-up: Python specialises a function's bytecode only after its
+# first calls, and the second call of a replay from a snapshot took 2-4 times as long as
+# the tenth. So every contender warms up with up to WARMUP_CALLS replays (at most
+# WARMUP_SECONDS of them), and is timed over at least `replay_reps` replays and MIN_SECONDS.
+WARMUP_CALLS = 10
+WARMUP_SECONDS = 0.2
+MIN_SECONDS = 0.02
+
+
 def _timed(ctx: Ctx, replay: Callable[[], Decimal], expected: Decimal) -> float:
     """Milliseconds per replay."""
-    if replay() != expected:
-        raise RuntimeError("replay folded to the wrong balance")
+    started, calls = time.perf_counter(), 0
+    while calls < WARMUP_CALLS and (calls == 0 or time.perf_counter() - started < WARMUP_SECONDS):
+        if replay() != expected:
+            raise RuntimeError("replay folded to the wrong balance")
+        calls += 1
     reps = max(1, ctx.sizes["replay_reps"])
-    started = time.perf_counter()
-    for _ in range(reps):
+    started, calls = time.perf_counter(), 0
+    while calls < reps or time.perf_counter() - started < MIN_SECONDS:
         balance = replay()
+        calls += 1
     elapsed = time.perf_counter() - started
     if balance != expected:
         raise RuntimeError("replay folded to the wrong balance")
-    return elapsed / reps * 1000
+    return elapsed / calls * 1000
 
 
 # -- raw ------------------------------------------------------------------------------------
