@@ -105,12 +105,15 @@ class PostgresOutbox(Outbox):
     def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
         query = (
             "UPDATE outbox SET status = 'delivered', delivered_at = %s, attempts = attempts + 1,"
-            " claimed_by = NULL, claimed_until = NULL WHERE seq = ANY(%s) AND status = 'pending'"
+            " claimed_by = NULL, claimed_until = NULL WHERE seq = ANY(%s::bigint[]) AND status = 'pending'"
         )
+        # The batch's row numbers as one array literal: the driver adapts a list of ints
+        # element by element, about 1 µs of client CPU per message.
+        array = "{" + ",".join(str(int(s)) for s in seqs) + "}"
         if owner is None:
-            self.cur.execute(query, (now, list(seqs)))
+            self.cur.execute(query, (now, array))
         else:
-            self.cur.execute(query + " AND claimed_by = %s", (now, list(seqs), owner))
+            self.cur.execute(query + " AND claimed_by = %s", (now, array, owner))
         return self.cur.rowcount
 
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
