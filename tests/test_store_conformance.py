@@ -417,8 +417,8 @@ def test_appends_go_on_when_prepared_statements_vanish_unnoticed(store: Store) -
         pytest.skip("only PostgreSQL appends through statements prepared on the connection")
     store.append("Doc-1", [ev(1)])
 
-    def deallocate_all() -> None:  # behind the store's back, on its only connection
-        with store.pool.connection() as conn:  # type: ignore[attr-defined]
+    def deallocate_all() -> None:  # behind the store's back, on the connection it appends on
+        with store._connection() as conn:  # type: ignore[attr-defined]
             assert conn.pgconn.exec_(b"DEALLOCATE ALL").command_status == b"DEALLOCATE ALL"
 
     deallocate_all()

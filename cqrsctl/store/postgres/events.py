@@ -27,7 +27,7 @@ from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
-from .prepared import NOTIFY, StoreConnection, literal
+from .prepared import NOTIFY_ALONE, StoreConnection, literal
 from .read_models import PostgresReadModels
 from .sagas import PostgresSagas
 from .sql import _APPEND_MANY, _APPEND_ONE, _CONFLICTS, _EVENT_COLUMNS, _conflict, _event
@@ -293,17 +293,17 @@ class PostgresTransaction(Transaction):
     def _append_in_one_query(
         self, stream_id: str, stream: str, append: str, event_id: str, again: bool = True
     ) -> tuple[int, list[int]]:
-        """`_append_one` in a one_shot transaction: BEGIN and the registration before the
-        lock and the append, COMMIT and the wake-up after them, in the same query."""
-        prepared = self.store.prepared
+        """`_append_one` as a whole transaction: the registration and the lock, the append,
+        COMMIT, then the wake-up, in one query. Its statements before COMMIT form one
+        implicit transaction (no BEGIN), and so does the wake-up after it."""
         try:
-            self.cur.run(f"BEGIN; EXECUTE cqrsctl_register_lock({stream}); {append}; COMMIT; {NOTIFY}")
+            self.cur.run(f"EXECUTE cqrsctl_register_lock({stream}); {append}; COMMIT; {NOTIFY_ALONE}")
         except psycopg.Error as exc:
-            if self.conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            if self.conn.broken:
                 raise
-            prepared.rollback(self.conn)
             if again and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
-                prepared.ensure(self.conn)  # deallocated unnoticed (prepared.py): nothing ran
+                self.conn.prepared = False  # deallocated unnoticed (prepared.py): nothing ran
+                self.store.prepared.ensure(self.conn)
                 return self._append_in_one_query(stream_id, stream, append, event_id, False)
             # Failed in the append's transaction, or (after its COMMIT) in the wake-up's.
             found = self.conn.execute(
@@ -313,8 +313,7 @@ class PostgresTransaction(Transaction):
                 raise
             self._streams.add(stream_id)
             return found[0] - 1, [found[1]]
-        for _ in range(2):  # BEGIN, the registration and the lock: then the append's row
-            self.cur.nextset()
+        self.cur.nextset()  # the registration and the lock: then the append's row
         self._streams.add(stream_id)
         return self.cur.fetchone()  # type: ignore[return-value]
 

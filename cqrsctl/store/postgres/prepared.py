@@ -22,6 +22,7 @@ from .sql import _APPEND_ONE
 NAMES = ("cqrsctl_register", "cqrsctl_lock", "cqrsctl_register_lock", "cqrsctl_append_one", "cqrsctl_notify")
 BEGIN_APPENDING = "BEGIN; EXECUTE cqrsctl_register"
 NOTIFY = "BEGIN; EXECUTE cqrsctl_notify; COMMIT"
+NOTIFY_ALONE = "EXECUTE cqrsctl_notify"  # last in a query: a transaction of its own
 
 # What makes psycopg deallocate every prepared statement (psycopg's own rule, by command
 # status; a multi-statement query is judged by its text).
@@ -95,16 +96,16 @@ class Prepared:
             raise
         conn.prepared = True
 
-    def begin_appending(self, conn: StoreConnection) -> None:
+    def begin_appending(self, conn: StoreConnection, cur: PreparedCursor) -> None:
         """BEGIN and the registration, in one round trip, through the prepared statement
         (which shows the statements are there for the rest of the transaction)."""
         self.ensure(conn)
         try:
-            conn.execute(BEGIN_APPENDING)
+            cur.run(BEGIN_APPENDING)
         except psycopg.errors.InvalidSqlStatementName:  # deallocated unnoticed: prepare again
             self.rollback(conn)
             self.ensure(conn)
-            conn.execute(BEGIN_APPENDING)
+            cur.run(BEGIN_APPENDING)
 
     def rollback(self, conn: StoreConnection) -> None:
         conn.execute("ROLLBACK")

@@ -6,6 +6,7 @@ Durability: a commit returns after the WAL is flushed (with the server's default
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,6 +100,9 @@ class PostgresStore(Store):
             open=False,
             name="cqrsctl",
         )
+        self._spare: StoreConnection | None = None
+        self._spare_lock = threading.Lock()
+        self._keeps_spare = max_connections > 1
         self.pool.open(wait=False)
         try:
             self.pool.wait(timeout=connect_timeout)
@@ -124,13 +128,28 @@ class PostgresStore(Store):
     @contextmanager
     def _connection(self) -> Iterator[StoreConnection]:
         """A connection of the pool, lent without psycopg's `with conn:` (a commit or a
-        rollback through the driver, a third of an append's client CPU with the checkout):
-        whoever borrows it ends its transaction, and the pool rolls back what is left."""
-        conn = self.pool.getconn()
+        rollback through the driver): whoever borrows it ends its transaction. The store
+        keeps one connection out of the pool for whoever asks while it is free (a lock tried,
+        never waited for; not with a pool of one, whose waiters it would starve): a checkout
+        and return cost a tenth of a one-event append's client CPU. A connection left in a
+        transaction, or broken, goes back to the pool, which rolls it back or replaces it."""
+        if not (self._keeps_spare and self._spare_lock.acquire(blocking=False)):
+            conn = self.pool.getconn()
+            try:
+                yield conn
+            finally:
+                self.pool.putconn(conn)
+            return
+        conn = self._spare or self.pool.getconn()
         try:
             yield conn
         finally:
-            self.pool.putconn(conn)
+            if conn.closed or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._spare = None
+                self.pool.putconn(conn)
+            else:
+                self._spare = conn
+            self._spare_lock.release()
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled autocommit connection on this store's schema (for LISTEN)."""
@@ -144,14 +163,14 @@ class PostgresStore(Store):
     ) -> Iterator[PostgresTransaction]:
         try:
             with self._connection() as conn:
+                tx = PostgresTransaction(conn, self, registered=appending, fast=appending)
                 # BEGIN and the registration in one round trip (the simple query protocol,
                 # used when there are no parameters, takes both statements).
                 if appending:
-                    self.prepared.begin_appending(conn)
+                    self.prepared.begin_appending(conn, tx.cur)
                 else:
-                    conn.execute("BEGIN")
+                    tx.cur.run("BEGIN")
                 try:
-                    tx = PostgresTransaction(conn, self, registered=appending, fast=appending)
                     yield tx
                 except BaseException as exc:
                     if not conn.broken:
@@ -161,7 +180,7 @@ class PostgresStore(Store):
                     raise
                 if not tx.appended:
                     try:
-                        conn.execute("COMMIT")
+                        tx.cur.run("COMMIT")
                     except _CONFLICTS as exc:
                         raise _conflict(exc) from None
                     return
@@ -171,7 +190,7 @@ class PostgresStore(Store):
                 # transaction of its own, after the commit, with no flush to wait for (a lost
                 # wake-up costs a listener one poll interval, never an event), the lock is brief.
                 try:
-                    conn.execute(f"COMMIT; {NOTIFY if tx.cur.fast else self.notify_sql}")
+                    tx.cur.run(f"COMMIT; {NOTIFY if tx.cur.fast else self.notify_sql}")
                 except _CONFLICTS as exc:
                     raise _conflict(exc) from None  # the COMMIT failed: nothing was committed
                 except psycopg.Error:
@@ -312,6 +331,10 @@ class PostgresStore(Store):
         return {name: bool(present.get(name)) for name in names}
 
     def close(self) -> None:
+        with self._spare_lock:
+            if self._spare is not None:
+                self.pool.putconn(self._spare)
+                self._spare = None
         self.pool.close()
 
     def head(self) -> int:
