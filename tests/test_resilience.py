@@ -343,6 +343,29 @@ def test_store_shared_by_eight_threads(store: Store) -> None:
           f"worst {worst * 1000:.1f} ms ({worst / median:.1f}x median)")  # fmt: skip
 
 
+def test_sqlite_writers_of_one_store_are_served_in_the_order_they_came(store: Store) -> None:
+    if store.backend != "sqlite":
+        pytest.skip("PostgreSQL writers of distinct streams do not wait for each other")
+    served: list[int] = []
+
+    def write(i: int) -> None:
+        with store.transaction() as tx:
+            served.append(i)
+            tx.append(f"Q-{i}", [NewEvent("Added", {"n": i})])
+
+    with store.transaction() as tx:  # hold the turn while five writers line up
+        threads = []
+        for i in range(5):
+            threads.append(threading.Thread(target=write, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.1)  # in line before the next one comes
+        tx.append("Q-first", [NewEvent("Added", {"n": -1})])
+    for t in threads:
+        t.join(10)
+    assert served == [0, 1, 2, 3, 4]
+    assert store.head() == 6
+
+
 # -- a SQLite rebuild with a slow handler never holds dispatches up -------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -50,30 +51,44 @@ class _Turns:
     Writers in other processes still meet SQLite's busy handler."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._next = self._serving = 0
+        self._lock = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
+        # Each waiter blocks on a lock of its own, so a release wakes exactly the next one
+        # (a condition's notify_all would wake them all to find out whose turn it is).
+        self._waiting: deque[tuple[int, threading.Lock]] = deque()
 
     def acquire(self) -> None:
         me = threading.get_ident()
-        with self._cond:
-            if self._owner == me:
+        with self._lock:
+            if self._owner is None or self._owner == me:
+                self._owner = me
                 self._depth += 1
                 return
-            ticket = self._next
-            self._next += 1
-            while self._serving != ticket:
-                self._cond.wait()
-            self._owner, self._depth = me, 1
+            wake = threading.Lock()
+            wake.acquire()
+            self._waiting.append((me, wake))
+        try:
+            wake.acquire()  # the previous holder hands the turn over, then releases this
+        except BaseException:  # interrupted (KeyboardInterrupt): leave the line, or pass the turn on
+            with self._lock:
+                if (me, wake) in self._waiting:
+                    self._waiting.remove((me, wake))
+                    raise
+            self.release()
+            raise
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._depth -= 1
-            if self._depth == 0:
+            if self._depth:
+                return
+            if not self._waiting:
                 self._owner = None
-                self._serving += 1
-                self._cond.notify_all()
+                return
+            self._owner, wake = self._waiting.popleft()
+            self._depth = 1
+        wake.release()
 
 
 _TURNS: dict[str, _Turns] = {}
