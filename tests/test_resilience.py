@@ -337,8 +337,10 @@ def test_store_shared_by_eight_threads(store: Store) -> None:
     assert sum(counts) == store.head()
     every = sorted(x for v in latencies.values() for x in v)
     median, worst = statistics.median(every), every[-1]
-    # Writers are served in order: nobody starves (generous; the figures go to the note).
-    assert min(counts) * 3 >= max(counts), counts
+    # Writers are served in order, so none writes much less often than another (generous:
+    # the figures go to the note; a PostgreSQL store that kept its spare connection for the
+    # thread that last had it let that thread write 2.3-2.6 times as often as the others).
+    assert min(counts) * 2 >= max(counts), counts
     print(f"{store.backend}: writes per thread {min(counts)}-{max(counts)}, median {median * 1000:.1f} ms, "
           f"worst {worst * 1000:.1f} ms ({worst / median:.1f}x median)")  # fmt: skip
 
