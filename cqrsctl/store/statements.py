@@ -15,6 +15,7 @@ timestamps computed by the database's clock, and how an insert returns its key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .base import OUTBOX_COLUMNS
@@ -188,6 +189,33 @@ class Statements:
             params += values
         params.append(self.no_limit if limit is None else limit)
         return f"{sql} ORDER BY {order} LIMIT {self.param}", params
+
+    def scan_page(
+        self, after: int, limit: int, types: Sequence[str] | None, until: int | None, lean: bool
+    ) -> tuple[str, list[Any]]:
+        """A page of events after `after` (see Tracking.scan)."""
+        return self.filtered(
+            self.scan_lean if lean else self.scan,
+            [after],
+            ("global_position <= ?", until),
+            ("event_type IN ?", types),
+            order="global_position",
+            limit=limit,
+        )
+
+    def outbox_listing(
+        self, status: str | None, topic: str | None, key: str | None, limit: int | None
+    ) -> tuple[str, list[Any]]:
+        """Outbox rows by status, topic and key (see Outbox.select)."""
+        return self.filtered(
+            self.list_outbox,
+            [],
+            ("status = ?", status or None),
+            ("topic = ?", topic or None),
+            ("key = ?", key),
+            order="seq",
+            limit=limit,
+        )
 
 
 # SQLite reads LIMIT -1 as no limit, PostgreSQL LIMIT NULL.

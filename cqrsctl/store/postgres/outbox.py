@@ -166,17 +166,7 @@ class PostgresOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        self.cur.execute(
-            *Q.filtered(
-                Q.list_outbox,
-                [],
-                ("status = ?", status or None),
-                ("topic = ?", topic or None),
-                ("key = ?", key),
-                order="seq",
-                limit=limit,
-            )
-        )
+        self.cur.execute(*Q.outbox_listing(status, topic, key, limit))
         return [OutboxMessage(*r) for r in self.cur.fetchall()]
 
     def get(self, ident: str) -> OutboxMessage | None:

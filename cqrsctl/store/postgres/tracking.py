@@ -42,14 +42,7 @@ class PostgresTracking(Tracking):
         lean: bool = False,
     ) -> list[EventTuple]:
         # JSON as text: EventView decodes it only if a handler reads it.
-        query, params = Q.filtered(
-            Q.scan_lean if lean else Q.scan,
-            [after],
-            ("global_position <= ?", until),
-            ("event_type IN ?", types),
-            order="global_position",
-            limit=limit,
-        )
+        query, params = Q.scan_page(after, limit, types, until, lean)
         # Lean rows are numbers and text, which psycopg reads faster in binary (a fifth
         # of its CPU per row).
         self.cur.execute(query, params, binary=lean)

@@ -151,15 +151,7 @@ class SQLiteOutbox(Outbox):
         limit: int | None = None,
         key: str | None = None,
     ) -> list[OutboxMessage]:
-        sql, params = Q.filtered(
-            Q.list_outbox,
-            [],
-            ("status = ?", status or None),
-            ("topic = ?", topic or None),
-            ("key = ?", key),
-            order="seq",
-            limit=limit,
-        )
+        sql, params = Q.outbox_listing(status, topic, key, limit)
         return [_message(r) for r in self.conn.execute(sql, params)]
 
     def get(self, ident: str) -> OutboxMessage | None:

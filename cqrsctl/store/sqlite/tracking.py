@@ -61,14 +61,7 @@ class SQLiteTracking(Tracking):
         until: int | None = None,
         lean: bool = False,
     ) -> list[EventTuple]:
-        sql, params = Q.filtered(
-            Q.scan_lean if lean else Q.scan,
-            [after],
-            ("global_position <= ?", until),
-            ("event_type IN ?", types),
-            order="global_position",
-            limit=limit,
-        )
+        sql, params = Q.scan_page(after, limit, types, until, lean)
         return self.conn.execute(sql, params).fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
