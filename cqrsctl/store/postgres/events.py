@@ -115,6 +115,7 @@ class PostgresTransaction(Transaction):
         self.nowait = False
         self.appended = False  # listeners get a NOTIFY after the commit
         self.one_shot = False  # the transaction is one append, begun and ended with it
+        self.savepoints = 0  # open savepoints (a group's commands)
 
     @property
     def commands(self) -> PostgresCommands:
@@ -174,9 +175,11 @@ class PostgresTransaction(Transaction):
     def savepoint(self) -> Iterator[None]:
         streams = set(self._streams)
         self.cur.execute("SAVEPOINT cqrsctl_sp")
+        self.savepoints += 1
         try:
             yield
         except BaseException as exc:
+            self.savepoints -= 1
             if not self.conn.broken:
                 self.cur.execute("ROLLBACK TO SAVEPOINT cqrsctl_sp; RELEASE SAVEPOINT cqrsctl_sp")
             # Locks taken under a savepoint go with its rollback.
@@ -184,6 +187,7 @@ class PostgresTransaction(Transaction):
             if isinstance(exc, _CONFLICTS):  # the whole transaction has to go, not the savepoint
                 raise _conflict(exc) from None
             raise
+        self.savepoints -= 1
         self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
 
     def _stream_version(self, stream_id: str) -> int:
@@ -204,7 +208,9 @@ class PostgresTransaction(Transaction):
         self._lock_for_append()
         lo, hi = _head_range(expected)
         try:
-            if len(rows) == 1 and self.cur.fast:
+            # A group's commands (in savepoints) repeat one parameterised append, which the
+            # driver prepares after a few uses: binding costs its client less than literals.
+            if len(rows) == 1 and self.cur.fast and not self.savepoints:
                 head, positions = self._append_one(stream_id, rows[0], lo, hi)
             else:
                 head, positions = self._append_rows(stream_id, rows, lo, hi)
