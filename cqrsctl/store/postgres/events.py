@@ -179,7 +179,6 @@ class PostgresTransaction(Transaction):
         try:
             yield
         except BaseException as exc:
-            self.savepoints -= 1
             if not self.conn.broken:
                 self.cur.execute("ROLLBACK TO SAVEPOINT cqrsctl_sp; RELEASE SAVEPOINT cqrsctl_sp")
             # Locks taken under a savepoint go with its rollback.
@@ -187,7 +186,8 @@ class PostgresTransaction(Transaction):
             if isinstance(exc, _CONFLICTS):  # the whole transaction has to go, not the savepoint
                 raise _conflict(exc) from None
             raise
-        self.savepoints -= 1
+        finally:
+            self.savepoints -= 1
         self.cur.execute("RELEASE SAVEPOINT cqrsctl_sp")
 
     def _stream_version(self, stream_id: str) -> int:
