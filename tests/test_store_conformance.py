@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from cqrsctl.errors import (
     CommandRaceError,
     ConcurrencyError,
+    DatabaseError,
     DuplicateEventError,
     NotFoundError,
     ValidationError,
@@ -427,6 +428,33 @@ def test_appends_go_on_when_prepared_statements_vanish_unnoticed(store: Store) -
     with store.transaction(appending=True) as tx:
         tx.append("Doc-1", [ev(3)])
     assert [e.stream_version for e in store.read_stream("Doc-1")] == [1, 2, 3]
+
+
+def test_a_connection_lost_mid_use_is_a_database_error_without_the_password(store_url: str) -> None:
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite has no connection to lose")
+    import psycopg
+
+    url = store_url.replace("postgres@", "postgres:s3cret-pw@", 1)
+    with open_store(url) as store, psycopg.connect(store_url.split("?")[0], autocommit=True) as admin:
+
+        def lose(conn: Any) -> None:
+            pid = conn.pgconn.backend_pid
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        with pytest.raises(DatabaseError, match="^postgresql: ") as lost:
+            with store.transaction(appending=True) as tx:
+                lose(tx.conn)  # type: ignore[attr-defined]
+                tx.append("Doc-1", [ev(1)])
+        assert "s3cret" not in str(lost.value)
+        store.append("Doc-1", [ev(1)])
+        with store._connection() as conn:  # type: ignore[attr-defined]  # the one the next append gets
+            lose(conn)
+        with pytest.raises(DatabaseError, match="^postgresql: ") as lost:
+            store.append("Doc-1", [ev(2)])
+        assert "s3cret" not in str(lost.value)
+        store.append("Doc-1", [ev(2)])  # the lost connection went back to the pool, to be replaced
+        assert [e.stream_version for e in store.read_stream("Doc-1")] == [1, 2]
 
 
 def test_one_event_with_a_nul_is_rejected(store: Store) -> None:

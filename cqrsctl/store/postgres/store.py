@@ -135,29 +135,34 @@ class PostgresStore(Store):
         and return cost a tenth of a one-event append's client CPU. Once another thread finds
         it taken, it goes back to the pool, whose waiters are served in the order they came
         (kept, one thread would write twice as often as the others). A connection left in a
-        transaction, or broken, goes back to the pool, which rolls it back or replaces it."""
-        if not (self._keeps_spare and self._spare_lock.acquire(blocking=False)):
-            self._spare_wanted = True
-            conn = self.pool.getconn()
+        transaction, or broken, goes back to the pool, which rolls it back or replaces it.
+        The driver's connection errors, whoever meets them, come out as DatabaseError with
+        the URL's secrets scrubbed."""
+        try:
+            if not (self._keeps_spare and self._spare_lock.acquire(blocking=False)):
+                self._spare_wanted = True
+                conn = self.pool.getconn()
+                try:
+                    yield conn
+                finally:
+                    self.pool.putconn(conn)
+                return
+            conn = self._spare or self.pool.getconn()
             try:
                 yield conn
             finally:
-                self.pool.putconn(conn)
-            return
-        conn = self._spare or self.pool.getconn()
-        try:
-            yield conn
-        finally:
-            if (
-                self._spare_wanted
-                or conn.closed
-                or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE
-            ):
-                self._spare, self._spare_wanted = None, False
-                self.pool.putconn(conn)
-            else:
-                self._spare = conn
-            self._spare_lock.release()
+                if (
+                    self._spare_wanted
+                    or conn.closed
+                    or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                ):
+                    self._spare, self._spare_wanted = None, False
+                    self.pool.putconn(conn)
+                else:
+                    self._spare = conn
+                self._spare_lock.release()
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled autocommit connection on this store's schema (for LISTEN)."""
@@ -169,44 +174,41 @@ class PostgresStore(Store):
     def transaction(
         self, *, appending: bool = False, deferred: bool = False
     ) -> Iterator[PostgresTransaction]:
-        try:
-            with self._connection() as conn:
-                tx = PostgresTransaction(conn, self, registered=appending, fast=appending)
-                # BEGIN and the registration in one round trip (the simple query protocol,
-                # used when there are no parameters, takes both statements).
-                if appending:
-                    self.prepared.begin_appending(conn, tx.cur)
-                else:
-                    tx.cur.run("BEGIN")
+        with self._connection() as conn:
+            tx = PostgresTransaction(conn, self, registered=appending, fast=appending)
+            # BEGIN and the registration in one round trip (the simple query protocol,
+            # used when there are no parameters, takes both statements).
+            if appending:
+                self.prepared.begin_appending(conn, tx.cur)
+            else:
+                tx.cur.run("BEGIN")
+            try:
+                yield tx
+            except BaseException as exc:
+                if not conn.broken:
+                    self.prepared.rollback(conn)
+                if isinstance(exc, _CONFLICTS):
+                    raise _conflict(exc) from None
+                raise
+            if not tx.appended:
                 try:
-                    yield tx
-                except BaseException as exc:
-                    if not conn.broken:
-                        self.prepared.rollback(conn)
-                    if isinstance(exc, _CONFLICTS):
-                        raise _conflict(exc) from None
-                    raise
-                if not tx.appended:
-                    try:
-                        tx.cur.run("COMMIT")
-                    except _CONFLICTS as exc:
-                        raise _conflict(exc) from None
-                    return
-                # Why the NOTIFY is not in the appending transaction: PostgreSQL holds one
-                # database-wide lock from queueing a notification until the end of the commit,
-                # WAL flush included, so notifying transactions commit one at a time. In a
-                # transaction of its own, after the commit, with no flush to wait for (a lost
-                # wake-up costs a listener one poll interval, never an event), the lock is brief.
-                try:
-                    tx.cur.run(f"COMMIT; {NOTIFY if tx.cur.fast else self.notify_sql}")
+                    tx.cur.run("COMMIT")
                 except _CONFLICTS as exc:
-                    raise _conflict(exc) from None  # the COMMIT failed: nothing was committed
-                except psycopg.Error:
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-                        raise  # the COMMIT failed
-                    self.prepared.rollback(conn)  # only the wake-up failed
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+                    raise _conflict(exc) from None
+                return
+            # Why the NOTIFY is not in the appending transaction: PostgreSQL holds one
+            # database-wide lock from queueing a notification until the end of the commit,
+            # WAL flush included, so notifying transactions commit one at a time. In a
+            # transaction of its own, after the commit, with no flush to wait for (a lost
+            # wake-up costs a listener one poll interval, never an event), the lock is brief.
+            try:
+                tx.cur.run(f"COMMIT; {NOTIFY if tx.cur.fast else self.notify_sql}")
+            except _CONFLICTS as exc:
+                raise _conflict(exc) from None  # the COMMIT failed: nothing was committed
+            except psycopg.Error:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                    raise  # the COMMIT failed
+                self.prepared.rollback(conn)  # only the wake-up failed
 
     def append(
         self, stream_id: str, events: Sequence[NewEvent], expected: ExpectedVersion = ANY
@@ -214,59 +216,47 @@ class PostgresStore(Store):
         if any(e.event_id for e in events):  # ids given: look them up first (idempotency)
             return super().append(stream_id, events, expected)
         # The whole transaction in one round trip (see PostgresTransaction._lock_and_append).
-        try:
-            with self._connection() as conn:
-                self.prepared.ensure(conn)
-                tx = PostgresTransaction(conn, self, registered=True, fast=True)
-                tx.one_shot = True
-                try:
-                    return tx.append(stream_id, events, expected)
-                except _CONFLICTS as exc:
-                    raise _conflict(exc) from None
-                finally:
-                    if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        self.prepared.rollback(conn)
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+        with self._connection() as conn:
+            self.prepared.ensure(conn)
+            tx = PostgresTransaction(conn, self, registered=True, fast=True)
+            tx.one_shot = True
+            try:
+                return tx.append(stream_id, events, expected)
+            except _CONFLICTS as exc:
+                raise _conflict(exc) from None
+            finally:
+                if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.prepared.rollback(conn)
 
     @contextmanager
     def reader(self, *, consistent: bool = True, snapshot: bool = False) -> Iterator[PostgresTransaction]:
         if snapshot:
-            try:
-                with self._connection() as conn:
-                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    try:
-                        yield PostgresTransaction(conn, self)
-                    finally:
-                        if not conn.broken:
-                            self.prepared.rollback(conn)
-            except psycopg.OperationalError as exc:
-                raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+            with self._connection() as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                try:
+                    yield PostgresTransaction(conn, self)
+                finally:
+                    if not conn.broken:
+                        self.prepared.rollback(conn)
             return
         if consistent:
             with self.transaction() as tx:
                 yield tx
             return
-        try:
-            with self._connection() as conn:  # autocommit: each statement on its own
-                yield PostgresTransaction(conn, self)
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+        with self._connection() as conn:  # autocommit: each statement on its own
+            yield PostgresTransaction(conn, self)
 
     @contextmanager
     def lazy_transaction(self) -> Iterator[PostgresTransaction]:
-        try:
-            with self._connection() as conn:
-                conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
-                try:
-                    yield PostgresTransaction(conn, self)
-                except BaseException:
-                    if not conn.broken:
-                        self.prepared.rollback(conn)
-                    raise
-                conn.execute("COMMIT")
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"postgresql: {scrub(str(exc).strip(), self.url)}") from None
+        with self._connection() as conn:
+            conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+            try:
+                yield PostgresTransaction(conn, self)
+            except BaseException:
+                if not conn.broken:
+                    self.prepared.rollback(conn)
+                raise
+            conn.execute("COMMIT")
 
     def ddl(self) -> str:
         statements = [
