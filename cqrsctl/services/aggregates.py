@@ -31,12 +31,8 @@ def load(
             # The snapshot and the events after it in one read.
             version, state, rows = tx.read_from_snapshot(stream_id, cls.snapshot_schema, at_version)
             return fold_rows(app, new_aggregate(cls, stream_id, version, state), rows)
-        snap = tx.snapshots.load(stream_id)
-        if (
-            snap is not None
-            and snap.schema_version == cls.snapshot_schema
-            and (at_version is None or snap.version <= at_version)
-        ):
+        snap = tx.snapshots.usable(stream_id, cls.snapshot_schema, at_version)
+        if snap is not None:
             return catch_up(app, tx, new_aggregate(cls, stream_id, snap.version, snap.state), at_version)
     return catch_up(app, tx, new_aggregate(cls, stream_id), at_version, as_of)
 

@@ -471,6 +471,14 @@ class Snapshots(ABC):
     @abstractmethod
     def load(self, stream_id: str) -> Snapshot | None: ...
 
+    def usable(self, stream_id: str, schema_version: str, to_version: int | None = None) -> Snapshot | None:
+        """The snapshot of `stream_id` if it is of `schema_version` and taken at most at
+        `to_version` (a fold may start from it), else None."""
+        snap = self.load(stream_id)
+        if snap is None or snap.schema_version != schema_version:
+            return None
+        return None if to_version is not None and snap.version > to_version else snap
+
     @abstractmethod
     def save(self, snapshot: Snapshot) -> None: ...
 
@@ -816,12 +824,8 @@ class Transaction(ABC):
         """The stream's snapshot if it has one of `schema_version` (at most at `to_version`)
         and the FoldRows after it: (snapshot version, its state as JSON text or a dict, rows),
         or (0, None, every row up to `to_version`). Backends read both in one statement."""
-        snap = self.snapshots.load(stream_id)
-        if (
-            snap is None
-            or snap.schema_version != schema_version
-            or (to_version is not None and snap.version > to_version)
-        ):
+        snap = self.snapshots.usable(stream_id, schema_version, to_version)
+        if snap is None:
             return 0, None, self.read_stream_data(stream_id, 1, to_version)
         return snap.version, snap.state, self.read_stream_data(stream_id, snap.version + 1, to_version)
 
