@@ -142,6 +142,26 @@ def test_claims_are_exclusive_and_keep_order_per_key(store: Store) -> None:
     assert {m.seq for m in third}.isdisjoint(m.seq for m in second)
 
 
+def test_a_claim_is_one_lease_and_what_ends_a_lease_takes_its_messages_out(store: Store) -> None:
+    fill(store, accounts=4, deposits=0)
+    clock = Clock()
+    now, until = clock(), clock() + timedelta(seconds=60)
+    with store.transaction() as tx:
+        a, b, c, d = (m.seq for m in tx.outbox.claim("A", 10, now, until))
+    assert store.counts()["outbox_leases"] == 1
+    assert outbox.retry(store, str(a), now=now) == 1  # a requeued message is no one's
+    with store.transaction() as tx:
+        assert tx.outbox.renew("A", [a, b], until + timedelta(seconds=60)) == 1
+        assert tx.outbox.release("A", [c], "refused") == 1
+        assert tx.outbox.mark_delivered([b, d], now, "A") == 2
+    held = {m.seq: (m.claimed_by, m.last_error) for m in pending(store)}
+    assert held == {a: (None, None), c: (None, "refused")}
+    assert store.counts()["outbox_leases"] == 0
+    with store.transaction() as tx:
+        assert [m.seq for m in tx.outbox.claim("B", 10, now, until)] == [a, c]
+        assert tx.outbox.claimers(now) == ["B"] and tx.outbox.claimers(until + timedelta(seconds=1)) == []
+
+
 def test_leases_of_a_crashed_run_are_freed(store: Store) -> None:
     fill(store, accounts=1, deposits=0)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

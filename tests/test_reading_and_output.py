@@ -10,6 +10,7 @@ import pytest
 from helpers import BANK_APP, assert_error, cli
 
 from cqrsctl.store import NewEvent, open_store
+from cqrsctl.store.base import SCHEMA_VERSION
 from cqrsctl.store.postgres import parse_postgres_url
 
 READ_COMMANDS = [
@@ -52,14 +53,14 @@ def test_reading_a_postgres_schema_that_is_not_there_creates_nothing(pg_dsn: str
 
 def test_read_commands_do_not_migrate(store_url: str) -> None:
     with open_store(store_url) as store, store.transaction() as tx:
-        tx.read_models.execute("DELETE FROM cqrsctl_schema WHERE version = 4")
+        tx.read_models.execute(f"DELETE FROM cqrsctl_schema WHERE version = {SCHEMA_VERSION}")
     for command in (("streams", "list"), ("events",), ("outbox", "status")):
         cli("--db", store_url, *command).ok()
     with open_store(store_url, migrate=False) as store:
-        assert store.schema_version() == 3
+        assert store.schema_version() == SCHEMA_VERSION - 1
     cli("--db", store_url, "init").ok()
     with open_store(store_url, migrate=False) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == SCHEMA_VERSION
 
 
 def test_verbose_says_where_each_setting_came_from(store_url: str, tmp_path: Path) -> None:

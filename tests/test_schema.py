@@ -13,6 +13,7 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from cqrsctl.store import open_store
 from cqrsctl.store.base import CORE_COLUMNS, SCHEMA_VERSION
 from cqrsctl.store.postgres import schema as pg_schema
 from cqrsctl.store.sqlite import schema as sqlite_schema
+from cqrsctl.store.sqlite.sql import _ts
 
 pytestmark = pytest.mark.postgres
 
@@ -238,3 +240,64 @@ def test_every_path_ends_at_the_same_schema_on_both_backends(
         == pg["guards"]
         == {(table, op) for table in ("events", "cqrsctl_journal") for op in ("UPDATE", "DELETE")}
     )
+
+
+# -- data carried forward ----------------------------------------------------------------------------
+
+
+def test_leases_held_at_version_4_keep_their_meaning(
+    tmp_path: Path, pg_dsn: str, pg_schemas: list[str]
+) -> None:
+    # Version 5 keeps leases in a table of their own; a lease held in a message row before
+    # still holds its message (and its key), fences its owner's record, and ends on time.
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    until = now + timedelta(seconds=60)
+    rows = [  # seq, key, status, claimed_by, claimed_until
+        (1, "k", "pending", "A", until),
+        (2, "k", "pending", None, None),
+        (3, "j", "pending", "A", until),
+        (4, "i", "pending", "B", until),
+        (5, "h", "delivered", None, None),
+    ]
+    insert = (
+        "INSERT INTO outbox (seq, message_id, topic, key, payload, headers, status, next_attempt_at,"
+        " claimed_by, claimed_until, created_at) VALUES ({p}, {p}, 't', {p}, '{{}}', '{{}}', {p}, {p}, {p}, {p}, {p})"
+    )
+    path = tmp_path / "v4.db"
+    sqlite_at(path, 4)
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        insert.format(p="?"),
+        [
+            (seq, f"m{seq}", key, status, _ts(now), who, None if at is None else _ts(at), _ts(now))
+            for seq, key, status, who, at in rows
+        ],
+    )
+    conn.commit()
+    conn.close()
+    name = f"t_{uuid.uuid4().hex}"
+    pg_schemas.append(name)
+    pg_at(pg_dsn, name, 4)
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        pg.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(name)))
+        pg.cursor().executemany(
+            insert.format(p="%s"),
+            [(seq, f"m{seq}", key, status, now, who, at, now) for seq, key, status, who, at in rows],
+        )
+    for url in (f"sqlite:///{path}", with_schema(pg_dsn, name)):
+        with open_store(url) as store:
+            assert store.schema_version() == SCHEMA_VERSION
+            with store.transaction() as tx:
+                listed = {m.seq: (m.claimed_by, m.claimed_until) for m in tx.outbox.select()}
+                assert listed == {s: (who, at) for s, _, _, who, at in rows}, url
+                assert tx.outbox.claimers(now) == ["A", "B"]
+                # 1 and 3 are A's, 4 is B's, and 2 waits behind 1.
+                assert tx.outbox.claim("C", 10, now, until) == []
+                assert tx.outbox.mark_delivered([1, 4], now, "A") == 1
+                assert tx.outbox.release("B") == 1
+                assert [m.seq for m in tx.outbox.claim("C", 10, now, now + timedelta(hours=1))] == [2, 4]
+            later = until + timedelta(seconds=1)
+            with store.transaction() as tx:
+                assert [m.seq for m in tx.outbox.claim("D", 10, later, later + timedelta(seconds=60))] == [3]
+                assert tx.outbox.mark_delivered([3], later, "A") == 0
+                assert tx.outbox.mark_delivered([3], later, "D") == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ NO_STREAM: Literal["no-stream"] = "no-stream"
 EXISTS: Literal["exists"] = "exists"
 ExpectedVersion = int | Literal["any", "no-stream", "exists"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _cols(names: str) -> frozenset[str]:
@@ -47,6 +47,7 @@ CORE_COLUMNS: dict[str, frozenset[str]] = {
         "seq message_id event_position topic key payload headers status attempts next_attempt_at "
         "last_error claimed_by claimed_until created_at delivered_at"
     ),
+    "outbox_leases": _cols("lease_id owner lease_until seqs"),
     "sagas": _cols(
         "saga_id saga_type status current_step steps results compensations state correlation_id "
         "error_message created_at updated_at version"
@@ -282,10 +283,12 @@ class JournalEntry:
 
 OUTBOX_STATUSES = ("pending", "delivered", "dead")
 
-# The column order every backend selects outbox rows in (see OutboxMessage).
+# The column order every backend selects outbox rows in (see OutboxMessage; a row's lease
+# is not among them but in outbox_leases, and the rows' own claimed_by and claimed_until,
+# from before schema version 5, are no longer written).
 OUTBOX_COLUMNS = (
     "seq, message_id, event_position, topic, key, payload, headers, status, attempts,"
-    " next_attempt_at, last_error, claimed_by, claimed_until, created_at, delivered_at"
+    " next_attempt_at, last_error, created_at, delivered_at"
 )
 
 
@@ -362,6 +365,43 @@ class OutboxFailure:
     attempts: int
     next_attempt_at: datetime
     dead: bool
+
+
+@dataclass(slots=True)
+class Lease:
+    """A claimed batch: `owner` holds those of `seqs` still pending until `until` (and after
+    that, until another claim takes them)."""
+
+    lease_id: int
+    owner: str
+    until: datetime
+    seqs: list[int]
+
+
+def unlease(
+    leases: Sequence[Lease], seqs: Collection[int] | None
+) -> tuple[list[int], list[Lease], list[int]]:
+    """Take `seqs` (all, when None) out of `leases`: the seqs that were in them, the leases
+    left holding fewer (their `seqs` updated), and the ids of those left holding none."""
+    taken: list[int] = []
+    shrunk: list[Lease] = []
+    emptied: list[int] = []
+    wanted = None if seqs is None else set(seqs)
+    for lease in leases:
+        if wanted is None:
+            gone, kept = lease.seqs, []
+        else:
+            gone = [s for s in lease.seqs if s in wanted]
+            if not gone:
+                continue
+            kept = [s for s in lease.seqs if s not in wanted]
+        taken += gone
+        if kept:
+            lease.seqs = kept
+            shrunk.append(lease)
+        else:
+            emptied.append(lease.lease_id)
+    return taken, shrunk, emptied
 
 
 @dataclass(slots=True)
@@ -554,37 +594,96 @@ class Outbox(ABC):
         so order per key holds across concurrent drains. Concurrent claims never
         return the same message (each backend serialises or skips locked rows)."""
 
-    @abstractmethod
     def claimers(self, now: datetime) -> list[str]:
         """Owners holding unexpired leases on pending messages."""
+        return sorted({lease.owner for lease in self._leases() if lease.until >= now})
 
-    @abstractmethod
     def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
         """Extend `owner`'s leases on `seqs`; returns how many it still held."""
+        held = self._unlease(owner, seqs)
+        if held:
+            self._add_lease(owner, until, held)
+        return len(held)
 
-    @abstractmethod
     def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
         """Drop `owner`'s leases (on `seqs`, or all), recording `error` when given; attempts stay."""
+        held = self._unlease(owner, seqs)
+        if held and error is not None:
+            self._set_error(held, error)
+        return len(held)
 
-    @abstractmethod
     def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
         """Pending messages `seqs` were delivered: status delivered, one more attempt, lease dropped.
 
         With `owner`, only messages `owner` still holds (fencing: a run whose lease ran out
         and was taken over cannot record over the new holder); returns how many were marked."""
+        held = self._unlease(owner, seqs)
+        return self._delivered(seqs if owner is None else held, now)
+
+    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
+        """Record failed attempts on messages `owner` still leases."""
+        held = set(self._unlease(owner, [f.seq for f in failures]))
+        return self._failed([f for f in failures if f.seq in held])
+
+    # A lease is a row of its own (see Lease), so that a claim writes one row per batch
+    # rather than one per message, and a delivery writes each message's row once. Pending
+    # messages are the only ones in leases: whatever takes a message out of pending, or
+    # drops its lease, takes it out of its lease in the same transaction.
+
+    def _unlease(self, owner: str | None, seqs: Collection[int] | None) -> list[int]:
+        """Take `seqs` (all, when None) out of `owner`'s leases (anyone's, when None),
+        locked first; returns the seqs that were in them."""
+        taken, shrunk, emptied = unlease(self._leases(owner, lock=True), seqs)
+        if shrunk or emptied:
+            self._rewrite_leases(shrunk, emptied)
+        return taken
+
+    def _claimed(self, messages: list[OutboxMessage], owner: str, until: datetime) -> list[OutboxMessage]:
+        for m in messages:
+            m.claimed_by, m.claimed_until = owner, until
+        return messages
+
+    def _show_leases(self, messages: list[OutboxMessage]) -> list[OutboxMessage]:
+        """`messages` with their holders filled in (pending ones only are leased)."""
+        if any(m.status == "pending" for m in messages):
+            held = {s: lease for lease in self._leases() for s in lease.seqs}
+            for m in messages:
+                lease = held.get(m.seq) if m.status == "pending" else None
+                if lease is not None:
+                    m.claimed_by, m.claimed_until = lease.owner, lease.until
+        return messages
+
+    @abstractmethod
+    def _leases(self, owner: str | None = None, lock: bool = False) -> list[Lease]:
+        """The leases of `owner` (everyone's, when None), locked against other writers when `lock`."""
+
+    @abstractmethod
+    def _add_lease(self, owner: str, until: datetime, seqs: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def _rewrite_leases(self, shrunk: Sequence[Lease], emptied: Sequence[int]) -> None:
+        """Store the `seqs` of leases `shrunk`, and delete the leases `emptied`."""
+
+    @abstractmethod
+    def _set_error(self, seqs: Sequence[int], error: str) -> None:
+        """Pending messages `seqs`: `error` as their last error."""
+
+    @abstractmethod
+    def _delivered(self, seqs: Sequence[int], now: datetime) -> int:
+        """Pending messages `seqs`: delivered at `now`, one more attempt; how many."""
+
+    @abstractmethod
+    def _failed(self, failures: Sequence[OutboxFailure]) -> int:
+        """Pending messages: each failure recorded (attempts, next attempt, error, dead); how many."""
 
     @abstractmethod
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
         """Pending messages due at `now` (leased or not), optionally only in `topics`."""
 
     @abstractmethod
-    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
-        """Record failed attempts on messages `owner` still leases."""
-
-    @abstractmethod
     def backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
         """(pending, due at `now`, dead, oldest pending created_at, highest seq): read through
-        the status index and the key, never counting delivered rows."""
+        the pending and dead indexes and the key, never counting delivered rows."""
 
     @abstractmethod
     def summary(self, now: datetime) -> list[tuple[str, str, int, int, datetime | None]]:

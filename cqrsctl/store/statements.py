@@ -128,16 +128,10 @@ class Statements:
         "INSERT INTO outbox (message_id, event_position, topic, key, payload, headers, next_attempt_at,"
         " created_at) VALUES (?, ?, ?, ?, ?{json}, ?{json}, ?, ?) ON CONFLICT (message_id) DO NOTHING"
     )
-    outbox_claimers = "SELECT DISTINCT claimed_by FROM outbox WHERE status = 'pending' AND claimed_until >= ?"
-    release_outbox = (
-        "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, last_error = coalesce(?, last_error)"
-        " WHERE claimed_by = ? AND status = 'pending'"
-    )
     count_due_outbox = "SELECT count(*) FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
     mark_failed = (
-        "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
-        " claimed_by = NULL, claimed_until = NULL"
-        " WHERE seq = ? AND claimed_by = ? AND status = 'pending'"
+        "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?"
+        " WHERE seq = ? AND status = 'pending'"
     )
     dead_outbox = "SELECT count(*) FROM outbox WHERE status = 'dead'"
     top_outbox = "SELECT coalesce(max(seq), 0) FROM outbox"
@@ -145,13 +139,16 @@ class Statements:
     outbox_by_seq = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = ?"
     outbox_by_id = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE message_id = ?"
     requeue_outbox = (
-        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
-        " claimed_by = NULL, claimed_until = NULL WHERE seq = ? AND status IN ('pending', 'dead')"
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?"
+        " WHERE seq = ? AND status IN ('pending', 'dead')"
     )
     requeue_dead_outbox = (
-        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
-        " claimed_by = NULL, claimed_until = NULL WHERE status = 'dead'"
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE status = 'dead'"
     )
+    # Leases (see Outbox): one row per claimed batch, its seqs a JSON array.
+    outbox_leases = "SELECT lease_id, owner, lease_until, seqs{text} FROM outbox_leases"
+    add_outbox_lease = "INSERT INTO outbox_leases (owner, lease_until, seqs) VALUES (?, ?, ?{json})"
+    set_outbox_lease_seqs = "UPDATE outbox_leases SET seqs = ?{json} WHERE lease_id = ?"
 
     # -- the operations journal ----------------------------------------------------------
     add_journal = (

@@ -35,8 +35,8 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 # The store's own tables. User code (read-model tables) may never name one of them, nor
 # anything else the store creates in the same namespace (indexes, sequences, constraints).
 CORE_TABLES = (
-    "events", "snapshots", "checkpoints", "outbox", "sagas", "deadlines", "processed_commands",
-    "cqrsctl_schema", "cqrsctl_journal",
+    "events", "snapshots", "checkpoints", "outbox", "outbox_leases", "sagas", "deadlines",
+    "processed_commands", "cqrsctl_schema", "cqrsctl_journal",
 )  # fmt: skip
 _CORE_RELATIONS = frozenset(
     [
@@ -44,7 +44,8 @@ _CORE_RELATIONS = frozenset(
         *(f"{t}_pkey" for t in CORE_TABLES),
         "events_category", "events_event_id_key", "events_stream_id_stream_version_key",
         "events_global_position_seq", "outbox_due", "outbox_pending", "outbox_pending_key",
-        "outbox_message_id_key", "outbox_seq_seq", "outbox_leased", "sagas_status", "deadlines_due",
+        "outbox_message_id_key", "outbox_seq_seq", "outbox_leased", "outbox_pending_due", "outbox_dead",
+        "outbox_leases_lease_id_seq", "sagas_status", "deadlines_due",
         "events_append_only_update", "events_append_only_delete",
     ]
 )  # fmt: skip

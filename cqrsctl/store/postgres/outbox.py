@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 
-from ..base import OUTBOX_COLUMNS, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
+from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps, unlease
 from ..statements import POSTGRES as Q
 
 if TYPE_CHECKING:
     from .store import PostgresStore
+
+
+def _array(seqs: Iterable[int]) -> str:
+    """Row numbers as one array literal: the driver adapts a list of ints element by
+    element, about 1 µs of client CPU per message."""
+    return "{" + ",".join(str(int(s)) for s in seqs) + "}"
+
+
+def _message(r: tuple[Any, ...]) -> OutboxMessage:
+    return OutboxMessage(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], None, None, r[11], r[12]
+    )
 
 
 class PostgresOutbox(Outbox):
@@ -39,82 +52,120 @@ class PostgresOutbox(Outbox):
         until: datetime,
         topics: Sequence[str] | None = None,
     ) -> list[OutboxMessage]:
-        # Why a lock as well as SKIP LOCKED: the "earlier message of this key is leased"
-        # test reads committed rows, so a claim still in flight elsewhere is invisible to
-        # it, and two claimers could split one key between them. Claims are short, so
-        # serialising them costs little; SKIP LOCKED still keeps a claim from waiting on
-        # rows other runs are marking delivered.
+        # Claims take turns under an advisory lock: the "earlier message of this key is
+        # leased" test reads committed leases, so a claim still in flight elsewhere would be
+        # invisible to it, and two claimers could split one key between them. Claims are
+        # short, so serialising them costs little.
         # The planner settings pin the plan that stops after `limit` rows: walk the pending
-        # index in seq order, and find leased rows by the lease index. Without table
-        # statistics it would sort every pending row, or scan the table for leases.
+        # index in seq order. Without table statistics it would sort every pending row.
+        # (No JIT: a disabled plan's cost would make the server compile the query.)
         self.cur.execute(
             "SELECT pg_advisory_xact_lock(%s), set_config('enable_sort', 'off', true),"
-            " set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)",
+            " set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true),"
+            " set_config('jit', 'off', true)",
             (self.store.outbox_lock,),
         )
+        leases, expired = self._held_and_expired(now)
+        leased = _array(s for lease in leases for s in lease.seqs)
         # Order per key: a message waits while an earlier pending one of its key is leased
-        # or backing off. Those few rows are found first (by lease, by due time), then the
-        # candidates are read in seq order past them.
+        # or backing off. Those few rows are found first (by the leases' seqs, by due
+        # time), then the candidates are read in seq order past them.
         query = (
-            "SELECT o.seq AS picked FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= %(now)s"
-            " AND (o.claimed_until IS NULL OR o.claimed_until < %(now)s)"
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= %(now)s"
+            " AND o.seq <> ALL(%(leased)s::bigint[])"
             " AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND b.first < o.seq)"
         )
-        params: dict[str, Any] = {"now": now, "limit": limit, "owner": owner, "until": until}
+        params: dict[str, Any] = {"now": now, "limit": limit, "leased": leased}
         if topics:
             query += " AND o.topic = ANY(%(topics)s)"
             params["topics"] = list(topics)
-        query += " ORDER BY o.seq LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED"
-        # One statement picks and leases; RETURNING gives no order, so sort here.
         blocked = (
             "SELECT topic, key, min(seq) AS first FROM ("
-            # OFFSET 0 keeps `status` out of the scan, so it walks the lease index, not every pending row.
-            " SELECT topic, key, seq FROM (SELECT topic, key, seq, status FROM outbox"
-            "  WHERE claimed_until >= %(now)s OFFSET 0) l WHERE status = 'pending'"
+            " SELECT topic, key, seq FROM outbox WHERE seq = ANY(%(leased)s::bigint[]) AND status = 'pending'"
             " UNION ALL SELECT topic, key, seq FROM outbox WHERE status = 'pending' AND next_attempt_at > %(now)s"
             ") w GROUP BY topic, key"
         )
         self.cur.execute(
-            f"WITH blocked AS MATERIALIZED ({blocked}), c AS ({query}) UPDATE outbox SET claimed_by = %(owner)s, claimed_until = %(until)s"
-            f" FROM c WHERE outbox.seq = c.picked RETURNING {OUTBOX_COLUMNS}",
-            params,
+            f"WITH blocked AS MATERIALIZED ({blocked}) {query} ORDER BY o.seq LIMIT %(limit)s", params
         )
         rows = self.cur.fetchall()
-        rows.sort(key=lambda r: r[0])
-        return [OutboxMessage(*r) for r in rows]
+        if not rows:
+            return []
+        seqs = [r[0] for r in rows]
+        if expired:  # messages taken over from leases that ran out are no longer theirs
+            _, shrunk, emptied = unlease(expired, seqs)
+            self._rewrite_leases(shrunk, emptied)
+        self._add_lease(owner, until, seqs)
+        return self._claimed([_message(r) for r in rows], owner, until)
 
-    def claimers(self, now: datetime) -> list[str]:
-        self.cur.execute(Q.outbox_claimers, (now,))
-        return [r[0] for r in self.cur.fetchall()]
+    def _held_and_expired(self, now: datetime) -> tuple[list[Lease], list[Lease]]:
+        """The leases that hold their messages at `now`, and those that ran out, locked.
+        Messages are taken over only from leases locked here: one whose holder is recording
+        right now stays its holder's (its messages still count as leased)."""
+        leases = self._leases()
+        expired = [lease for lease in leases if lease.until < now]
+        if not expired:
+            return leases, []
+        taken = self._leases(lock=True, among=[lease.lease_id for lease in expired])
+        ids = {lease.lease_id for lease in taken}
+        return [lease for lease in leases if lease.lease_id not in ids], taken
 
-    def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
+    def _leases(
+        self, owner: str | None = None, lock: bool = False, among: Sequence[int] | None = None
+    ) -> list[Lease]:
+        query = Q.outbox_leases
+        params: list[Any] = []
+        if owner is not None:
+            query += " WHERE owner = %s"
+            params.append(owner)
+        elif among is not None:
+            query += " WHERE lease_id = ANY(%s)"
+            params.append(list(among))
+        if among is not None:
+            # Only the leases no one else holds locked (see claim).
+            query += " FOR UPDATE SKIP LOCKED"
+        elif lock:
+            query += " FOR UPDATE"
+        self.cur.execute(query, params)
+        return [Lease(r[0], r[1], r[2], orjson.loads(r[3])) for r in self.cur.fetchall()]
+
+    def _add_lease(self, owner: str, until: datetime, seqs: Sequence[int]) -> None:
+        self.cur.execute(Q.add_outbox_lease, (owner, until, orjson.dumps(seqs).decode()))
+
+    def _rewrite_leases(self, shrunk: Sequence[Lease], emptied: Sequence[int]) -> None:
+        if shrunk:
+            self.cur.executemany(
+                Q.set_outbox_lease_seqs,
+                [(orjson.dumps(lease.seqs).decode(), lease.lease_id) for lease in shrunk],
+            )
+        if emptied:
+            self.cur.execute(
+                "DELETE FROM outbox_leases WHERE lease_id = ANY(%s::bigint[])", (_array(emptied),)
+            )
+
+    def _set_error(self, seqs: Sequence[int], error: str) -> None:
         self.cur.execute(
-            "UPDATE outbox SET claimed_until = %s WHERE seq = ANY(%s) AND claimed_by = %s AND status = 'pending'",
-            (until, list(seqs), owner),
+            "UPDATE outbox SET last_error = %s WHERE seq = ANY(%s::bigint[]) AND status = 'pending'",
+            (error, _array(seqs)),
+        )
+
+    def _delivered(self, seqs: Sequence[int], now: datetime) -> int:
+        self.cur.execute(
+            "UPDATE outbox SET status = 'delivered', delivered_at = %s, attempts = attempts + 1"
+            " WHERE seq = ANY(%s::bigint[]) AND status = 'pending'",
+            (now, _array(seqs)),
         )
         return self.cur.rowcount
 
-    def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
-        query = Q.release_outbox
-        if seqs is None:
-            self.cur.execute(query, (error, owner))
-        else:
-            self.cur.execute(query + " AND seq = ANY(%s)", (error, owner, list(seqs)))
-        return self.cur.rowcount
-
-    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
-        query = (
-            "UPDATE outbox SET status = 'delivered', delivered_at = %s, attempts = attempts + 1,"
-            " claimed_by = NULL, claimed_until = NULL WHERE seq = ANY(%s::bigint[]) AND status = 'pending'"
-        )
-        # The batch's row numbers as one array literal: the driver adapts a list of ints
-        # element by element, about 1 µs of client CPU per message.
-        array = "{" + ",".join(str(int(s)) for s in seqs) + "}"
-        if owner is None:
-            self.cur.execute(query, (now, array))
-        else:
-            self.cur.execute(query + " AND claimed_by = %s", (now, array, owner))
-        return self.cur.rowcount
+    def _failed(self, failures: Sequence[OutboxFailure]) -> int:
+        done = 0
+        for f in failures:
+            self.cur.execute(
+                Q.mark_failed,
+                ("dead" if f.dead else "pending", f.attempts, f.next_attempt_at, f.error, f.seq),
+            )
+            done += self.cur.rowcount
+        return done
 
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
         query = Q.count_due_outbox
@@ -125,16 +176,6 @@ class PostgresOutbox(Outbox):
         self.cur.execute(query, params)
         row = self.cur.fetchone()
         return int(row[0]) if row else 0
-
-    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
-        done = 0
-        for f in failures:
-            self.cur.execute(
-                Q.mark_failed,
-                ("dead" if f.dead else "pending", f.attempts, f.next_attempt_at, f.error, f.seq, owner),
-            )
-            done += self.cur.rowcount
-        return done
 
     def backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
         self.cur.execute(
@@ -167,7 +208,7 @@ class PostgresOutbox(Outbox):
         key: str | None = None,
     ) -> list[OutboxMessage]:
         self.cur.execute(*Q.outbox_listing(status, topic, key, limit))
-        return [OutboxMessage(*r) for r in self.cur.fetchall()]
+        return self._show_leases([_message(r) for r in self.cur.fetchall()])
 
     def get(self, ident: str) -> OutboxMessage | None:
         if ident.isdigit():
@@ -175,10 +216,11 @@ class PostgresOutbox(Outbox):
         else:
             self.cur.execute(Q.outbox_by_id, (ident,))
         row = self.cur.fetchone()
-        return None if row is None else OutboxMessage(*row)
+        return None if row is None else self._show_leases([_message(row)])[0]
 
     def requeue(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
         if seq is not None:
+            self._unlease(None, [seq])
             self.cur.execute(Q.requeue_outbox, (now, seq))
         elif dead:
             self.cur.execute(Q.requeue_dead_outbox, (now,))

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..base import OUTBOX_COLUMNS, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
+from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps, unlease
 from ..statements import SQLITE as Q
 from .sql import _ints, _opt_ts, _ts
 
@@ -19,14 +19,14 @@ def _message(r: tuple[Any, ...]) -> OutboxMessage:
     payload = r[5].encode()
     return OutboxMessage(
         r[0], r[1], r[2], r[3], r[4], orjson.loads(payload), orjson.loads(r[6]), r[7], r[8],
-        datetime.fromisoformat(r[9]), r[10], r[11], _opt_ts(r[12]), datetime.fromisoformat(r[13]),
-        _opt_ts(r[14]), payload,
+        datetime.fromisoformat(r[9]), r[10], None, None, datetime.fromisoformat(r[11]),
+        _opt_ts(r[12]), payload,
     )  # fmt: skip
 
 
 class SQLiteOutbox(Outbox):
-    # Claims run in a write transaction (BEGIN IMMEDIATE): one claimer at a time, so the
-    # lease columns alone keep concurrent drains apart.
+    # Writes run in a write transaction (BEGIN IMMEDIATE): one writer at a time, so a
+    # claim needs no locks to keep concurrent drains apart.
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -52,62 +52,80 @@ class SQLiteOutbox(Outbox):
         topics: Sequence[str] | None = None,
     ) -> list[OutboxMessage]:
         # Order per key: a message waits while an earlier pending one of its key is leased
-        # or backing off. Those few rows are found first (by lease, by due time), then the
-        # candidates are read in seq order past them.
-        params: dict[str, Any] = {"owner": owner, "until": _ts(until), "now": _ts(now), "limit": limit}
+        # or backing off. Those few rows are found first (by the leases' seqs, by due
+        # time), then the candidates are read in seq order past them.
+        leases = self._leases()
+        expired = [lease for lease in leases if lease.until < now]
+        leased = _ints([s for lease in leases if lease.until >= now for s in lease.seqs])
+        params: dict[str, Any] = {"now": _ts(now), "limit": limit}
         only = ""
         if topics:
             only = " AND o.topic IN (" + ",".join(f":t{i}" for i in range(len(topics))) + ")"
             params.update({f"t{i}": t for i, t in enumerate(topics)})
         rows = self.conn.execute(
-            "UPDATE outbox SET claimed_by = :owner, claimed_until = :until WHERE seq IN ("
-            " WITH blocked AS MATERIALIZED (SELECT topic, key, min(seq) AS first FROM ("
-            "  SELECT topic, key, seq FROM outbox INDEXED BY outbox_leased"
-            "   WHERE claimed_until >= :now AND status = 'pending'"
-            "  UNION ALL SELECT topic, key, seq FROM outbox INDEXED BY outbox_due"
-            "   WHERE status = 'pending' AND next_attempt_at > :now"
+            "WITH blocked AS MATERIALIZED (SELECT topic, key, min(seq) AS first FROM ("
+            f" SELECT topic, key, seq FROM outbox WHERE seq IN ({leased}) AND status = 'pending'"
+            " UNION ALL SELECT topic, key, seq FROM outbox INDEXED BY outbox_pending_due"
+            "  WHERE status = 'pending' AND next_attempt_at > :now"
             " ) GROUP BY topic, key)"
-            # INDEXED BY: left alone, the planner picks outbox_due and sorts every pending row.
-            " SELECT o.seq FROM outbox o INDEXED BY outbox_pending"
-            " WHERE o.status = 'pending' AND o.next_attempt_at <= :now"
-            " AND (o.claimed_until IS NULL OR o.claimed_until < :now)"
+            # INDEXED BY: left alone, the planner may sort every pending row by seq.
+            f" SELECT {OUTBOX_COLUMNS} FROM outbox o INDEXED BY outbox_pending"
+            f" WHERE o.status = 'pending' AND o.next_attempt_at <= :now AND o.seq NOT IN ({leased})"
             " AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND b.first < o.seq)"
-            f"{only} ORDER BY o.seq LIMIT :limit"
-            f") RETURNING {OUTBOX_COLUMNS}",
+            f"{only} ORDER BY o.seq LIMIT :limit",
             params,
         ).fetchall()
-        # RETURNING gives no order.
-        rows.sort(key=lambda r: r[0])
-        return [_message(r) for r in rows]
+        if not rows:
+            return []
+        seqs = [r[0] for r in rows]
+        if expired:  # messages taken over from leases that ran out are no longer theirs
+            _, shrunk, emptied = unlease(expired, seqs)
+            self._rewrite_leases(shrunk, emptied)
+        self._add_lease(owner, until, seqs)
+        return self._claimed([_message(r) for r in rows], owner, until)
 
-    def claimers(self, now: datetime) -> list[str]:
-        rows = self.conn.execute(Q.outbox_claimers, (_ts(now),))
-        return [r[0] for r in rows]
+    def _leases(self, owner: str | None = None, lock: bool = False) -> list[Lease]:
+        # No locks: writers take turns.
+        if owner is None:
+            rows = self.conn.execute(Q.outbox_leases)
+        else:
+            rows = self.conn.execute(Q.outbox_leases + " WHERE owner = ?", (owner,))
+        return [Lease(r[0], r[1], datetime.fromisoformat(r[2]), orjson.loads(r[3])) for r in rows]
 
-    def renew(self, owner: str, seqs: Sequence[int], until: datetime) -> int:
-        return self.conn.execute(
-            f"UPDATE outbox SET claimed_until = ? WHERE seq IN ({_ints(seqs)}) AND claimed_by = ?"
-            " AND status = 'pending'",
-            (_ts(until), owner),
-        ).rowcount
+    def _add_lease(self, owner: str, until: datetime, seqs: Sequence[int]) -> None:
+        self.conn.execute(Q.add_outbox_lease, (owner, _ts(until), orjson.dumps(seqs).decode()))
 
-    def release(self, owner: str, seqs: Sequence[int] | None = None, error: str | None = None) -> int:
-        sql = Q.release_outbox
-        if seqs is None:
-            return self.conn.execute(sql, (error, owner)).rowcount
-        return self.conn.execute(sql + f" AND seq IN ({_ints(seqs)})", (error, owner)).rowcount
+    def _rewrite_leases(self, shrunk: Sequence[Lease], emptied: Sequence[int]) -> None:
+        if shrunk:
+            self.conn.executemany(
+                Q.set_outbox_lease_seqs,
+                [(orjson.dumps(lease.seqs).decode(), lease.lease_id) for lease in shrunk],
+            )
+        if emptied:
+            self.conn.execute(f"DELETE FROM outbox_leases WHERE lease_id IN ({_ints(emptied)})")
 
-    def mark_delivered(self, seqs: Sequence[int], now: datetime, owner: str | None = None) -> int:
+    def _set_error(self, seqs: Sequence[int], error: str) -> None:
+        self.conn.execute(
+            f"UPDATE outbox SET last_error = ? WHERE seq IN ({_ints(seqs)}) AND status = 'pending'", (error,)
+        )
+
+    def _delivered(self, seqs: Sequence[int], now: datetime) -> int:
         # `+status`: a bare `status` term makes SQLite update the rows' index entries the
         # slow way (over twice the CPU per row); the rows are found by seq either way.
-        t = _ts(now)
-        sql = (
-            "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1,"
-            f" claimed_by = NULL, claimed_until = NULL WHERE seq IN ({_ints(seqs)}) AND +status = 'pending'"
-        )
-        if owner is None:
-            return self.conn.execute(sql, (t,)).rowcount
-        return self.conn.execute(sql + " AND claimed_by = ?", (t, owner)).rowcount
+        return self.conn.execute(
+            "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1"
+            f" WHERE seq IN ({_ints(seqs)}) AND +status = 'pending'",
+            (_ts(now),),
+        ).rowcount
+
+    def _failed(self, failures: Sequence[OutboxFailure]) -> int:
+        return self.conn.executemany(
+            Q.mark_failed,
+            [
+                ("dead" if f.dead else "pending", f.attempts, _ts(f.next_attempt_at), f.error, f.seq)
+                for f in failures
+            ],
+        ).rowcount
 
     def count_due(self, now: datetime, topics: Sequence[str] | None = None) -> int:
         sql = Q.count_due_outbox
@@ -116,15 +134,6 @@ class SQLiteOutbox(Outbox):
             sql += f" AND topic IN ({','.join('?' * len(topics))})"
             params += topics
         return int(self.conn.execute(sql, params).fetchone()[0])
-
-    def mark_failed(self, owner: str, failures: Sequence[OutboxFailure]) -> int:
-        return self.conn.executemany(
-            Q.mark_failed,
-            [
-                ("dead" if f.dead else "pending", f.attempts, _ts(f.next_attempt_at), f.error, f.seq, owner)
-                for f in failures
-            ],
-        ).rowcount
 
     def backlog(self, now: datetime) -> tuple[int, int, int, datetime | None, int]:
         pending = self.conn.execute(
@@ -152,17 +161,18 @@ class SQLiteOutbox(Outbox):
         key: str | None = None,
     ) -> list[OutboxMessage]:
         sql, params = Q.outbox_listing(status, topic, key, limit)
-        return [_message(r) for r in self.conn.execute(sql, params)]
+        return self._show_leases([_message(r) for r in self.conn.execute(sql, params)])
 
     def get(self, ident: str) -> OutboxMessage | None:
         if ident.isdigit():
             row = self.conn.execute(Q.outbox_by_seq, (int(ident),)).fetchone()
         else:
             row = self.conn.execute(Q.outbox_by_id, (ident,)).fetchone()
-        return None if row is None else _message(row)
+        return None if row is None else self._show_leases([_message(row)])[0]
 
     def requeue(self, now: datetime, seq: int | None = None, dead: bool = False) -> int:
         if seq is not None:
+            self._unlease(None, [seq])
             return self.conn.execute(Q.requeue_outbox, (_ts(now), seq)).rowcount
         if not dead:
             return 0
