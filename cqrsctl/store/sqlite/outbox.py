@@ -18,7 +18,7 @@ def _message(r: tuple[Any, ...]) -> OutboxMessage:
     # The payload text is orjson's own output (see `dumps`): sinks send it as it is.
     payload = r[5].encode()
     return OutboxMessage(
-        r[0], r[1], r[2], r[3], r[4], orjson.loads(payload), orjson.loads(r[6]), r[7], r[8],
+        r[0], r[1], r[2], r[3], r[4], None, orjson.loads(r[6]), r[7], r[8],
         datetime.fromisoformat(r[9]), r[10], None, None, datetime.fromisoformat(r[11]),
         _opt_ts(r[12]), payload,
     )  # fmt: skip
