@@ -98,7 +98,8 @@ class BatchReport:
 
 
 def _event_dict(event: Event) -> dict[str, Any]:
-    return event.model_dump(mode="json")
+    # model_dump(mode="json") without its Python wrapper (about 40 % of its time).
+    return event.__pydantic_serializer__.to_python(event, mode="json")  # type: ignore[no-any-return]
 
 
 class Dispatcher:

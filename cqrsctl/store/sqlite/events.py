@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,29 @@ def _stream_range(
         where += Q.stream_as_of
         params.append(_ts(as_of))
     return where, params
+
+
+class _Savepoint:
+    """SAVEPOINT … RELEASE (ROLLBACK TO on any exception). A class, not a generator: a
+    group enters one per dispatched command."""
+
+    __slots__ = ("tx",)
+
+    def __init__(self, tx: SQLiteTransaction) -> None:
+        self.tx = tx
+
+    def __enter__(self) -> None:
+        self.tx.conn.execute("SAVEPOINT cqrsctl_sp")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        conn = self.tx.conn
+        if exc_type is not None:
+            conn.execute("ROLLBACK TO cqrsctl_sp")
+            conn.execute("RELEASE cqrsctl_sp")
+            # Versions read inside may have been of rows now gone.
+            self.tx._known.clear()
+            return
+        conn.execute("RELEASE cqrsctl_sp")
 
 
 class SQLiteTransaction(Transaction):
@@ -77,18 +99,8 @@ class SQLiteTransaction(Transaction):
         # Writers run under BEGIN IMMEDIATE: one at a time, so positions commit in order.
         pass
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        self.conn.execute("SAVEPOINT cqrsctl_sp")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK TO cqrsctl_sp")
-            self.conn.execute("RELEASE cqrsctl_sp")
-            # Versions read inside may have been of rows now gone.
-            self._known.clear()
-            raise
-        self.conn.execute("RELEASE cqrsctl_sp")
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self)
 
     def _stream_version(self, stream_id: str) -> int:
         known = self._known.get(stream_id)
