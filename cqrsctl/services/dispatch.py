@@ -293,12 +293,6 @@ class Dispatcher:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _cached(self, stream_id: str) -> Aggregate | None:
-        agg = self._staged.pop(stream_id, None)
-        if agg is None and self.cache_size:
-            agg = self._cache.pop(stream_id, None)
-        return agg
-
     def _run(
         self,
         tx: Transaction,
@@ -314,21 +308,23 @@ class Dispatcher:
             if seen is not None:
                 return DispatchResult.from_dict(seen)
         stream_id = spec.stream_id(cmd)
-        agg = self._cached(stream_id)
-        if agg is not None and type(agg) is spec.aggregate:
-            catch_up(self.app, tx, agg)
-        else:
-            agg = load(self.app, tx, spec.aggregate, stream_id)
-        before = agg.version
+        # A group's earlier command left this stream's aggregate: it is the head, since this
+        # transaction appended the stream's last event and holds the stream until it ends.
+        agg = self._staged.pop(stream_id, None)
+        if agg is None or type(agg) is not spec.aggregate:
+            agg = self._cache.pop(stream_id, None)
+            if agg is not None and type(agg) is spec.aggregate:
+                catch_up(self.app, tx, agg)
+            else:
+                agg = load(self.app, tx, spec.aggregate, stream_id)
         events = _decided(spec, cmd.handle(agg))
-        result = DispatchResult(command_id, spec.name, stream_id, before, [], [])
         if events:
             appended = self._append(tx, spec, agg, events, command_id, metadata)
-            result.version, result.event_ids, result.positions = (
-                appended.version,
-                appended.event_ids,
-                appended.positions,
+            result = DispatchResult(
+                command_id, spec.name, stream_id, appended.version, appended.event_ids, appended.positions
             )
+        else:
+            result = DispatchResult(command_id, spec.name, stream_id, agg.version, [], [])
         if remember:
             tx.commands.record(command_id, stream_id, result.to_dict())
         self._pending = (stream_id, agg)

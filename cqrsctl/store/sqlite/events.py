@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DuplicateEventError
-from ..base import EventRow, FoldRow, StoredEvent, Transaction
+from ..base import EventRow, ExpectedVersion, FoldRow, StoredEvent, Transaction, check_expected
 from ..statements import SQLITE as Q
 from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import SQLiteCommands, SQLiteSnapshots
@@ -35,6 +35,13 @@ def _stream_range(
         where += Q.stream_as_of
         params.append(_ts(as_of))
     return where, params
+
+
+_CATCH_UP = f"{Q.read_stream_data}{Q.stream_from} ORDER BY stream_version"
+_INSERT = (
+    "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,"
+    " category, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class _Savepoint:
@@ -123,28 +130,34 @@ class SQLiteTransaction(Transaction):
             )
         return found
 
-    def _insert_events(self, rows: list[EventRow]) -> list[int]:
-        sql = (
-            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,"
-            " category, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+    def _insert_at_head(
+        self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
+    ) -> tuple[int, list[int]]:
+        current = self._stream_version(stream_id)
+        check_expected(stream_id, expected, current)
+        return current, self._insert_events(rows, current)
+
+    def _insert_events(self, rows: list[EventRow], after: int = 0) -> list[int]:
+        """Insert `rows`, their stream versions counted after `after`."""
         try:
             if len(rows) == 1:
                 r = rows[0]
-                cur = self.conn.execute(sql, (*r[:8], _ts(r[8])))
-                self._known[r[0]] = r[1]
+                version = after + r[1]
+                cur = self.conn.execute(_INSERT, (r[0], version, *r[2:8], _ts(r[8])))
+                # Under BEGIN IMMEDIATE, the stream's head until a savepoint rolls back.
+                self._known[r[0]] = version
                 return [cur.lastrowid]  # type: ignore[list-item]
+            self._known.clear()
             params = []
             at, stamp = None, ""
             for r in rows:
                 if r[8] is not at:  # the rows of one append share their timestamp
                     at, stamp = r[8], _ts(r[8])
-                params.append((*r[:8], stamp))
-            self.conn.executemany(sql, params)
+                params.append((r[0], after + r[1], *r[2:8], stamp))
+            self.conn.executemany(_INSERT, params)
         except sqlite3.IntegrityError as exc:
-            raise DuplicateEventError(f"append rejected by a uniqueness rule: {exc}") from None
-        finally:
             self._known.clear()
+            raise DuplicateEventError(f"append rejected by a uniqueness rule: {exc}") from None
         last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - len(rows) + 1, last + 1))
 
@@ -203,8 +216,7 @@ class SQLiteTransaction(Transaction):
         # From the version before too: when it is there, the rows end at the head (versions
         # have no gaps), and an append after this catch-up need not ask for the head.
         before = max(from_version - 1, 0)
-        where, params = _stream_range(stream_id, before, None, None)
-        rows = self.conn.execute(f"{Q.read_stream_data}{where} ORDER BY stream_version", params).fetchall()
+        rows = self.conn.execute(_CATCH_UP, (stream_id, before)).fetchall()
         if rows and rows[0][1] == before:
             self._known[stream_id] = rows[-1][1]
             return rows[1:]
