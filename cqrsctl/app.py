@@ -159,10 +159,10 @@ class CommandSpec:
     name: str
     cls: type[Command]
     aggregate: type[Aggregate]
-    stream: Callable[[Any], str]
+    stream: Callable[[Any], Any]  # the aggregate id, made text
 
     def stream_id(self, command: Command) -> str:
-        return f"{self.aggregate.category}-{self.stream(command)}"
+        return f"{self.aggregate.category}-{self.stream(command)!s}"
 
 
 @dataclass
@@ -254,7 +254,7 @@ class App:
             if not (isinstance(cls, type) and issubclass(cls, Command)):
                 raise UsageError(f"{cls!r} is not a Command subclass")
             key = name or cls.__name__
-            self.commands[key] = CommandSpec(key, cls, aggregate, lambda c: str(stream(c)))
+            self.commands[key] = CommandSpec(key, cls, aggregate, stream)
             self.aggregate(aggregate)
             return cls
 

@@ -758,7 +758,7 @@ class Transaction(ABC):
             existing = self._events_by_id(given)
             if existing:
                 return self._replayed(stream_id, events, existing)
-        now = utcnow()
+        now = datetime.now(UTC)
         category = category_of(stream_id)
         ids = [e.event_id or new_id() for e in events]
         rows: list[EventRow] = [
@@ -778,12 +778,16 @@ class Transaction(ABC):
         current, positions = self._insert_at_head(stream_id, expected, rows)
         return AppendResult(stream_id, current + len(events), positions, ids, recorded_at=now)
 
-    @abstractmethod
     def _insert_at_head(
         self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
     ) -> tuple[int, list[int]]:
         """Insert `rows`, whose stream versions count from 1, after the head of `stream_id`
         if that head is at `expected`; returns (head before, positions)."""
+        current = self._stream_version(stream_id)
+        check_expected(stream_id, expected, current)
+        if current:
+            rows = [(r[0], current + r[1], *r[2:]) for r in rows]
+        return current, self._insert_events(rows)
 
     def _replayed(
         self, stream_id: str, events: Sequence[NewEvent], existing: list[StoredEvent]

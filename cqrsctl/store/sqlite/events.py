@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DuplicateEventError
-from ..base import EventRow, ExpectedVersion, FoldRow, StoredEvent, Transaction, check_expected
+from ..base import EventRow, FoldRow, StoredEvent, Transaction
 from ..statements import SQLITE as Q
 from ..statements import snapshot_and_tail_params, split_snapshot
 from .commands import SQLiteCommands, SQLiteSnapshots
@@ -54,17 +55,17 @@ class _Savepoint:
         self.tx = tx
 
     def __enter__(self) -> None:
-        self.tx.conn.execute("SAVEPOINT cqrsctl_sp")
+        self.tx.cur.execute("SAVEPOINT cqrsctl_sp")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        conn = self.tx.conn
+        cur = self.tx.cur
         if exc_type is not None:
-            conn.execute("ROLLBACK TO cqrsctl_sp")
-            conn.execute("RELEASE cqrsctl_sp")
+            cur.execute("ROLLBACK TO cqrsctl_sp")
+            cur.execute("RELEASE cqrsctl_sp")
             # Versions read inside may have been of rows now gone.
             self.tx._known.clear()
             return
-        conn.execute("RELEASE cqrsctl_sp")
+        cur.execute("RELEASE cqrsctl_sp")
 
 
 class SQLiteTransaction(Transaction):
@@ -73,6 +74,16 @@ class SQLiteTransaction(Transaction):
         # Under BEGIN IMMEDIATE nobody else writes, so a version seen by a full read
         # of a stream in this transaction stays true; append need not ask again.
         self._known: dict[str, int] = {}
+
+    @cached_property
+    def cur(self) -> sqlite3.Cursor:
+        """A cursor for the statements a dispatched command repeats, each run to its end:
+        Connection.execute makes a new cursor each time."""
+        return self.conn.cursor()
+
+    @cached_property
+    def _savepoint(self) -> _Savepoint:
+        return _Savepoint(self)
 
     @property
     def commands(self) -> SQLiteCommands:
@@ -107,7 +118,7 @@ class SQLiteTransaction(Transaction):
         pass
 
     def savepoint(self) -> _Savepoint:
-        return _Savepoint(self)
+        return self._savepoint  # it keeps no state: savepoints of one name nest
 
     def _stream_version(self, stream_id: str) -> int:
         known = self._known.get(stream_id)
@@ -130,22 +141,14 @@ class SQLiteTransaction(Transaction):
             )
         return found
 
-    def _insert_at_head(
-        self, stream_id: str, expected: ExpectedVersion, rows: list[EventRow]
-    ) -> tuple[int, list[int]]:
-        current = self._stream_version(stream_id)
-        check_expected(stream_id, expected, current)
-        return current, self._insert_events(rows, current)
-
-    def _insert_events(self, rows: list[EventRow], after: int = 0) -> list[int]:
-        """Insert `rows`, their stream versions counted after `after`."""
+    def _insert_events(self, rows: list[EventRow]) -> list[int]:
         try:
             if len(rows) == 1:
                 r = rows[0]
-                version = after + r[1]
-                cur = self.conn.execute(_INSERT, (r[0], version, *r[2:8], _ts(r[8])))
+                cur = self.cur
+                cur.execute(_INSERT, (*r[:8], _ts(r[8])))
                 # Under BEGIN IMMEDIATE, the stream's head until a savepoint rolls back.
-                self._known[r[0]] = version
+                self._known[r[0]] = r[1]
                 return [cur.lastrowid]  # type: ignore[list-item]
             self._known.clear()
             params = []
@@ -153,7 +156,7 @@ class SQLiteTransaction(Transaction):
             for r in rows:
                 if r[8] is not at:  # the rows of one append share their timestamp
                     at, stamp = r[8], _ts(r[8])
-                params.append((r[0], after + r[1], *r[2:8], stamp))
+                params.append((*r[:8], stamp))
             self.conn.executemany(_INSERT, params)
         except sqlite3.IntegrityError as exc:
             self._known.clear()
@@ -216,7 +219,7 @@ class SQLiteTransaction(Transaction):
         # From the version before too: when it is there, the rows end at the head (versions
         # have no gaps), and an append after this catch-up need not ask for the head.
         before = max(from_version - 1, 0)
-        rows = self.conn.execute(_CATCH_UP, (stream_id, before)).fetchall()
+        rows = self.cur.execute(_CATCH_UP, (stream_id, before)).fetchall()
         if rows and rows[0][1] == before:
             self._known[stream_id] = rows[-1][1]
             return rows[1:]
