@@ -73,6 +73,29 @@ def test_a_batch_stops_at_its_first_failure_keeping_the_lines_before_it(store: S
     assert outbox_count(store) == 4
 
 
+def test_a_command_meeting_its_stream_grown_by_a_hook_decides_on_the_grown_stream(store: Store) -> None:
+    # A group's next command on a stream starts from the aggregate the previous one left;
+    # a hook that appended to that stream in between must not leave it deciding on less.
+    dispatcher = Dispatcher(app, store)
+
+    def hook(tx: Any, stream_id: str, events: list[Any], appended: list[Any]) -> None:
+        if events[0].event_type == "Deposited" and events[0].amount == 5:
+            tx.append(stream_id, [NewEvent("Deposited", {"amount": 100})])
+
+    dispatcher.after_append.append(hook)
+    items = [item(1, "Open", "A"), item(2, "Deposit", "A", 5), item(3, "Deposit", "A", 7)]
+    report = dispatcher.dispatch_many(items)
+    assert report.failures == [] and [r.version for r in report.results] == [2, 4, 7]
+    events = store.read_stream("Acct-A")
+    assert [e.stream_version for e in events] == list(range(1, 8))
+    assert sum(e.data.get("amount", 0) for e in events) == 112
+    # The snapshot (every three versions) and the aggregate kept for the next command agree.
+    with store.reader() as tx:
+        snap = tx.snapshots.load("Acct-A")
+    assert snap is not None and (snap.version, snap.state["balance"]) == (7, 112)
+    assert dispatcher.dispatch_many([item(4, "Deposit", "A", 1)]).results[0].version == 9
+
+
 def test_command_ids_are_idempotent_within_and_across_groups(store: Store) -> None:
     ids = ["a", "b", "a", "c", "d", "e", "a", "c"]  # repeats inside a group of 3 and across groups
     items = [item(1, "Open", "A")] + [
