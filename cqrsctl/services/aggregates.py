@@ -30,7 +30,8 @@ def load(
         if folds_data(app, cls):
             # The snapshot and the events after it in one read.
             version, state, rows = tx.read_from_snapshot(stream_id, cls.snapshot_schema, at_version)
-            return fold_rows(app, new_aggregate(cls, stream_id, version, state), rows)
+            agg = new_aggregate(cls, stream_id, version, state)
+            return fold_rows(app, agg, rows) if rows else agg
         snap = tx.snapshots.usable(stream_id, cls.snapshot_schema, at_version)
         if snap is not None:
             return catch_up(app, tx, new_aggregate(cls, stream_id, snap.version, snap.state), at_version)

@@ -15,6 +15,7 @@ timestamps computed by the database's clock, and how an insert returns its key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,13 +85,14 @@ class Statements:
         " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at"
     )
     # A usable snapshot (its row first: position 0) and the stream's events after it, in
-    # one statement; see snapshot_and_tail_params.
+    # one statement; see snapshot_and_tail_params. Its parameters are numbered (stream id,
+    # schema version, last version): SQLite binds each once, PostgreSQL takes them in order.
     snapshot_and_tail = (
         "SELECT 0, version, state{text}, NULL, NULL FROM snapshots"
-        " WHERE stream_id = ? AND schema_version = ? AND version <= ?"
+        " WHERE stream_id = ?1 AND schema_version = ?2 AND version <= ?3"
         " UNION ALL SELECT global_position, stream_version, event_type, schema_version, data{text} FROM events"
-        " WHERE stream_id = ? AND stream_version <= ? AND stream_version > coalesce(("
-        "SELECT version FROM snapshots WHERE stream_id = ? AND schema_version = ? AND version <= ?), 0)"
+        " WHERE stream_id = ?1 AND stream_version <= ?3 AND stream_version > coalesce(("
+        "SELECT version FROM snapshots WHERE stream_id = ?1 AND schema_version = ?2 AND version <= ?3), 0)"
         " ORDER BY 2"
     )
     list_snapshots = f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY stream_id LIMIT ?"
@@ -160,7 +162,9 @@ class Statements:
         self.param, self.arrays, self.no_limit = param, arrays, no_limit
         for name, template in vars(Statements).items():
             if not name.startswith("_") and isinstance(template, str):
-                rendered = template.replace("{json}", json).replace("{text}", text).replace("?", param)
+                rendered = template.replace("{json}", json).replace("{text}", text)
+                if param != "?":  # numbered parameters (`?1`) are SQLite's; others are taken in order
+                    rendered = re.sub(r"\?\d*", param, rendered)
                 setattr(self, name, rendered)
 
     def filtered(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import DuplicateEventError
 from ..base import EventRow, FoldRow, StoredEvent, Transaction
 from ..statements import SQLITE as Q
-from ..statements import snapshot_and_tail_params, split_snapshot
+from ..statements import split_snapshot
 from .commands import SQLiteCommands, SQLiteSnapshots
 from .journal import SQLiteJournal
 from .outbox import SQLiteOutbox
@@ -84,6 +84,13 @@ class SQLiteTransaction(Transaction):
     @cached_property
     def _savepoint(self) -> _Savepoint:
         return _Savepoint(self)
+
+    # A reader that neither begins nor takes turns (see SQLiteStore.reader).
+    def __enter__(self) -> SQLiteTransaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
     @property
     def commands(self) -> SQLiteCommands:
@@ -230,8 +237,9 @@ class SQLiteTransaction(Transaction):
     def read_from_snapshot(
         self, stream_id: str, schema_version: str, to_version: int | None = None
     ) -> tuple[int, Any, list[FoldRow]]:
-        params = snapshot_and_tail_params(stream_id, schema_version, to_version)
-        version, state, rows = split_snapshot(self.conn.execute(Q.snapshot_and_tail, params).fetchall())
+        last = 2**62 if to_version is None else to_version
+        rows = self.conn.execute(Q.snapshot_and_tail, (stream_id, schema_version, last)).fetchall()
+        version, state, rows = split_snapshot(rows)
         if to_version is None and (rows or version == 0):  # without a snapshot, rows start at 1
             self._known[stream_id] = rows[-1][1] if rows else 0
         return version, state, rows
