@@ -99,8 +99,8 @@ class EventView:
     (via App.decode), built only when asked for; `aggregate_id` is the stream id without
     its category (`Account-A-1` -> `A-1`). Built once per event in a rebuild's hot loop:
     `data` and `aggregate_id`, which nearly every handler reads, are plain attributes
-    set here; the rest is worked out on demand, and a lean row (see EventPage) gets its
-    event_id, recorded_at and metadata from its page.
+    set here; the rest is worked out on demand, and a lean or bare row (see EventPage)
+    gets what it lacks from its page.
     """
 
     # `_metadata` and `_recorded_at` are left unset until asked for (most handlers never do).
@@ -114,10 +114,10 @@ class EventView:
         self.aggregate_id: str = rest if sep else head
         # `data` is decoded here rather than on demand: nearly every handler reads it, and
         # a plain attribute is read at a fraction of a property's cost.
-        data = row[5]
+        data = row[3]
         if data.__class__ is not dict:
             data = _loads(data)
-        if app is not None and app.upcasters and (row[3], row[4]) in app.upcasters:
+        if app is not None and app.upcasters and (row[2], self.schema_version) in app.upcasters:
             data = app.upcast(self._stored(data))[1]
         self.data: dict[str, Any] = data
 
@@ -134,29 +134,32 @@ class EventView:
 
     @property
     def stream_version(self) -> int:
-        return self._row[2]  # type: ignore[no-any-return]
+        row = self._row
+        return (row if len(row) > 4 else self._full(False))[4]  # type: ignore[no-any-return]
 
     @property
     def type(self) -> str:
-        return self._row[3]  # type: ignore[no-any-return]
+        return self._row[2]  # type: ignore[no-any-return]
 
     @property
     def event_id(self) -> str:
         return self._full()[8]  # type: ignore[no-any-return]
 
-    def _full(self) -> EventTuple:
-        """The row with every column (a lean row asks its page for the rest)."""
+    def _full(self, everything: bool = True) -> EventTuple:
+        """The row with every column (a lean or bare row asks its page for the rest);
+        `everything` False: only the versions are wanted."""
         row = self._row
         if len(row) < 9:
             page = self._page
             if page is None:
                 raise UsageError("this event was read without its metadata, recorded_at and event_id")
-            row = self._row = page.full_row(row[0])
+            row = self._row = page.full_row(row[0], everything)
         return row
 
     @property
     def schema_version(self) -> int:
-        return self._row[4]  # type: ignore[no-any-return]
+        row = self._row
+        return (row if len(row) > 5 else self._full(False))[5]  # type: ignore[no-any-return]
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -187,29 +190,33 @@ class EventView:
 
     def stored(self) -> StoredEvent:
         """The event as the store's StoredEvent (data as stored, before upcasting)."""
-        raw = self._row[5]
+        raw = self._row[3]
         return self._stored(raw if raw.__class__ is dict else orjson.loads(raw))
 
     def _stored(self, data: dict[str, Any]) -> StoredEvent:
         r = self._full()
-        return StoredEvent(r[0], r[1], r[2], r[8], r[3], r[4], data, self.metadata, self.recorded_at)
+        return StoredEvent(r[0], r[1], r[4], r[8], r[2], r[5], data, self.metadata, self.recorded_at)
 
 
 class EventPage:
-    """A page of lean rows (events without metadata, recorded_at and event_id, which are
-    cheaper to read). The first time a handler asks for one of those, the page reads them
-    for all its events in one query, in the transaction that read the page: so only until
-    that transaction ends (`close`)."""
+    """A page of lean or bare rows (events without metadata, recorded_at and event_id, a
+    bare one without its versions either: cheaper to read). The first time a handler asks
+    for one of those, the page reads every column for all its events in one query, in the
+    transaction that read the page: so only until that transaction ends (`close`).
+    `everything` says whether more than the versions was asked for (the next pages are
+    then read whole, else lean)."""
 
-    __slots__ = ("tracking", "first", "last", "count", "types", "full")
+    __slots__ = ("tracking", "first", "last", "count", "types", "full", "everything")
 
     def __init__(self, tracking: Tracking, rows: Sequence[EventTuple], types: Sequence[str]) -> None:
         self.tracking: Tracking | None = tracking
         # Where the rows are, not the rows: a page holds no events until one asks.
         self.first, self.last, self.count, self.types = rows[0][0], rows[-1][0], len(rows), types
         self.full: dict[int, EventTuple] | None = None
+        self.everything = False
 
-    def full_row(self, position: int) -> EventTuple:
+    def full_row(self, position: int, everything: bool = True) -> EventTuple:
+        self.everything = self.everything or everything
         full = self.full
         if full is None:
             if self.tracking is None:

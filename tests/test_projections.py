@@ -415,6 +415,39 @@ def test_an_event_kept_past_its_batch_has_only_what_was_read_during_it(store: St
         kept[0].recorded_at  # noqa: B018
 
 
+class Versions(Projection, name="versions"):
+    """Reads what bare rows leave out: the stream and schema versions."""
+
+    tables = {
+        "v": Table({"position": "int", "stream_version": "int", "schema_version": "int"}, key=["position"])
+    }
+
+    def on_Added(self, event: EventView, rm: ReadModel) -> None:
+        rm.upsert("v", {"position": event.position, "stream_version": event.stream_version,
+                        "schema_version": event.schema_version})  # fmt: skip
+
+
+def test_handlers_reading_versions_get_them_on_every_page(store: Store, monkeypatch: Any) -> None:
+    app = App("versions")
+    app.projection(Versions)
+    append_random(store, 60, streams=4, seed=3, batch=5)
+    store.append("S-9", [NewEvent("Added", {"n": 1}, schema_version=2)])
+    expected = {
+        e.global_position: (e.stream_version, e.schema_version) for e in store.iter_all(types=["Added"])
+    }
+
+    def table() -> dict[int, tuple[int, int]]:
+        with store.reader() as tx:
+            rows = tx.read_models.select("v", Versions.tables["v"])
+        return {r["position"]: (r["stream_version"], r["schema_version"]) for r in rows}
+
+    P.check_catch_up(P.catch_up(store, app, batch=7))
+    assert table() == expected
+    monkeypatch.setattr(P, "PAGE", 7)
+    assert P.rebuild(store, app, "versions", batch=20).events == len(expected)
+    assert table() == expected
+
+
 def test_projection_declarations_are_checked() -> None:
     with pytest.raises(UsageError):
         App("x").projection(type("NoTables", (Projection,), {"on_A": lambda s, e, rm: None}))  # type: ignore[arg-type]

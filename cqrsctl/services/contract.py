@@ -377,7 +377,7 @@ class _Checker:
         """Decode a page of rows; `count` adds them to the stored counts too."""
         groups: dict[tuple[str, int], list[Any]] = {}
         for row in rows:
-            key = (row[3], row[4])
+            key = (row[2], row[5])
             group = groups.get(key)
             if group is None:
                 groups[key] = [row]
@@ -406,7 +406,7 @@ class _Checker:
         if adapter is None:
             adapter = self.adapters[cls] = _list_validator(cls)
         if version == target:
-            texts = [r[5] for r in rows]
+            texts = [r[3] for r in rows]
             if all(t.__class__ is str for t in texts):
                 payload: Any = "[" + ",".join(texts) + "]"
                 validate: Callable[[Any], Any] = adapter.validate_json
@@ -417,8 +417,8 @@ class _Checker:
         else:
             payload, kept = [], []
             for r in rows:
-                data = r[5] if r[5].__class__ is dict else orjson.loads(r[5])
-                event = StoredEvent(r[0], r[1], r[2], "", r[3], r[4], data, {}, _EPOCH)
+                data = r[3] if r[3].__class__ is dict else orjson.loads(r[3])
+                event = StoredEvent(r[0], r[1], r[4], "", r[2], r[5], data, {}, _EPOCH)
                 try:
                     payload.append(self.app.upcast(event, target)[1])
                 except Exception as exc:  # DecodeError: the upcaster raised
@@ -463,7 +463,7 @@ def _list_validator(cls: type[Event]) -> Any:
 
 
 def _failure(row: Any, reason: str, prefix: str = "") -> Failure:
-    return Failure(row[0], row[1], row[2], row[4], prefix + reason)
+    return Failure(row[0], row[1], row[4], row[5], prefix + reason)
 
 
 def check(

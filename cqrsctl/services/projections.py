@@ -97,13 +97,13 @@ def apply(
     """Run the handlers over `rows` in order (the hot loop of catch-up and rebuild)."""
     get = handlers.get
     for row in rows:
-        handler = get(row[3])
+        handler = get(row[2])
         if handler is None or (skipped and row[0] in skipped):
             continue
         try:
             handler(EventView(row, app, page), rm)
         except Exception as exc:
-            raise HandlerFailure(row[0], row[3], exc) from exc
+            raise HandlerFailure(row[0], row[2], exc) from exc
 
 
 def _until(position: int, head: int, limit: int) -> int:
@@ -179,8 +179,9 @@ class Runner:
         self.retry_at = 0.0
         self._rm: ReadModel | None = None
         self._token: Any = None
-        # Lean pages until a handler asks for metadata, recorded_at or event_id.
-        self._lean = True
+        # Bare pages until a handler asks for a version (then lean ones), or for metadata,
+        # recorded_at or event_id (then whole ones). Upcasters need the schema version.
+        self._lean, self._bare = True, not app.upcasters
 
     def claim(self) -> str:
         """Take the lease: 'claimed', 'held' (someone else has it) or 'stale' (version differs).
@@ -266,7 +267,9 @@ class Runner:
                     return early
                 assert cp is not None
                 until = _until(cp.position, head, self.batch)
-                rows = tr.scan(cp.position, self.batch, self.cls.handles, until, lean=self._lean)
+                rows = tr.scan(
+                    cp.position, self.batch, self.cls.handles, until, lean=self._lean, bare=self._bare
+                )
                 if before is not None:
                     rows = [r for r in rows if r[0] < before]
                 rm = self._handle(tx, cp, rows)
@@ -310,7 +313,8 @@ class Runner:
             apply(self.app, self.handlers, rm, rows, skipped, page)
         finally:
             if page is not None:
-                self._lean = page.full is None
+                if page.full is not None:
+                    self._lean, self._bare = not page.everything, False
                 page.close()
         return rm
 
@@ -571,7 +575,9 @@ class Rebuild:
         self.handlers = self.cls().handlers()
         self.batch, self.page_size = batch, min(batch, PAGE)
         self.on_progress = on_progress
-        self.lean = True  # until a handler asks for metadata, recorded_at or event_id
+        # Bare pages until a handler asks for a version (then lean ones), or for metadata,
+        # recorded_at or event_id (then whole ones). Upcasters need the schema version.
+        self.lean, self.bare = True, not app.upcasters
         self.started = time.monotonic()
         self.position = self.resumed_from = self.events = self.total = self.reported = 0
         self.skipped: set[int] = set()
@@ -734,7 +740,7 @@ class Rebuild:
         assert self.rm is not None
         cls = self.cls
         until = _until(self.position, head_now, self.page_size)
-        rows = tr.scan(self.position, self.page_size, cls.handles, until, lean=self.lean)
+        rows = tr.scan(self.position, self.page_size, cls.handles, until, lean=self.lean, bare=self.bare)
         page = EventPage(tr, rows, cls.handles) if self.lean and rows else None
         if page is not None:
             pages.append(page)
@@ -754,7 +760,8 @@ class Rebuild:
         self.position = (
             _advance(self.position, until, rows, self.page_size) if cut == len(rows) else rows[cut - 1][0]
         )
-        self.lean = self.lean and (page is None or page.full is None)
+        if page is not None and page.full is not None:
+            self.lean, self.bare = not page.everything, False
         return cut
 
 

@@ -52,18 +52,22 @@ class Statements:
     stream_as_of = " AND recorded_at <= ?"
 
     # -- what projections read (tracking) -------------------------------------------------
-    # A page of events as tuples: lean rows stop after data (see Tracking.scan).
+    # A page of events as tuples (see EventTuple): bare rows stop after data, lean rows
+    # after the schema version (see Tracking.scan).
+    scan_bare = (
+        "SELECT global_position, stream_id, event_type, data{text} FROM events WHERE global_position > ?"
+    )
     scan_lean = (
-        "SELECT global_position, stream_id, stream_version, event_type, schema_version, data{text}"
+        "SELECT global_position, stream_id, event_type, data{text}, stream_version, schema_version"
         " FROM events WHERE global_position > ?"
     )
     scan = (
-        "SELECT global_position, stream_id, stream_version, event_type, schema_version, data{text},"
+        "SELECT global_position, stream_id, event_type, data{text}, stream_version, schema_version,"
         " metadata{text}, recorded_at, event_id FROM events WHERE global_position > ?"
     )
     # The window runs over three narrow columns; only the chosen rows are joined back for data.
     sample = (
-        "SELECT e.global_position, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data{text}, s.n"
+        "SELECT e.global_position, e.stream_id, e.event_type, e.data{text}, e.stream_version, e.schema_version, s.n"
         " FROM (SELECT global_position,"
         " row_number() OVER (PARTITION BY event_type, schema_version ORDER BY global_position) AS rn,"
         " count(*) OVER (PARTITION BY event_type, schema_version) AS n FROM events) s"
@@ -192,11 +196,11 @@ class Statements:
         return f"{sql} ORDER BY {order} LIMIT {self.param}", params
 
     def scan_page(
-        self, after: int, limit: int, types: Sequence[str] | None, until: int | None, lean: bool
+        self, after: int, limit: int, types: Sequence[str] | None, until: int | None, lean: bool, bare: bool
     ) -> tuple[str, list[Any]]:
         """A page of events after `after` (see Tracking.scan)."""
         return self.filtered(
-            self.scan_lean if lean else self.scan,
+            self.scan_bare if bare else self.scan_lean if lean else self.scan,
             [after],
             ("global_position <= ?", until),
             ("event_type IN ?", types),

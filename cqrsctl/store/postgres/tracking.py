@@ -40,18 +40,19 @@ class PostgresTracking(Tracking):
         types: Sequence[str] | None = None,
         until: int | None = None,
         lean: bool = False,
+        bare: bool = False,
     ) -> list[EventTuple]:
         # JSON as text: EventView decodes it only if a handler reads it.
-        query, params = Q.scan_page(after, limit, types, until, lean)
-        # Lean rows are numbers and text, which psycopg reads faster in binary (a fifth
-        # of its CPU per row).
-        self.cur.execute(query, params, binary=lean)
+        query, params = Q.scan_page(after, limit, types, until, lean, bare)
+        # Lean and bare rows are numbers and text, which psycopg reads faster in binary (a
+        # fifth of its CPU per row).
+        self.cur.execute(query, params, binary=lean or bare)
         return self.cur.fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
         self.cur.execute(Q.sample, (first, last))
         rows = self.cur.fetchall()
-        counts = {(r[3], r[4]): r[6] for r in rows}
+        counts = {(r[2], r[5]): r[6] for r in rows}
         return [r[:6] for r in rows], counts
 
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:

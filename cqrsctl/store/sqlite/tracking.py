@@ -60,13 +60,14 @@ class SQLiteTracking(Tracking):
         types: Sequence[str] | None = None,
         until: int | None = None,
         lean: bool = False,
+        bare: bool = False,
     ) -> list[EventTuple]:
-        sql, params = Q.scan_page(after, limit, types, until, lean)
+        sql, params = Q.scan_page(after, limit, types, until, lean, bare)
         return self.conn.execute(sql, params).fetchall()
 
     def sample(self, first: int, last: int) -> tuple[list[EventTuple], dict[tuple[str, int], int]]:
         rows = self.conn.execute(Q.sample, (first, last)).fetchall()
-        counts = {(r[3], r[4]): r[6] for r in rows}
+        counts = {(r[2], r[5]): r[6] for r in rows}
         return [r[:6] for r in rows], counts
 
     def get(self, name: str, lock: bool = False) -> Checkpoint | None:
