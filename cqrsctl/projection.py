@@ -321,9 +321,12 @@ class ReadModel:
 
     def get(self, table: str, **key: Any) -> dict[str, Any] | None:
         """The row with this primary key (as a copy), or None."""
-        slot = self._slots.get(table) or self._slot(table)
-        single = slot.single  # the common one-column key, without a call
-        k = key[single] if single is not None and single in key else slot.key_of(key)
+        try:  # the common one-column key, without a call (KeyError: key_of words it)
+            slot = self._slots[table]
+            k = key[slot.single]  # type: ignore[index]
+        except KeyError:
+            slot = self._slot(table)
+            k = slot.key_of(key)
         row = slot.cache.get(k, _MISSING)
         if row is _MISSING:
             row = self._load(slot, k)
@@ -353,9 +356,12 @@ class ReadModel:
 
     def upsert(self, table: str, row: dict[str, Any]) -> None:
         """Insert the row, or update the columns it gives of the existing one."""
-        slot = self._slots.get(table) or self._slot(table)
-        single = slot.single
-        key = row[single] if single is not None and single in row else slot.key_of(row)
+        try:
+            slot = self._slots[table]
+            key = row[slot.single]  # type: ignore[index]
+        except KeyError:
+            slot = self._slot(table)
+            key = slot.key_of(row)
         existing = slot.cache.get(key, _MISSING)
         if existing is _MISSING:
             existing = self._load(slot, key)
