@@ -648,7 +648,16 @@ class Outbox(ABC):
             self._rewrite_leases(shrunk, emptied)
         return taken
 
-    def _claimed(self, messages: list[OutboxMessage], owner: str, until: datetime) -> list[OutboxMessage]:
+    def _claimed(
+        self, messages: list[OutboxMessage], expired: Sequence[Lease], owner: str, until: datetime
+    ) -> list[OutboxMessage]:
+        """Lease `messages`, just selected, to `owner` in one new lease; those taken over
+        from `expired` leases leave them."""
+        seqs = [m.seq for m in messages]
+        if expired:
+            _, shrunk, emptied = unlease(expired, seqs)
+            self._rewrite_leases(shrunk, emptied)
+        self._add_lease(owner, until, seqs)
         for m in messages:
             m.claimed_by, m.claimed_until = owner, until
         return messages

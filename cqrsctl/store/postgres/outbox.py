@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps, unlease
+from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
 from ..statements import POSTGRES as Q
 
 if TYPE_CHECKING:
@@ -91,12 +91,7 @@ class PostgresOutbox(Outbox):
         rows = self.cur.fetchall()
         if not rows:
             return []
-        seqs = [r[0] for r in rows]
-        if expired:  # messages taken over from leases that ran out are no longer theirs
-            _, shrunk, emptied = unlease(expired, seqs)
-            self._rewrite_leases(shrunk, emptied)
-        self._add_lease(owner, until, seqs)
-        return self._claimed([_message(r) for r in rows], owner, until)
+        return self._claimed([_message(r) for r in rows], expired, owner, until)
 
     def _held_and_expired(self, now: datetime) -> tuple[list[Lease], list[Lease]]:
         """The leases that hold their messages at `now`, and those that ran out, locked.

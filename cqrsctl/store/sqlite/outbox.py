@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps, unlease
+from ..base import OUTBOX_COLUMNS, Lease, NewMessage, Outbox, OutboxFailure, OutboxMessage, dumps
 from ..statements import SQLITE as Q
 from .sql import _ints, _opt_ts, _ts
 
@@ -77,12 +77,7 @@ class SQLiteOutbox(Outbox):
         ).fetchall()
         if not rows:
             return []
-        seqs = [r[0] for r in rows]
-        if expired:  # messages taken over from leases that ran out are no longer theirs
-            _, shrunk, emptied = unlease(expired, seqs)
-            self._rewrite_leases(shrunk, emptied)
-        self._add_lease(owner, until, seqs)
-        return self._claimed([_message(r) for r in rows], owner, until)
+        return self._claimed([_message(r) for r in rows], expired, owner, until)
 
     def _leases(self, owner: str | None = None, lock: bool = False) -> list[Lease]:
         # No locks: writers take turns.
