@@ -125,6 +125,30 @@ def _advance(cp_position: int, until: int, rows: Sequence[EventTuple], limit: in
     return max(cp_position, until, rows[-1][0] if rows else 0)
 
 
+class _Columns:
+    """The columns pages of events are read with, for one run of a projection: bare ones
+    (no versions) until a handler asks for a version, then lean ones; whole ones once a
+    handler asks for metadata, recorded_at or event_id. Upcasters need the schema version,
+    so an app with any starts lean."""
+
+    def __init__(self, app: App) -> None:
+        self.lean, self.bare = True, not app.upcasters
+
+    def scan(
+        self, tr: Tracking, after: int, limit: int, types: Sequence[str] | None, until: int
+    ) -> list[EventTuple]:
+        return tr.scan(after, limit, types, until, lean=self.lean, bare=self.bare)
+
+    def page(self, tr: Tracking, rows: Sequence[EventTuple], types: Sequence[str]) -> EventPage | None:
+        """What fetches the rest of a row for `rows` read lean or bare (None when whole)."""
+        return EventPage(tr, rows, types) if self.lean and rows else None
+
+    def learn(self, page: EventPage) -> None:
+        """After the handlers ran over `page`: read what they asked for from the next page on."""
+        if page.full is not None:
+            self.lean, self.bare = not page.everything, False
+
+
 # -- one projection, step by step ------------------------------------------------------------
 
 
@@ -179,9 +203,7 @@ class Runner:
         self.retry_at = 0.0
         self._rm: ReadModel | None = None
         self._token: Any = None
-        # Bare pages until a handler asks for a version (then lean ones), or for metadata,
-        # recorded_at or event_id (then whole ones). Upcasters need the schema version.
-        self._lean, self._bare = True, not app.upcasters
+        self._columns = _Columns(app)
 
     def claim(self) -> str:
         """Take the lease: 'claimed', 'held' (someone else has it) or 'stale' (version differs).
@@ -267,9 +289,7 @@ class Runner:
                     return early
                 assert cp is not None
                 until = _until(cp.position, head, self.batch)
-                rows = tr.scan(
-                    cp.position, self.batch, self.cls.handles, until, lean=self._lean, bare=self._bare
-                )
+                rows = self._columns.scan(tr, cp.position, self.batch, self.cls.handles, until)
                 if before is not None:
                     rows = [r for r in rows if r[0] < before]
                 rm = self._handle(tx, cp, rows)
@@ -295,7 +315,7 @@ class Runner:
 
     def _handle(self, tx: Transaction, cp: Checkpoint, rows: Sequence[EventTuple]) -> ReadModel:
         """Run the handlers over `rows` into the read-model cache; returns the cache."""
-        page = EventPage(tx.tracking, rows, self.cls.handles) if self._lean and rows else None
+        page = self._columns.page(tx.tracking, rows, self.cls.handles)
         skipped = {s["position"] for s in cp.skipped}
         # The cache of read-model rows outlives a step only while nobody else wrote the
         # checkpoint (a rebuild's swap, a reset, skip/retry): its updated_at is the token.
@@ -313,8 +333,7 @@ class Runner:
             apply(self.app, self.handlers, rm, rows, skipped, page)
         finally:
             if page is not None:
-                if page.full is not None:
-                    self._lean, self._bare = not page.everything, False
+                self._columns.learn(page)
                 page.close()
         return rm
 
@@ -575,9 +594,7 @@ class Rebuild:
         self.handlers = self.cls().handlers()
         self.batch, self.page_size = batch, min(batch, PAGE)
         self.on_progress = on_progress
-        # Bare pages until a handler asks for a version (then lean ones), or for metadata,
-        # recorded_at or event_id (then whole ones). Upcasters need the schema version.
-        self.lean, self.bare = True, not app.upcasters
+        self.columns = _Columns(app)
         self.started = time.monotonic()
         self.position = self.resumed_from = self.events = self.total = self.reported = 0
         self.skipped: set[int] = set()
@@ -740,8 +757,8 @@ class Rebuild:
         assert self.rm is not None
         cls = self.cls
         until = _until(self.position, head_now, self.page_size)
-        rows = tr.scan(self.position, self.page_size, cls.handles, until, lean=self.lean, bare=self.bare)
-        page = EventPage(tr, rows, cls.handles) if self.lean and rows else None
+        rows = self.columns.scan(tr, self.position, self.page_size, cls.handles, until)
+        page = self.columns.page(tr, rows, cls.handles)
         if page is not None:
             pages.append(page)
         cut = len(rows)
@@ -760,8 +777,8 @@ class Rebuild:
         self.position = (
             _advance(self.position, until, rows, self.page_size) if cut == len(rows) else rows[cut - 1][0]
         )
-        if page is not None and page.full is not None:
-            self.lean, self.bare = not page.everything, False
+        if page is not None:
+            self.columns.learn(page)
         return cut
 
 
