@@ -138,10 +138,7 @@ class Aggregate(BaseModel):
 
     @property
     def exists(self) -> bool:
-        try:
-            return self.__pydantic_private__["_version"] > 0  # type: ignore[index,no-any-return]
-        except (TypeError, KeyError):
-            return False
+        return self.version > 0
 
     def state(self) -> dict[str, Any]:
         # model_dump(mode="json") without its Python wrapper (a quarter of its time).
