@@ -89,7 +89,7 @@ class Statements:
         " schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at"
     )
     # A usable snapshot (its row first: position 0) and the stream's events after it, in
-    # one statement; see snapshot_and_tail_params. Its parameters are numbered (stream id,
+    # one statement; see Statements.snapshot_and_tail_params. Its parameters are numbered (stream id,
     # schema version, last version): SQLite binds each once, PostgreSQL takes them in order.
     snapshot_and_tail = (
         "SELECT 0, version, state{text}, NULL, NULL FROM snapshots"
@@ -208,6 +208,16 @@ class Statements:
             limit=limit,
         )
 
+    def snapshot_and_tail_params(
+        self, stream_id: str, schema_version: str, to_version: int | None
+    ) -> tuple[Any, ...]:
+        """The parameters of snapshot_and_tail (a version past any stream's head when there
+        is no last one): numbered ones bound once each, positional ones in order."""
+        last = 2**62 if to_version is None else to_version
+        if self.param == "?":
+            return (stream_id, schema_version, last)
+        return (stream_id, schema_version, last, stream_id, last, stream_id, schema_version, last)
+
     def outbox_listing(
         self, status: str | None, topic: str | None, key: str | None, limit: int | None
     ) -> tuple[str, list[Any]]:
@@ -226,12 +236,6 @@ class Statements:
 # SQLite reads LIMIT -1 as no limit, PostgreSQL LIMIT NULL.
 SQLITE = Statements("?", "", "", arrays=False, no_limit=-1)
 POSTGRES = Statements("%s", "::jsonb", "::text", arrays=True, no_limit=None)
-
-
-def snapshot_and_tail_params(stream_id: str, schema_version: str, to_version: int | None) -> tuple[Any, ...]:
-    """The parameters of snapshot_and_tail (a version past any stream's head when there is no last one)."""
-    last = 2**62 if to_version is None else to_version
-    return (stream_id, schema_version, last, stream_id, last, stream_id, schema_version, last)
 
 
 def split_snapshot(rows: list[Any]) -> tuple[int, Any, list[Any]]:

@@ -23,7 +23,7 @@ from ..base import (
     check_expected,
 )
 from ..statements import POSTGRES as Q
-from ..statements import snapshot_and_tail_params, split_snapshot
+from ..statements import split_snapshot
 from .commands import PostgresCommands, PostgresSnapshots
 from .journal import PostgresJournal
 from .outbox import PostgresOutbox
@@ -407,6 +407,6 @@ class PostgresTransaction(Transaction):
     def read_from_snapshot(
         self, stream_id: str, schema_version: str, to_version: int | None = None
     ) -> tuple[int, Any, list[FoldRow]]:
-        params = snapshot_and_tail_params(stream_id, schema_version, to_version)
+        params = Q.snapshot_and_tail_params(stream_id, schema_version, to_version)
         self.cur.execute(Q.snapshot_and_tail, params, binary=True)
         return split_snapshot(self.cur.fetchall())

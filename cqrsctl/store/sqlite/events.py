@@ -237,9 +237,8 @@ class SQLiteTransaction(Transaction):
     def read_from_snapshot(
         self, stream_id: str, schema_version: str, to_version: int | None = None
     ) -> tuple[int, Any, list[FoldRow]]:
-        last = 2**62 if to_version is None else to_version
-        rows = self.conn.execute(Q.snapshot_and_tail, (stream_id, schema_version, last)).fetchall()
-        version, state, rows = split_snapshot(rows)
+        params = Q.snapshot_and_tail_params(stream_id, schema_version, to_version)
+        version, state, rows = split_snapshot(self.conn.execute(Q.snapshot_and_tail, params).fetchall())
         if to_version is None and (rows or version == 0):  # without a snapshot, rows start at 1
             self._known[stream_id] = rows[-1][1] if rows else 0
         return version, state, rows
