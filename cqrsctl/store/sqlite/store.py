@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,14 +92,108 @@ class _Turns:
         wake.release()
 
 
-_TURNS: dict[str, _Turns] = {}
-_TURNS_LOCK = threading.Lock()
+class _Checkpointer:
+    """Copies the log (the -wal file) into the database file beside the writers, not in their turn.
+
+    Left to SQLite, the commit that takes the log past 1,000 pages copies them and syncs both
+    files inside its writer's turn while every other writer of the file waits: 18-20 ms on a
+    virtual disk, against a 2 ms median write under 8 threads. Here one thread per file and
+    process copies whatever is new, syncing the log and the database as it goes, while
+    writers go on appending. The log can only start over once everything in it is copied
+    with no commit in between, so when it is long the thread takes a writer's turn for the
+    last pages (a few ms), and the next writer starts the log over. The thread ends after a
+    few idle seconds, and when the last store of the file in this process is closed (so that
+    a closed store's files no longer change); SQLite's own checkpoint, raised to `SAFETY`
+    pages, still bounds the log if the thread is gone."""
+
+    RESTART = 4000  # pages of log (16 MB at 4 KiB) before the log is made to start over
+    SAFETY = 10_000  # wal_autocheckpoint of every connection of the store
+    PAUSE = 0.05  # between copies: each one syncs both files, so not after every commit
+    IDLE = 3.0  # seconds without a commit before the thread ends
+
+    def __init__(self, path: str, synchronous: str, turns: _Turns) -> None:
+        self.path, self.synchronous, self.turns = path, synchronous, turns
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed_at = -1e9
+
+    def committed(self) -> None:
+        with self._lock:  # so that a thread that is ending cannot miss this wake-up
+            self._wake.set()
+            if self._thread is None and time.monotonic() - self._failed_at > self.IDLE:
+                self._thread = threading.Thread(target=self._run, name="cqrsctl-checkpoint", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._stop.clear()
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # the syncs a checkpoint makes
+            while True:
+                if not self._wake.wait(self.IDLE):
+                    with self._lock:
+                        if not self._wake.is_set():
+                            self._thread = None
+                            return
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+                if pages >= self.RESTART:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what came during the first copy
+                    self.turns.acquire()
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    finally:
+                        self.turns.release()
+                time.sleep(self.PAUSE)
+        except sqlite3.Error:  # the file went away, say: SQLite's own checkpoint takes over
+            with self._lock:
+                self._thread, self._failed_at = None, time.monotonic()
+        finally:
+            if conn is not None:
+                conn.close()
 
 
-def _turns(path: str) -> _Turns:
+class _File:
+    """What the open stores of one database file in this process share."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.turns = _Turns()
+        self.checkpointer = _Checkpointer(path, synchronous, self.turns) if path != ":memory:" else None
+        self.stores = 0
+
+
+_FILES: dict[str, _File] = {}
+_FILES_LOCK = threading.Lock()
+
+
+def _file(path: str, synchronous: str) -> _File:
     key = path if path == ":memory:" else str(Path(path).resolve())
-    with _TURNS_LOCK:
-        return _TURNS.setdefault(key, _Turns())
+    with _FILES_LOCK:
+        if key not in _FILES:
+            _FILES[key] = _File(key, synchronous)
+        _FILES[key].stores += 1
+        return _FILES[key]
+
+
+def _closed(shared: _File) -> None:
+    with _FILES_LOCK:
+        shared.stores -= 1
+        last = shared.stores == 0
+    if last and shared.checkpointer is not None:
+        shared.checkpointer.stop()
 
 
 class _WriteTransaction:
@@ -155,6 +250,8 @@ class _WriteTransaction:
                 raise DatabaseError(f"sqlite commit failed: {error}") from None
         finally:
             self.give_turn()
+        if self.store.checkpointer is not None:
+            self.store.checkpointer.committed()
 
 
 class _Reader:
@@ -229,16 +326,21 @@ class SQLiteStore(Store):
                 )
             if not create and not Path(self.path).exists():
                 raise DatabaseError(f"no store at {self.path}; run `cqrsctl init`")
-        self.turns = _turns(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._shared: sqlite3.Connection | None = None
-        first = self._connect()
-        if self.path == ":memory:":
-            self._shared = first  # another connection would be another, empty, database
-        if migrate:
-            self.migrate()
+        self._file: _File | None = _file(self.path, self.synchronous)
+        self.turns, self.checkpointer = self._file.turns, self._file.checkpointer
+        try:
+            first = self._connect()
+            if self.path == ":memory:":
+                self._shared = first  # another connection would be another, empty, database
+            if migrate:
+                self.migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -249,6 +351,7 @@ class SQLiteStore(Store):
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal" and self.path != ":memory:":
                 self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_Checkpointer.SAFETY}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"cannot open sqlite database {self.path}: {exc}") from None
@@ -367,6 +470,9 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
+            shared, self._file = self._file, None
+        if shared is not None:  # first, so that the last connection closed folds the log in
+            _closed(shared)
         for conn in conns:
             conn.close()
         self._local = threading.local()
