@@ -7,6 +7,7 @@ process but may lose the last commits on power loss or an OS crash;
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -98,18 +99,19 @@ class _Checkpointer:
     Left to SQLite, the commit that takes the log past 1,000 pages copies them and syncs both
     files inside its writer's turn while every other writer of the file waits: 18-20 ms on a
     virtual disk, against a 2 ms median write under 8 threads. Here one thread per file and
-    process copies whatever is new, syncing the log and the database as it goes, while
-    writers go on appending. The log can only start over once everything in it is copied
-    with no commit in between, so when it is long the thread takes a writer's turn for the
-    last pages (a few ms), and the next writer starts the log over. The thread ends after a
-    few idle seconds, and when the last store of the file in this process is closed (so that
-    a closed store's files no longer change); SQLite's own checkpoint, raised to `SAFETY`
-    pages, still bounds the log if the thread is gone."""
+    process copies what is new every `EVERY` commits of this process, syncing the log and the
+    database as it goes, while writers go on appending. The log can only start over once
+    everything in it is copied with no commit in between, so when it is long the thread takes
+    a writer's turn for the last pages (a few ms), and the next writer starts the log over.
+    The thread ends after a few idle seconds, and when the last store of the file in this
+    process is closed (so that a closed store's files no longer change); SQLite's own
+    checkpoint, raised to `SAFETY` pages, still bounds the log where the thread does not run
+    (another program, a forked child) or cannot keep up."""
 
+    EVERY = 250  # commits between copies (about 1,000 pages of log for one-event commits)
     RESTART = 4000  # pages of log (16 MB at 4 KiB) before the log is made to start over
     SAFETY = 10_000  # wal_autocheckpoint of every connection of the store
-    PAUSE = 0.05  # between copies: each one syncs both files, so not after every commit
-    IDLE = 3.0  # seconds without a commit before the thread ends
+    IDLE = 3.0  # seconds without a wake-up before the thread ends
 
     def __init__(self, path: str, synchronous: str, turns: _Turns) -> None:
         self.path, self.synchronous, self.turns = path, synchronous, turns
@@ -117,10 +119,15 @@ class _Checkpointer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._commits = 0
         self._failed_at = -1e9
 
     def committed(self) -> None:
-        with self._lock:  # so that a thread that is ending cannot miss this wake-up
+        with self._lock:  # also so that a thread that is ending cannot miss this wake-up
+            self._commits += 1
+            if self._commits < self.EVERY:
+                return
+            self._commits = 0
             self._wake.set()
             if self._thread is None and time.monotonic() - self._failed_at > self.IDLE:
                 self._thread = threading.Thread(target=self._run, name="cqrsctl-checkpoint", daemon=True)
@@ -157,13 +164,17 @@ class _Checkpointer:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     finally:
                         self.turns.release()
-                time.sleep(self.PAUSE)
         except sqlite3.Error:  # the file went away, say: SQLite's own checkpoint takes over
             with self._lock:
                 self._thread, self._failed_at = None, time.monotonic()
         finally:
             if conn is not None:
                 conn.close()
+
+    def forget(self) -> None:
+        """In a forked child: the thread did not come along, and a lock may have been held."""
+        self._lock, self._thread, self._commits = threading.Lock(), None, 0
+        self._wake, self._stop = threading.Event(), threading.Event()
 
 
 class _File:
@@ -186,6 +197,15 @@ def _file(path: str, synchronous: str) -> _File:
             _FILES[key] = _File(key, synchronous)
         _FILES[key].stores += 1
         return _FILES[key]
+
+
+def _forget_threads() -> None:
+    for shared in _FILES.values():
+        if shared.checkpointer is not None:
+            shared.checkpointer.forget()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _closed(shared: _File) -> None:
