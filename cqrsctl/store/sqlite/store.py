@@ -50,7 +50,8 @@ class _Turns:
     while another wrote once); taking turns here first serves them in the order they came.
     Re-entrant per thread, so a thread that opens a second store on the same file inside a
     write transaction still gets SQLite's own "locked" answer rather than waiting on itself.
-    Writers in other processes still meet SQLite's busy handler."""
+    Writers in other processes still meet SQLite's busy handler. `first` puts a waiter at
+    the head of the line (the checkpointer's last step, which all of them wait for anyway)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -60,7 +61,7 @@ class _Turns:
         # (a condition's notify_all would wake them all to find out whose turn it is).
         self._waiting: deque[tuple[int, threading.Lock]] = deque()
 
-    def acquire(self) -> None:
+    def acquire(self, first: bool = False) -> None:
         me = threading.get_ident()
         with self._lock:
             if self._owner is None or self._owner == me:
@@ -69,7 +70,7 @@ class _Turns:
                 return
             wake = threading.Lock()
             wake.acquire()
-            self._waiting.append((me, wake))
+            (self._waiting.appendleft if first else self._waiting.append)((me, wake))
         try:
             wake.acquire()  # the previous holder hands the turn over, then releases this
         except BaseException:  # interrupted (KeyboardInterrupt): leave the line, or pass the turn on
@@ -159,15 +160,19 @@ class _Checkpointer:
                 pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
                 if pages >= self.RESTART:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what came during the first copy
-                    self.turns.acquire()
+                    # Ahead of the writers in line: every one of them waits for this step
+                    # anyway, and it has fewer pages to copy when none wrote in between.
+                    self.turns.acquire(first=True)
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     finally:
                         self.turns.release()
-        except sqlite3.Error:  # the file went away, say: SQLite's own checkpoint takes over
-            with self._lock:
-                self._thread, self._failed_at = None, time.monotonic()
+        except sqlite3.Error:  # the file went away, say: SQLite's own checkpoint takes over a while
+            self._failed_at = time.monotonic()
         finally:
+            with self._lock:  # however it ends, the next wake-up starts another
+                if self._thread is threading.current_thread():
+                    self._thread = None
             if conn is not None:
                 conn.close()
 
