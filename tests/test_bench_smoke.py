@@ -35,7 +35,17 @@ def test_bench_tiny_run_on_sqlite_reports_a_table_of_numbers(tmp_path: Path) -> 
     assert sqlite["available"]
     rows = sqlite["rows"]
     measured = {row["measurement"] for row in rows}
-    assert measured == {"dispatch", "batch", "append", "replay", "rebuild", "latency", "outbox", "writers"}
+    assert measured == {
+        "dispatch",
+        "batch",
+        "append",
+        "replay",
+        "rebuild",
+        "latency",
+        "outbox",
+        "writers",
+        "shared",
+    }
     for row in rows:
         raw = row["median"]["raw"]
         if row["measurement"] == "outbox" and raw is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core import Measurement
-from . import append, batch, dispatch, latency, outbox, rebuild, replay, writers
+from . import append, batch, dispatch, latency, outbox, rebuild, replay, shared, writers
 
 ALL: list[Measurement] = [
     dispatch.MEASUREMENT,
@@ -14,4 +14,5 @@ ALL: list[Measurement] = [
     latency.MEASUREMENT,
     outbox.MEASUREMENT,
     writers.MEASUREMENT,
+    shared.MEASUREMENT,
 ]
