@@ -274,8 +274,9 @@ class _WriteTransaction:
                     conn.execute("ROLLBACK")
                 raise DatabaseError(f"sqlite commit failed: {error}") from None
         finally:
+            wrote = self.turn  # a deferred transaction that never became the writer wrote nothing
             self.give_turn()
-        if self.store.checkpointer is not None:
+        if wrote and self.store.checkpointer is not None:
             self.store.checkpointer.committed()
 
 
