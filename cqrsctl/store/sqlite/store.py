@@ -81,6 +81,14 @@ class _Turns:
             self.release()
             raise
 
+    def try_acquire(self) -> bool:
+        """The turn if nobody has it, else False at once."""
+        with self._lock:
+            if self._owner is not None:
+                return False
+            self._owner, self._depth = threading.get_ident(), 1
+            return True
+
     def release(self) -> None:
         with self._lock:
             self._depth -= 1
@@ -102,16 +110,18 @@ class _Checkpointer:
     virtual disk, against a 2 ms median write under 8 threads. Here one thread per file and
     process copies what is new every `EVERY` commits of this process, syncing the log and the
     database as it goes, while writers go on appending. The log can only start over once
-    everything in it is copied with no commit in between, so when it is long the thread takes
-    a writer's turn for the last pages (a few ms), and the next writer starts the log over.
+    everything in it is copied with no commit in between, so past `RESTART` pages the thread
+    copies the last pages in a writer's turn (a few ms) and the next writer starts the log
+    over: in a moment when no writer has the turn, or, past twice that, ahead of those in
+    line.
     The thread ends after a few idle seconds, and when the last store of the file in this
     process is closed (so that a closed store's files no longer change); SQLite's own
     checkpoint, raised to `SAFETY` pages, still bounds the log where the thread does not run
     (another program, a forked child) or cannot keep up."""
 
     EVERY = 250  # commits between copies (about 1,000 pages of log for one-event commits)
-    RESTART = 4000  # pages of log (16 MB at 4 KiB) before the log is made to start over
-    SAFETY = 10_000  # wal_autocheckpoint of every connection of the store
+    RESTART = 4000  # pages of log (16 MB at 4 KiB) from which it starts over when no writer waits
+    SAFETY = 12_000  # wal_autocheckpoint of every connection of the store (past 2 x RESTART)
     IDLE = 3.0  # seconds without a wake-up before the thread ends
 
     def __init__(self, path: str, synchronous: str, turns: _Turns) -> None:
@@ -158,15 +168,19 @@ class _Checkpointer:
                     return
                 self._wake.clear()
                 pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-                if pages >= self.RESTART:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what came during the first copy
+                if pages < self.RESTART:
+                    continue
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what came during the first copy
+                if pages >= 2 * self.RESTART:
                     # Ahead of the writers in line: every one of them waits for this step
                     # anyway, and it has fewer pages to copy when none wrote in between.
                     self.turns.acquire(first=True)
-                    try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    finally:
-                        self.turns.release()
+                elif not self.turns.try_acquire():
+                    continue  # writers are at it: start the log over in a lull, or at twice the mark
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    self.turns.release()
         except sqlite3.Error:  # the file went away, say: SQLite's own checkpoint takes over a while
             self._failed_at = time.monotonic()
         finally:
