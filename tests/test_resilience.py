@@ -421,6 +421,35 @@ def test_sqlite_writers_of_one_store_are_served_in_the_order_they_came(store: St
     assert store.head() == 6
 
 
+def test_sqlite_checkpointer_goes_first_or_only_when_the_turn_is_free() -> None:
+    from cqrsctl.store.sqlite.store import _Turns
+
+    turns, served = _Turns(), []
+
+    def take(name: str, first: bool) -> None:
+        turns.acquire(first=first)
+        served.append(name)
+        turns.release()
+
+    turns.acquire()
+    tried: list[bool] = []
+    other = threading.Thread(target=lambda: tried.append(turns.try_acquire()))
+    other.start()
+    other.join()
+    assert tried == [False]  # held: no waiting, no turn
+    waiters = []
+    for name, first in (("a", False), ("b", False), ("checkpointer", True)):
+        waiters.append(threading.Thread(target=take, args=(name, first)))
+        waiters[-1].start()
+        time.sleep(0.1)  # in line before the next one comes
+    turns.release()
+    for t in waiters:
+        t.join(10)
+    assert served == ["checkpointer", "a", "b"]
+    assert turns.try_acquire()  # free: taken at once
+    turns.release()
+
+
 # -- a SQLite rebuild with a slow handler never holds dispatches up -------------------------------------------
 
 
