@@ -54,7 +54,7 @@ def main() -> None:
         store = open_store(url)
         try:
             t = time.perf_counter()
-            import_events(store, events(args.events, args.accounts))
+            import_events(store, enumerate(events(args.events, args.accounts), 1))
             print(f"seeded {args.events:,} events in {time.perf_counter() - t:.1f} s")
             check_rates, rebuild_rates = [], []
             for _ in range(args.runs):

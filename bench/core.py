@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,22 @@ class Measurement:
                 if name and name not in names:
                     names.append(name)
         return names
+
+
+def durability_contenders(
+    raw: Callable[..., dict[str, float]], eventsourcing: Contender, cqrsctl: Callable[..., dict[str, float]]
+) -> dict[str, Contender]:
+    """The contenders `durability_rows` names: raw and cqrsctl at each SQLite durability
+    (a `synchronous` keyword) and at the backend's default, eventsourcing at its own."""
+    return {
+        "raw": raw,
+        "raw@FULL": partial(raw, synchronous="FULL"),
+        "raw@NORMAL": partial(raw, synchronous="NORMAL"),
+        "eventsourcing": eventsourcing,
+        "cqrsctl": cqrsctl,
+        "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
+        "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
+    }
 
 
 def durability_rows(label: str, metric: str, unit: str, higher_is_better: bool = True) -> list[Row]:

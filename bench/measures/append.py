@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from functools import partial
 
 import orjson
 
 from .. import raw as rawdb
-from ..core import Ctx, Measurement, durability_rows, needs_cqrsctl
+from ..core import Ctx, Measurement, durability_contenders, durability_rows, needs_cqrsctl
 from ..workload import amount
 
 
@@ -93,14 +92,6 @@ def _check(found: int, expected: int) -> None:
 MEASUREMENT = Measurement(
     name="append",
     title="Batch append throughput",
-    contenders={
-        "raw": raw,
-        "raw@FULL": partial(raw, synchronous="FULL"),
-        "raw@NORMAL": partial(raw, synchronous="NORMAL"),
-        "eventsourcing": eventsourcing,
-        "cqrsctl": cqrsctl,
-        "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
-        "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
-    },
+    contenders=durability_contenders(raw, eventsourcing, cqrsctl),
     rows=durability_rows("batch append", "rate", "events/s"),
 )

@@ -11,7 +11,7 @@ from functools import partial
 import orjson
 
 from .. import raw as rawdb
-from ..core import Ctx, Measurement, Row, durability_rows, needs_cqrsctl
+from ..core import Ctx, Measurement, Row, durability_contenders, durability_rows, needs_cqrsctl
 from ..workload import account_id, dispatch_plan, stream_id
 
 
@@ -128,13 +128,7 @@ MEASUREMENT = Measurement(
     name="dispatch",
     title="Dispatch throughput (one transaction per command)",
     contenders={
-        "raw": raw,
-        "raw@FULL": partial(raw, synchronous="FULL"),
-        "raw@NORMAL": partial(raw, synchronous="NORMAL"),
-        "eventsourcing": eventsourcing,
-        "cqrsctl": cqrsctl,
-        "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
-        "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
+        **durability_contenders(raw, eventsourcing, cqrsctl),
         "raw+outbox": partial(raw, publish=True),
         "raw+outbox@NORMAL": partial(raw, synchronous="NORMAL", publish=True),
         "cqrsctl+outbox": partial(cqrsctl, publish=True),

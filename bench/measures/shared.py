@@ -24,10 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from functools import partial
 
 from .. import raw as rawdb
-from ..core import Ctx, Measurement, durability_rows, needs_cqrsctl
+from ..core import Ctx, Measurement, durability_contenders, durability_rows, needs_cqrsctl
 from .latency import percentile
 
 THREADS = 8
@@ -157,15 +156,7 @@ def cqrsctl(ctx: Ctx, synchronous: str | None = None) -> dict[str, float]:
 MEASUREMENT = Measurement(
     name="shared",
     title=f"Shared store, {THREADS} threads (one process, one event per transaction, a stream each)",
-    contenders={
-        "raw": raw,
-        "raw@FULL": partial(raw, synchronous="FULL"),
-        "raw@NORMAL": partial(raw, synchronous="NORMAL"),
-        "eventsourcing": eventsourcing,
-        "cqrsctl": cqrsctl,
-        "cqrsctl@FULL": partial(cqrsctl, synchronous="FULL"),
-        "cqrsctl@NORMAL": partial(cqrsctl, synchronous="NORMAL"),
-    },
+    contenders=durability_contenders(raw, eventsourcing, cqrsctl),
     rows=[
         row
         for metric, label, unit, higher in [
