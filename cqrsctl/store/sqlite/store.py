@@ -201,7 +201,11 @@ class _File:
 
     def __init__(self, path: str, synchronous: str) -> None:
         self.turns = _Turns()
-        self.checkpointer = _Checkpointer(path, synchronous, self.turns) if path != ":memory:" else None
+        # With synchronous=full or extra every commit syncs the log anyway, and a copy beside
+        # the writers made each of their syncs wait for its own (one command per
+        # transaction: 5-26 % fewer commits); SQLite's own checkpoint serves them better.
+        copies = path != ":memory:" and synchronous in ("normal", "off")
+        self.checkpointer = _Checkpointer(path, synchronous, self.turns) if copies else None
         self.stores = 0
 
 
@@ -391,7 +395,8 @@ class SQLiteStore(Store):
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal" and self.path != ":memory:":
                 self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_Checkpointer.SAFETY}")
+            if self.checkpointer is not None:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_Checkpointer.SAFETY}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"cannot open sqlite database {self.path}: {exc}") from None
