@@ -396,6 +396,9 @@ def test_sqlite_log_is_copied_beside_the_writers_and_starts_over(
     store.close()
     assert not thread.is_alive()
     assert not wal.exists()
+    # Where every commit syncs the log, SQLite checkpoints by itself as before.
+    with open_store(store.url + "?synchronous=full") as full:  # type: ignore[attr-defined]
+        assert full.checkpointer is None  # type: ignore[attr-defined]
 
 
 def test_sqlite_writers_of_one_store_are_served_in_the_order_they_came(store: Store) -> None:

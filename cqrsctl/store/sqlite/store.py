@@ -113,11 +113,9 @@ class _Checkpointer:
     everything in it is copied with no commit in between, so past `RESTART` pages the thread
     copies the last pages in a writer's turn (a few ms) and the next writer starts the log
     over: in a moment when no writer has the turn, or, past twice that, ahead of those in
-    line.
-    The thread ends after a few idle seconds, and when the last store of the file in this
-    process is closed (so that a closed store's files no longer change); SQLite's own
-    checkpoint, raised to `SAFETY` pages, still bounds the log where the thread does not run
-    (another program, a forked child) or cannot keep up."""
+    line. The thread ends after a few idle seconds, and when the last store of the file in
+    this process is closed (so that a closed store's files no longer change); SQLite's own
+    checkpoint, raised to `SAFETY` pages, still bounds the log if the thread cannot keep up."""
 
     EVERY = 250  # commits between copies (about 1,000 pages of log for one-event commits)
     RESTART = 4000  # pages of log (16 MB at 4 KiB) from which it starts over when no writer waits
