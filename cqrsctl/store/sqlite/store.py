@@ -198,7 +198,7 @@ class _File:
     """What the open stores of one database file in this process share."""
 
     def __init__(self, path: str, synchronous: str) -> None:
-        self.turns = _Turns()
+        self.path, self.turns = path, _Turns()
         # With synchronous=full or extra every commit syncs the log anyway, and a copy beside
         # the writers made each of their syncs wait for its own (one command per
         # transaction: 5-26 % fewer commits); SQLite's own checkpoint serves them better.
@@ -233,6 +233,8 @@ def _closed(shared: _File) -> None:
     with _FILES_LOCK:
         shared.stores -= 1
         last = shared.stores == 0
+        if last:  # the next store of the file starts afresh, with its own durability
+            _FILES.pop(shared.path, None)
     if last and shared.checkpointer is not None:
         shared.checkpointer.stop()
 
