@@ -363,8 +363,8 @@ def test_sqlite_log_is_copied_beside_the_writers_and_starts_over(
         pytest.skip("the log and its checkpoints are SQLite's")
     from cqrsctl.store.sqlite.store import _Checkpointer
 
-    # Without the checkpointer thread, SQLite's own checkpoint would wait for 10,000 pages
-    # (40 MB) of log: these writers write some 10,000 pages.
+    # Without the checkpointer thread, SQLite's own checkpoint would wait for
+    # _Checkpointer.SAFETY (12,000) pages of log: these writers write some 10,000 pages.
     monkeypatch.setattr(_Checkpointer, "RESTART", 200)
     wal = Path(store.path + "-wal")  # type: ignore[attr-defined]
     sizes: list[int] = []
